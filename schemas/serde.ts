@@ -1,0 +1,203 @@
+import avro from 'avsc';
+import { SchemaRegistry, SchemaType } from '@kafkajs/confluent-schema-registry';
+import type { AvroRecordSchema } from './catalog.js';
+
+/**
+ * Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary) over a
+ * Confluent-compatible registry. Registration and id look-ups go through
+ * @kafkajs/confluent-schema-registry; encoding and decoding of known ids is synchronous and cached,
+ * so the hot path never awaits per record.
+ */
+export const MAGIC_BYTE = 0;
+const HEADER_BYTES = 5;
+
+export class SerdeError extends Error {
+  constructor(
+    readonly kind: 'invalid' | 'undecodable' | 'registry',
+    message: string,
+    readonly paths: readonly string[] = [],
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'SerdeError';
+  }
+}
+
+/** A writer bound to one registered schema version. */
+export interface AvroWriter<T> {
+  readonly subject: string;
+  readonly id: number;
+  readonly type: avro.Type;
+  /** Field-level problems of a value against the schema; empty when valid. Unknown fields count as problems. */
+  validate(value: unknown): string[];
+  /** Encodes a valid value in the Confluent wire format; throws SerdeError('invalid') otherwise. */
+  encode(value: T): Buffer;
+}
+
+export interface SerdeOptions {
+  readonly url: string;
+  /** Largest payload decode will attempt: bounds memory against hostile block counts. */
+  readonly maxPayloadBytes?: number;
+}
+
+export class AvroSerde {
+  readonly registry: SchemaRegistry;
+  private readonly writers = new Map<string, Promise<AvroWriter<unknown>>>();
+  private readonly byId = new Map<number, avro.Type>();
+  private readonly fetching = new Map<number, Promise<avro.Type>>();
+  private readonly resolvers = new Map<string, avro.Resolver>();
+  private readonly maxPayloadBytes: number;
+
+  constructor(options: SerdeOptions) {
+    this.registry = new SchemaRegistry({ host: options.url, retry: { retries: 3, initialRetryTimeInSecs: 0.2 } });
+    this.maxPayloadBytes = options.maxPayloadBytes ?? 8 * 1024 * 1024;
+  }
+
+  /**
+   * Registers `schema` under `subject` with BACKWARD compatibility (idempotent: the registry returns
+   * the existing id for an identical schema) and returns a writer for it.
+   */
+  writer<T>(subject: string, schema: AvroRecordSchema): Promise<AvroWriter<T>> {
+    let pending = this.writers.get(subject);
+    if (!pending) {
+      pending = this.createWriter<T>(subject, schema) as Promise<AvroWriter<unknown>>;
+      pending.catch(() => this.writers.delete(subject));
+      this.writers.set(subject, pending);
+    }
+    return pending as Promise<AvroWriter<T>>;
+  }
+
+  private async createWriter<T>(subject: string, schema: AvroRecordSchema): Promise<AvroWriter<T>> {
+    const type = avro.Type.forSchema(schema as avro.Schema);
+    let id: number;
+    try {
+      ({ id } = await this.registry.register({ type: SchemaType.AVRO, schema: JSON.stringify(schema) }, { subject }));
+    } catch (err) {
+      throw new SerdeError('registry', `registering ${subject} failed: ${(err as Error).message}`, [], { cause: err });
+    }
+    this.byId.set(id, type);
+    const fieldNames = new Set((schema.fields ?? []).map((f) => f.name));
+    const header = Buffer.alloc(HEADER_BYTES);
+    header.writeUInt8(MAGIC_BYTE, 0);
+    header.writeInt32BE(id, 1);
+    const validate = (value: unknown): string[] => validateAgainst(type, fieldNames, value);
+    return {
+      subject,
+      id,
+      type,
+      validate,
+      encode(value: T): Buffer {
+        let body: Buffer;
+        try {
+          body = type.toBuffer(value);
+        } catch (err) {
+          throw new SerdeError('invalid', `value does not match ${subject}: ${validate(value).join('; ') || (err as Error).message}`, validate(value), { cause: err });
+        }
+        return Buffer.concat([header, body], HEADER_BYTES + body.length);
+      },
+    };
+  }
+
+  /** The schema id of a wire-format buffer, or a SerdeError when the header is not Confluent's. */
+  static schemaIdOf(buf: Buffer): number {
+    if (buf.length < HEADER_BYTES || buf.readUInt8(0) !== MAGIC_BYTE) {
+      throw new SerdeError('undecodable', `not Confluent wire format (${buf.length} bytes, first byte ${buf.length ? buf.readUInt8(0) : 'none'})`);
+    }
+    return buf.readInt32BE(1);
+  }
+
+  /** Fetches writer schemas for every id in `buffers` not yet known, once each, so decode() is synchronous. */
+  async prefetch(buffers: Iterable<Buffer | null>): Promise<void> {
+    const missing = new Set<number>();
+    for (const buf of buffers) {
+      if (!buf || buf.length < HEADER_BYTES || buf.readUInt8(0) !== MAGIC_BYTE) continue;
+      const id = buf.readInt32BE(1);
+      if (!this.byId.has(id)) missing.add(id);
+    }
+    await Promise.all([...missing].map((id) => this.typeForId(id).catch(() => undefined)));
+  }
+
+  private typeForId(id: number): Promise<avro.Type> {
+    const known = this.byId.get(id);
+    if (known) return Promise.resolve(known);
+    let pending = this.fetching.get(id);
+    if (!pending) {
+      pending = this.registry.getSchema(id).then(
+        (schema) => {
+          // Re-parse from the canonical JSON so the Type belongs to our avsc instance.
+          const type = avro.Type.forSchema(JSON.parse(JSON.stringify(schema)) as avro.Schema);
+          this.byId.set(id, type);
+          this.fetching.delete(id);
+          return type;
+        },
+        (err: unknown) => {
+          this.fetching.delete(id);
+          throw new SerdeError('registry', `schema id ${id} could not be fetched: ${(err as Error).message}`, [], { cause: err });
+        },
+      );
+      this.fetching.set(id, pending);
+    }
+    return pending;
+  }
+
+  /**
+   * Decodes a wire-format buffer whose schema id is known (after prefetch). With `reader`, values
+   * are resolved into the reader schema (schema evolution). Throws SerdeError('undecodable').
+   */
+  decode<T>(buf: Buffer, reader?: avro.Type): T {
+    const id = AvroSerde.schemaIdOf(buf);
+    const writer = this.byId.get(id);
+    if (!writer) throw new SerdeError('undecodable', `unknown schema id ${id} (not in the registry)`);
+    if (buf.length > this.maxPayloadBytes) throw new SerdeError('undecodable', `payload of ${buf.length} bytes exceeds ${this.maxPayloadBytes}`);
+    const payload = buf.subarray(HEADER_BYTES);
+    try {
+      if (!reader || reader === writer) return writer.fromBuffer(payload) as T;
+      const key = `${id}:${reader.fingerprint().toString('hex')}`;
+      let resolver = this.resolvers.get(key);
+      if (!resolver) {
+        resolver = reader.createResolver(writer);
+        this.resolvers.set(key, resolver);
+      }
+      return reader.fromBuffer(payload, resolver) as T;
+    } catch (err) {
+      throw new SerdeError('undecodable', `Avro decoding with schema id ${id} failed: ${(err as Error).message}`, [], { cause: err });
+    }
+  }
+
+  /** Async decode for callers off the hot path (CLI tail, tests): fetches the schema when needed. */
+  async decodeAsync<T>(buf: Buffer, reader?: avro.Type): Promise<T> {
+    await this.typeForId(AvroSerde.schemaIdOf(buf)).catch((err: unknown) => {
+      throw err instanceof SerdeError ? new SerdeError('undecodable', err.message, [], { cause: err }) : err;
+    });
+    return this.decode<T>(buf, reader);
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'array';
+  if (typeof value === 'string') return `string ${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value)}`;
+  return `${typeof value} ${typeof value === 'object' ? '' : String(value)}`.trim();
+}
+
+function typeName(t: avro.Type): string {
+  const name = (t as { typeName?: string }).typeName ?? 'value';
+  if (name === 'enum') return `one of ${(t as unknown as { symbols: string[] }).symbols.join('|')}`;
+  if (name.startsWith('union')) return (t as unknown as { types: avro.Type[] }).types.map(typeName).join(' or ');
+  return name;
+}
+
+/** Field-level problems of `value` against a record type; unknown fields count as problems. */
+export function validateAgainst(type: avro.Type, fieldNames: ReadonlySet<string>, value: unknown): string[] {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return [`expected an object, got ${describe(value)}`];
+  const problems: string[] = [];
+  for (const key of Object.keys(value)) if (!fieldNames.has(key)) problems.push(`${key}: unknown field`);
+  type.isValid(value, {
+    errorHook(path: string[], v: unknown, t: avro.Type) {
+      if (path.length === 0) return;
+      const field = path.join('.');
+      problems.push(v === undefined ? `${field}: missing required field (${typeName(t)})` : `${field}: expected ${typeName(t)}, got ${describe(v)}`);
+    },
+  });
+  return problems;
+}
