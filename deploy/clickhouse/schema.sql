@@ -1,0 +1,131 @@
+-- The fabric's ClickHouse schema. Runs on 18.16 and current ClickHouse: no DateTime64, TTL, Map or
+-- query parameters. `{db}` is replaced by the configured database (validated identifier).
+-- Rows are deduplicated by event id through ReplacingMergeTree (at merge time): the v_* views use
+-- FINAL so analysts never see a redelivered row twice.
+
+CREATE DATABASE IF NOT EXISTS {db};
+
+CREATE TABLE IF NOT EXISTS {db}.events_transactions (
+  event_id String,
+  account_id String,
+  counterparty_id String,
+  type String,
+  amount Float64,
+  old_balance Float64,
+  new_balance Float64,
+  channel String,
+  ts_ms UInt64,
+  ts DateTime MATERIALIZED toDateTime(intDiv(ts_ms, 1000)),
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
+ORDER BY (account_id, event_id);
+
+CREATE TABLE IF NOT EXISTS {db}.events_interactions (
+  event_id String,
+  user_id String,
+  item_id String,
+  action String,
+  ts_ms UInt64,
+  ts DateTime MATERIALIZED toDateTime(intDiv(ts_ms, 1000)),
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
+ORDER BY (user_id, event_id);
+
+CREATE TABLE IF NOT EXISTS {db}.features_account (
+  event_id String,
+  entity_id String,
+  ts_ms UInt64,
+  ts DateTime MATERIALIZED toDateTime(intDiv(ts_ms, 1000)),
+  txn_count_1h UInt64,
+  txn_count_24h UInt64,
+  amount_sum_1h Float64,
+  amount_sum_24h Float64,
+  amount_avg_24h Nullable(Float64),
+  amount_max_24h Float64,
+  distinct_counterparties_24h UInt64,
+  seconds_since_last_txn Nullable(Float64),
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
+ORDER BY (entity_id, ts_ms, event_id);
+
+CREATE TABLE IF NOT EXISTS {db}.predictions (
+  event_id String,
+  entity_id String,
+  model String,
+  version String,
+  score Nullable(Float64),
+  decision String,
+  reasons Array(String),
+  fallback UInt8,
+  provider String,
+  event_ts_ms UInt64,
+  event_ts DateTime MATERIALIZED toDateTime(intDiv(event_ts_ms, 1000)),
+  feature_names Array(String),
+  feature_values Array(Nullable(Float64)),
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000)))
+ORDER BY (model, event_id);
+
+CREATE TABLE IF NOT EXISTS {db}.outcomes (
+  stream String,
+  event_id String,
+  entity_id String,
+  label String,
+  value Float64,
+  ts_ms UInt64,
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
+ORDER BY (stream, event_id);
+
+CREATE TABLE IF NOT EXISTS {db}.drift_metrics (
+  model String,
+  version String,
+  variable String,
+  window_start_ms UInt64,
+  window_end_ms UInt64,
+  count UInt64,
+  psi Float64,
+  mean Nullable(Float64),
+  status String,
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))
+ORDER BY (model, variable, window_start_ms);
+
+CREATE TABLE IF NOT EXISTS {db}.alerts (
+  ts_ms UInt64,
+  kind String,
+  model String,
+  message String,
+  source_topic String,
+  source_partition Int32,
+  source_offset UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(toDateTime(intDiv(ts_ms, 1000)))
+ORDER BY (kind, ts_ms, source_partition, source_offset);
+
+CREATE VIEW IF NOT EXISTS {db}.v_events_transactions AS SELECT * FROM {db}.events_transactions FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_predictions AS SELECT * FROM {db}.predictions FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_fraud_performance AS
+SELECT p.event_id AS event_id, p.entity_id AS entity_id, p.version AS version, p.score AS score, p.decision AS decision, o.label AS label, o.value AS label_value
+FROM (SELECT event_id, entity_id, version, score, decision FROM {db}.predictions FINAL WHERE model = 'fraud') AS p
+ANY INNER JOIN (SELECT event_id, label, value FROM {db}.outcomes FINAL WHERE stream = 'transactions') AS o USING event_id;

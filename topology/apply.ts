@@ -1,0 +1,85 @@
+import { readFile } from 'node:fs/promises';
+import { packagePath } from './paths.js';
+import type { Kafka, ITopicConfig } from 'kafkajs';
+import { AvroSerde } from '../schemas/serde.js';
+import { loadAvroSchema } from '../schemas/catalog.js';
+import { prefixed, type FabricConfig } from './config.js';
+import type { Topology, TopicDef } from './graph.js';
+import { createClickHouse, sqlIdentifier } from './runtime/clickhouse.js';
+import { FabricError, messageOf } from './errors.js';
+
+export interface ApplyReport {
+  readonly topicsCreated: string[];
+  readonly topicsExisting: string[];
+  readonly subjects: { subject: string; id: number }[];
+  readonly clickhouseStatements: number;
+}
+
+function topicConfig(t: TopicDef): ITopicConfig['configEntries'] {
+  const entries = [{ name: 'cleanup.policy', value: t.compacted ? 'compact' : 'delete' }];
+  entries.push({ name: 'retention.ms', value: t.retentionMs === null ? '-1' : String(t.retentionMs) });
+  if (t.compacted) entries.push({ name: 'min.cleanable.dirty.ratio', value: '0.1' });
+  return entries;
+}
+
+/** Creates missing topics, registers every value schema (BACKWARD) and applies the ClickHouse DDL. Idempotent. */
+export async function applyTopology(topology: Topology, config: FabricConfig, kafka: Kafka, serde: AvroSerde, options: { clickhouse?: boolean } = {}): Promise<ApplyReport> {
+  const admin = kafka.admin();
+  const created: string[] = [];
+  const existing: string[] = [];
+  try {
+    await admin.connect();
+    const present = new Set(await admin.listTopics());
+    const missing = topology.topics.filter((t) => !present.has(prefixed(config, t.name)));
+    existing.push(...topology.topics.filter((t) => present.has(prefixed(config, t.name))).map((t) => prefixed(config, t.name)));
+    if (missing.length > 0) {
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: missing.map((t) => ({ topic: prefixed(config, t.name), numPartitions: t.partitions, replicationFactor: -1, configEntries: topicConfig(t) })),
+      });
+      created.push(...missing.map((t) => prefixed(config, t.name)));
+    }
+  } catch (err) {
+    throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `creating topics failed: ${messageOf(err)}`, { cause: err });
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+  const subjects: { subject: string; id: number }[] = [];
+  for (const t of topology.topics) {
+    if (!t.schema) continue;
+    const subject = `${prefixed(config, t.name)}-value`;
+    try {
+      const writer = await serde.writer(subject, loadAvroSchema(t.schema));
+      subjects.push({ subject, id: writer.id });
+    } catch (err) {
+      throw new FabricError('FABRIC_REGISTRY_UNAVAILABLE', `registering ${subject} failed: ${messageOf(err)}`, { cause: err });
+    }
+  }
+  const statements = options.clickhouse === false ? 0 : await applyClickHouse(config);
+  return { topicsCreated: created, topicsExisting: existing, subjects, clickhouseStatements: statements };
+}
+
+export async function clickhouseStatements(database: string): Promise<string[]> {
+  const sql = await readFile(packagePath('deploy', 'clickhouse', 'schema.sql'), 'utf8');
+  return sql
+    .split('\n')
+    .filter((line) => !line.trimStart().startsWith('--'))
+    .join('\n')
+    .split(/;\s*(?:\n|$)/)
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => s.replaceAll('{db}', sqlIdentifier(database)));
+}
+
+async function applyClickHouse(config: FabricConfig): Promise<number> {
+  const client = createClickHouse(config);
+  try {
+    const statements = await clickhouseStatements(config.clickhouseDatabase);
+    for (const query of statements) await client.command({ query });
+    return statements.length;
+  } catch (err) {
+    throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });
+  } finally {
+    await client.close();
+  }
+}

@@ -1,0 +1,101 @@
+import { z } from 'zod';
+import { FabricError } from './errors.js';
+
+/**
+ * Configuration is declared once here (variable, type, default, doc), read from the environment at
+ * start-up only, validated with messages that say how to fix a bad value, then frozen.
+ * Nothing else in the code base reads process.env.
+ */
+const port = z.coerce.number().int().min(1).max(65535);
+const ms = z.coerce.number().int().min(0);
+const positive = z.coerce.number().int().min(1);
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+
+interface Setting<T extends z.ZodTypeAny = z.ZodTypeAny> {
+  readonly env: string;
+  readonly schema: T;
+  readonly default: string;
+  readonly doc: string;
+}
+
+function s<T extends z.ZodTypeAny>(env: string, schema: T, def: string, doc: string): Setting<T> {
+  return { env, schema, default: def, doc };
+}
+
+export const SETTINGS = {
+  stackDir: s('FABRIC_STACK_DIR', z.string().min(1), '.stack', 'Folder for local stack binaries, data and logs (git-ignored).'),
+  logLevel: s('FABRIC_LOG_LEVEL', z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']), 'info', 'pino log level.'),
+
+  kafkaBrokers: s('FABRIC_KAFKA_BROKERS', z.string().min(1), '127.0.0.1:9092', 'Comma-separated Kafka bootstrap brokers.'),
+  kafkaClientId: s('FABRIC_KAFKA_CLIENT_ID', z.string().min(1), 'fabric', 'Kafka client id prefix.'),
+  kafkaPort: s('FABRIC_KAFKA_PORT', port, '9092', 'Port of the local Kafka broker started by `fabric stack up`.'),
+  kafkaControllerPort: s('FABRIC_KAFKA_CONTROLLER_PORT', port, '9093', 'KRaft controller port of the local broker.'),
+  kafkaAckTimeoutMs: s('FABRIC_KAFKA_ACK_TIMEOUT_MS', positive, '10000', 'How long a produce may wait for acks=all before the caller gets FABRIC_KAFKA_UNAVAILABLE.'),
+  topicPrefix: s('FABRIC_TOPIC_PREFIX', z.string(), '', 'Prefix for every topic and consumer group (tests use it to isolate runs).'),
+
+  registryUrl: s('FABRIC_REGISTRY_URL', z.string().url(), 'http://127.0.0.1:8081/apis/ccompat/v7', 'Confluent-compatible schema registry base URL.'),
+  registryPort: s('FABRIC_REGISTRY_PORT', port, '8081', 'Port of the local schema registry.'),
+
+  redisUrl: s('FABRIC_REDIS_URL', z.string().min(1), 'redis://127.0.0.1:6379', 'Redis URL (redis://user:pass@host:port/db).'),
+  redisPort: s('FABRIC_REDIS_PORT', port, '6379', 'Port of the local Redis.'),
+  redisKeyPrefix: s('FABRIC_REDIS_PREFIX', z.string(), 'fabric:', 'Prefix of every Redis key the fabric owns.'),
+
+  clickhouseUrl: s('FABRIC_CLICKHOUSE_URL', z.string().url(), 'http://127.0.0.1:8123', 'ClickHouse HTTP URL.'),
+  clickhouseUser: s('FABRIC_CLICKHOUSE_USER', z.string(), 'default', 'ClickHouse user.'),
+  clickhousePassword: s('FABRIC_CLICKHOUSE_PASSWORD', z.string(), '', 'ClickHouse password.'),
+  clickhouseDatabase: s('FABRIC_CLICKHOUSE_DATABASE', z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), 'fabric', 'ClickHouse database.'),
+  clickhousePort: s('FABRIC_CLICKHOUSE_PORT', port, '8123', 'HTTP port of the local ClickHouse.'),
+  clickhouseTcpPort: s('FABRIC_CLICKHOUSE_TCP_PORT', port, '9000', 'Native TCP port of the local ClickHouse.'),
+
+  gatewayHost: s('FABRIC_GATEWAY_HOST', z.string().min(1), '0.0.0.0', 'Gateway listen address.'),
+  gatewayPort: s('FABRIC_GATEWAY_PORT', z.coerce.number().int().min(0).max(65535), '8080', 'Gateway port (0 picks a free one).'),
+  gatewayApiKeys: s('FABRIC_GATEWAY_API_KEYS', z.string(), 'dev-key:*', 'API keys as key:stream|stream,key2:* (`*` allows every stream).'),
+  gatewayMaxBodyBytes: s('FABRIC_GATEWAY_MAX_BODY_BYTES', positive, '1048576', 'Largest accepted request body; larger gets 413.'),
+  gatewayMaxInFlight: s('FABRIC_GATEWAY_MAX_IN_FLIGHT', positive, '20000', 'Events accepted but not yet acknowledged by Kafka before new requests get 429.'),
+
+  producerLingerMs: s('FABRIC_PRODUCER_LINGER_MS', ms, '5', 'How long the batching producer waits to fill a batch.'),
+  producerBatchSize: s('FABRIC_PRODUCER_BATCH_SIZE', positive, '2000', 'Messages per Kafka produce request.'),
+  producerMaxQueued: s('FABRIC_PRODUCER_MAX_QUEUED', positive, '50000', 'Messages queued in the producer before enqueue is refused (backpressure).'),
+
+  consumerMaxWaitMs: s('FABRIC_CONSUMER_MAX_WAIT_MS', positive, '100', 'Longest a fetch waits for minBytes.'),
+  sinkRetryMs: s('FABRIC_SINK_RETRY_MS', positive, '500', 'First backoff when a sink fails (doubles, jittered, up to 10 s).'),
+
+  scoringTimeoutMs: s('FABRIC_SCORING_TIMEOUT_MS', positive, '2000', 'Model call timeout before the fallback decision.'),
+  scoringFeatureWaitMs: s('FABRIC_SCORING_FEATURE_WAIT_MS', ms, '3000', 'How long scoring waits for an event\'s features to appear in Redis before falling back.'),
+  scoringProvider: s('FABRIC_SCORING_PROVIDER', z.enum(['auto', 'cuda', 'cpu']), 'auto', 'ONNX execution provider: auto tries cuda then cpu.'),
+  scoringThreads: s('FABRIC_SCORING_THREADS', positive, '1', 'Intra-op threads of the ONNX session (spinning is disabled).'),
+  featureSnapshotTtlSec: s('FABRIC_FEATURE_SNAPSHOT_TTL_SEC', positive, '86400', 'How long per-event feature snapshots stay in Redis for scoring and replays.'),
+
+  driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Tumbling drift window length in event time.'),
+  driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
+
+  clickhouseLingerMs: s('FABRIC_CLICKHOUSE_LINGER_MS', ms, '1000', 'How long the ClickHouse sink gathers rows from all partitions before one insert per table.'),
+  clickhouseFlushRows: s('FABRIC_CLICKHOUSE_FLUSH_ROWS', positive, '5000', 'Rows buffered per table before an insert.'),
+
+  modelsDir: s('FABRIC_MODELS_DIR', z.string().min(1), 'models', 'Folder holding model artifacts (model.onnx + model.json per model).'),
+  metricsPort: s('FABRIC_METRICS_PORT', z.coerce.number().int().min(0).max(65535), '9464', 'Port of /metrics for processors run outside the gateway process.'),
+  gpu: s('FABRIC_GPU', bool, 'false', 'Allow the CUDA provider (needs onnxruntime-node installed with CUDA).'),
+} as const satisfies Record<string, Setting>;
+
+type Settings = typeof SETTINGS;
+export type FabricConfig = { readonly [K in keyof Settings]: z.output<Settings[K]['schema']> };
+
+/** Reads, validates and freezes the configuration. `overrides` take precedence over the environment. */
+export function loadConfig(env: Record<string, string | undefined> = process.env, overrides: Partial<Record<keyof Settings, string | number | boolean>> = {}): FabricConfig {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, setting] of Object.entries(SETTINGS) as [keyof Settings, Setting][]) {
+    const override = overrides[key];
+    const raw = override !== undefined ? String(override) : env[setting.env] ?? setting.default;
+    const parsed = setting.schema.safeParse(raw);
+    if (parsed.success) out[key] = parsed.data;
+    else problems.push(`${setting.env}=${JSON.stringify(raw)}: ${parsed.error.issues.map((i) => i.message).join('; ')} (${setting.doc} Default: ${JSON.stringify(setting.default)})`);
+  }
+  if (problems.length > 0) throw new FabricError('FABRIC_CONFIG_INVALID', `invalid configuration: ${problems.join(' | ')}`);
+  return Object.freeze(out) as FabricConfig;
+}
+
+/** `name` with the configured prefix, for topics and consumer groups. */
+export function prefixed(config: Pick<FabricConfig, 'topicPrefix'>, name: string): string {
+  return `${config.topicPrefix}${name}`;
+}

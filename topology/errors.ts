@@ -1,0 +1,66 @@
+/**
+ * The one error catalogue. Every failure the fabric reports has a stable code
+ * (`FABRIC_<AREA>_<PROBLEM>`), an HTTP status where it reaches a client, and whether a retry may help.
+ * `docs` is the text shown in README's error table (a test checks every code is documented there).
+ */
+export interface ErrorSpec {
+  readonly status: number;
+  readonly retriable: boolean;
+  readonly docs: string;
+}
+
+export const ERRORS = {
+  FABRIC_CONFIG_INVALID: { status: 500, retriable: false, docs: 'A configuration value failed validation; the message names the variable and how to fix it.' },
+  FABRIC_HTTP_MALFORMED: { status: 400, retriable: false, docs: 'The request body is not valid JSON, a JSON array or NDJSON.' },
+  FABRIC_HTTP_UNAUTHORIZED: { status: 401, retriable: false, docs: 'No API key, or an unknown one, in `Authorization: Bearer <key>`.' },
+  FABRIC_HTTP_FORBIDDEN: { status: 403, retriable: false, docs: 'The API key is not allowed on this stream.' },
+  FABRIC_HTTP_NOT_FOUND: { status: 404, retriable: false, docs: 'Unknown route.' },
+  FABRIC_STREAM_UNKNOWN: { status: 404, retriable: false, docs: 'The stream is not declared in the topology.' },
+  FABRIC_MODEL_UNKNOWN: { status: 404, retriable: false, docs: 'The model is not registered.' },
+  FABRIC_HTTP_TOO_LARGE: { status: 413, retriable: false, docs: 'The body exceeds the gateway limit (FABRIC_GATEWAY_MAX_BODY_BYTES).' },
+  FABRIC_HTTP_RATE_LIMITED: { status: 429, retriable: true, docs: 'Too many events in flight; retry after the Retry-After seconds.' },
+  FABRIC_KAFKA_UNAVAILABLE: { status: 503, retriable: true, docs: 'Kafka did not acknowledge in time or is unreachable; nothing in the request is reported accepted.' },
+  FABRIC_REGISTRY_UNAVAILABLE: { status: 503, retriable: true, docs: 'The schema registry is unreachable.' },
+  FABRIC_EVENT_INVALID: { status: 400, retriable: false, docs: 'An event does not match its Avro schema (wrong type or missing field); reported per event in `rejected`.' },
+  FABRIC_EVENT_NOT_OBJECT: { status: 400, retriable: false, docs: 'An element of the body is not a JSON object; reported per event in `rejected`.' },
+  FABRIC_RECORD_UNDECODABLE: { status: 500, retriable: false, docs: 'A Kafka record could not be decoded with its schema; it goes to `dlq.<topic>`.' },
+  FABRIC_RECORD_REJECTED: { status: 500, retriable: false, docs: 'A processor rejected a record (invalid content); it goes to `dlq.<topic>`.' },
+  FABRIC_SINK_FAILED: { status: 503, retriable: true, docs: 'A sink (Redis, ClickHouse, Kafka) failed; the batch is retried and offsets are not committed.' },
+  FABRIC_MODEL_INVALID: { status: 500, retriable: false, docs: 'A model artifact is missing, fails its sha256 pin, or references files outside its folder.' },
+  FABRIC_MODEL_TIMEOUT: { status: 504, retriable: true, docs: 'The model worker did not answer within FABRIC_SCORING_TIMEOUT_MS; the rules fallback decision is used.' },
+  FABRIC_STACK_FAILED: { status: 500, retriable: false, docs: 'A local stack component did not become healthy; the message carries its log tail.' },
+  FABRIC_CLI_USAGE: { status: 400, retriable: false, docs: 'A command was called with missing or invalid arguments.' },
+  FABRIC_SHUTTING_DOWN: { status: 503, retriable: true, docs: 'The component is draining for shutdown.' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class FabricError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly retriable: boolean;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'FabricError';
+    this.code = code;
+    this.status = ERRORS[code].status;
+    this.retriable = ERRORS[code].retriable;
+    this.details = options.details;
+  }
+
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isFabricError(err: unknown, code?: ErrorCode): err is FabricError {
+  return err instanceof FabricError && (code === undefined || err.code === code);
+}
+
+/** A message for any thrown value, without losing the cause chain's first line. */
+export function messageOf(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,35 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * One Prometheus registry per process; metric names follow `fabric_<area>_<what>_<unit>`.
+ * Components receive the Metrics object instead of reaching for a global.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly gatewayRequests = new Counter({ name: 'fabric_gateway_requests_total', help: 'Gateway requests by route and status.', labelNames: ['route', 'status'] as const, registers: [this.registry] });
+  readonly gatewayEvents = new Counter({ name: 'fabric_gateway_events_total', help: 'Events by stream and outcome (accepted, rejected).', labelNames: ['stream', 'outcome'] as const, registers: [this.registry] });
+  readonly gatewayInFlight = new Gauge({ name: 'fabric_gateway_in_flight_events', help: 'Events awaiting a Kafka acknowledgement.', registers: [this.registry] });
+  readonly gatewayLatency = new Histogram({ name: 'fabric_gateway_request_duration_seconds', help: 'Request duration until the answer (includes the Kafka ack).', labelNames: ['route'] as const, buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [this.registry] });
+
+  readonly producerQueued = new Gauge({ name: 'fabric_producer_queued_messages', help: 'Messages waiting in the batching producer.', registers: [this.registry] });
+  readonly producerSent = new Counter({ name: 'fabric_producer_messages_total', help: 'Messages acknowledged by Kafka, by topic.', labelNames: ['topic'] as const, registers: [this.registry] });
+  readonly producerErrors = new Counter({ name: 'fabric_producer_errors_total', help: 'Failed produce requests.', registers: [this.registry] });
+  readonly producerBatchSize = new Histogram({ name: 'fabric_producer_batch_messages', help: 'Messages per produce request.', buckets: [1, 5, 10, 50, 100, 500, 1000, 5000], registers: [this.registry] });
+
+  readonly processorRecords = new Counter({ name: 'fabric_processor_records_total', help: 'Records processed, by processor and topic.', labelNames: ['processor', 'topic'] as const, registers: [this.registry] });
+  readonly processorDlq = new Counter({ name: 'fabric_processor_dlq_records_total', help: 'Records sent to a dead-letter topic.', labelNames: ['processor', 'topic', 'code'] as const, registers: [this.registry] });
+  readonly processorBatchSeconds = new Histogram({ name: 'fabric_processor_batch_duration_seconds', help: 'Time from batch start to offset commit.', labelNames: ['processor'] as const, buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5], registers: [this.registry] });
+  readonly processorRetries = new Counter({ name: 'fabric_processor_batch_retries_total', help: 'Batches retried after a sink failure.', labelNames: ['processor'] as const, registers: [this.registry] });
+  readonly processorLag = new Gauge({ name: 'fabric_processor_lag_records', help: 'Offset lag of the last batch, by processor/topic/partition.', labelNames: ['processor', 'topic', 'partition'] as const, registers: [this.registry] });
+
+  readonly scoringRows = new Counter({ name: 'fabric_scoring_rows_total', help: 'Rows scored, by model and provider.', labelNames: ['model', 'provider'] as const, registers: [this.registry] });
+  readonly scoringFallbacks = new Counter({ name: 'fabric_scoring_fallbacks_total', help: 'Fallback decisions by model and reason.', labelNames: ['model', 'reason'] as const, registers: [this.registry] });
+  readonly scoringRunSeconds = new Histogram({ name: 'fabric_scoring_run_duration_seconds', help: 'Model run duration per micro-batch.', labelNames: ['model'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5], registers: [this.registry] });
+
+  readonly sinkRows = new Counter({ name: 'fabric_sink_rows_total', help: 'Rows written by sinks, by sink and table.', labelNames: ['sink', 'table'] as const, registers: [this.registry] });
+
+  constructor(options: { defaults?: boolean } = {}) {
+    if (options.defaults ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'fabric_process_' });
+  }
+}
