@@ -1,0 +1,32 @@
+/**
+ * Serving rules for a scoring model: score thresholds give the decision; when no score can be had
+ * (features missing, model timeout or failure) the declared fallback decision applies, with the reason.
+ */
+export interface ThresholdRules {
+  readonly block: number;
+  readonly review: number;
+  /** Decision when the model cannot score; `review` is the safe default for fraud. */
+  readonly fallbackDecision: 'block' | 'review' | 'allow';
+}
+
+export type FallbackReason = 'features_missing' | 'model_timeout' | 'model_error';
+
+export interface Decision {
+  readonly decision: 'block' | 'review' | 'allow';
+  readonly reasons: string[];
+  readonly fallback: boolean;
+}
+
+export function decide(rules: ThresholdRules, score: number | null, fallbackReason?: FallbackReason): Decision {
+  if (score === null || fallbackReason) {
+    return { decision: rules.fallbackDecision, reasons: [`fallback:${fallbackReason ?? 'model_error'}`], fallback: true };
+  }
+  if (!Number.isFinite(score)) return { decision: rules.fallbackDecision, reasons: ['fallback:model_error', 'score is not finite'], fallback: true };
+  if (score >= rules.block) return { decision: 'block', reasons: [`score ${fmt(score)} >= block ${rules.block}`], fallback: false };
+  if (score >= rules.review) return { decision: 'review', reasons: [`score ${fmt(score)} >= review ${rules.review}`], fallback: false };
+  return { decision: 'allow', reasons: [`score ${fmt(score)} < review ${rules.review}`], fallback: false };
+}
+
+function fmt(x: number): string {
+  return x.toFixed(4);
+}

@@ -1,0 +1,17 @@
+import { FabricError } from '../../topology/errors.js';
+import type { Transaction } from '../../schemas/types.generated.js';
+
+/** Domain checks beyond the Avro schema: values a schema cannot rule out but no real event has. */
+export function transactionProblem(t: Transaction): string | null {
+  if (!t.event_id) return 'event_id is empty';
+  if (!t.account_id) return 'account_id is empty';
+  if (!Number.isFinite(t.amount) || t.amount < 0) return `amount must be a finite non-negative number, got ${t.amount}`;
+  if (!Number.isFinite(t.old_balance) || !Number.isFinite(t.new_balance)) return 'balances must be finite numbers';
+  if (!Number.isSafeInteger(t.ts) || t.ts <= 0) return `ts must be epoch milliseconds, got ${t.ts}`;
+  return null;
+}
+
+export function rejectedTransaction(t: Transaction): FabricError | null {
+  const problem = transactionProblem(t);
+  return problem ? new FabricError('FABRIC_RECORD_REJECTED', problem) : null;
+}

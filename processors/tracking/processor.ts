@@ -1,0 +1,52 @@
+import { EMPTY, Observable, from, mergeMap, toArray } from 'rxjs';
+import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
+import { reject } from '../../topology/runtime/processor.js';
+import { FabricError, messageOf } from '../../topology/errors.js';
+import type { ClickHouseSink, Row } from './clickhouse-sink.js';
+import { mappingFor, type TableMapping } from './rows.js';
+
+/**
+ * Tracking: writes every tracked topic to its ClickHouse table through the shared group-commit sink.
+ * The processor's flush is the sink's flush, so offsets are committed only once rows are inserted.
+ */
+export function trackingProcessor(options: { sink: ClickHouseSink; topics: readonly string[] }): ProcessorLogic {
+  const byTopic = new Map<string, TableMapping>();
+  for (const topic of options.topics) {
+    const mapping = mappingFor(topic);
+    if (!mapping) throw new Error(`tracking has no ClickHouse table for topic ${topic}`);
+    byTopic.set(topic, mapping);
+  }
+  return {
+    name: 'tracking',
+    process(records$: Observable<SourceRecord>): Observable<Output> {
+      return records$.pipe(
+        toArray(),
+        mergeMap((records) => {
+          const rejects: Output[] = [];
+          const rows = new Map<string, Row[]>();
+          for (const record of records) {
+            const mapping = byTopic.get(record.topic);
+            if (!mapping) {
+              rejects.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `tracking does not handle topic ${record.topic}`)));
+              continue;
+            }
+            let row: Row;
+            try {
+              row = mapping.row(record);
+            } catch (err) {
+              rejects.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `cannot map to ${mapping.table}: ${messageOf(err)}`)));
+              continue;
+            }
+            const list = rows.get(mapping.table);
+            if (list) list.push(row);
+            else rows.set(mapping.table, [row]);
+          }
+          for (const [table, list] of rows) options.sink.add(table, list);
+          return rejects.length ? from(rejects) : EMPTY;
+        }),
+      );
+    },
+    flush: () => options.sink.flush(),
+    close: () => options.sink.close(),
+  };
+}

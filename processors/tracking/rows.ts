@@ -1,0 +1,71 @@
+import type { AccountFeatureUpdate, DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
+import type { SourceRecord } from '../../topology/runtime/processor.js';
+import type { Row } from './clickhouse-sink.js';
+
+/** How each tracked topic becomes rows of a ClickHouse table. Every row carries its source position. */
+export interface TableMapping {
+  readonly table: string;
+  row(record: SourceRecord): Row;
+}
+
+function source(r: SourceRecord): Row {
+  return { source_topic: r.topic, source_partition: r.partition, source_offset: r.offset };
+}
+
+const mappings: Record<string, (topic: string) => TableMapping> = {
+  'events.transactions': () => ({
+    table: 'events_transactions',
+    row(r) {
+      const t = r.value as Transaction;
+      return { event_id: t.event_id, account_id: t.account_id, counterparty_id: t.counterparty_id, type: t.type, amount: t.amount, old_balance: t.old_balance, new_balance: t.new_balance, channel: t.channel, ts_ms: t.ts, ...source(r) };
+    },
+  }),
+  'events.interactions': () => ({
+    table: 'events_interactions',
+    row(r) {
+      const i = r.value as Interaction;
+      return { event_id: i.event_id, user_id: i.user_id, item_id: i.item_id, action: i.action, ts_ms: i.ts, ...source(r) };
+    },
+  }),
+  'features.account': () => ({
+    table: 'features_account',
+    row(r) {
+      const f = r.value as AccountFeatureUpdate;
+      const { ts, source_topic: _t, source_partition: _p, source_offset: _o, ...rest } = f;
+      return { ...rest, ts_ms: ts, ...source(r) };
+    },
+  }),
+  'predictions.': () => ({
+    table: 'predictions',
+    row(r) {
+      const p = r.value as Prediction;
+      const names = Object.keys(p.features).sort();
+      return {
+        event_id: p.event_id, entity_id: p.entity_id, model: p.model, version: p.version, score: p.score, decision: p.decision, reasons: p.reasons, fallback: p.fallback ? 1 : 0, provider: p.provider,
+        event_ts_ms: p.event_ts, feature_names: names, feature_values: names.map((n) => p.features[n] ?? null), ...source(r),
+      };
+    },
+  }),
+  'outcomes.': (topic) => ({
+    table: 'outcomes',
+    row(r) {
+      const o = r.value as Outcome;
+      return { stream: topic.slice('outcomes.'.length), event_id: o.event_id, entity_id: o.entity_id, label: o.label, value: o.value, ts_ms: o.ts, ...source(r) };
+    },
+  }),
+  'drift.metrics': () => ({
+    table: 'drift_metrics',
+    row(r) {
+      const d = r.value as DriftMetric;
+      return { model: d.model, version: d.version, variable: d.variable, window_start_ms: d.window_start, window_end_ms: d.window_end, count: d.count, psi: d.psi, mean: d.mean, status: d.status, ...source(r) };
+    },
+  }),
+};
+
+/** The mapping for a logical topic: exact name first, then its family prefix (predictions.*, outcomes.*). */
+export function mappingFor(topic: string): TableMapping | null {
+  const exact = mappings[topic];
+  if (exact) return exact(topic);
+  const family = Object.keys(mappings).find((k) => k.endsWith('.') && topic.startsWith(k));
+  return family ? mappings[family]!(topic) : null;
+}
