@@ -1,0 +1,25 @@
+import { FabricError } from '../../topology/errors.js';
+
+/** API keys from `key:stream|stream,key2:*`; `*` allows every stream. */
+export class ApiKeys {
+  private readonly keys = new Map<string, ReadonlySet<string> | '*'>();
+
+  constructor(spec: string) {
+    for (const entry of spec.split(',').map((e) => e.trim()).filter(Boolean)) {
+      const colon = entry.lastIndexOf(':');
+      if (colon <= 0) throw new FabricError('FABRIC_CONFIG_INVALID', `FABRIC_GATEWAY_API_KEYS entry ${JSON.stringify(entry)} must be key:stream|stream or key:*`);
+      const key = entry.slice(0, colon);
+      const streams = entry.slice(colon + 1);
+      this.keys.set(key, streams === '*' ? '*' : new Set(streams.split('|').filter(Boolean)));
+    }
+  }
+
+  /** Throws 401 for a missing or unknown key, 403 for a key not allowed on `stream`. */
+  check(authorization: string | undefined, stream: string): void {
+    const match = authorization ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;
+    if (!match) throw new FabricError('FABRIC_HTTP_UNAUTHORIZED', 'missing API key: send Authorization: Bearer <key>');
+    const allowed = this.keys.get(match[1]!);
+    if (!allowed) throw new FabricError('FABRIC_HTTP_UNAUTHORIZED', 'unknown API key');
+    if (allowed !== '*' && !allowed.has(stream)) throw new FabricError('FABRIC_HTTP_FORBIDDEN', `this API key may not write to stream ${stream}`);
+  }
+}

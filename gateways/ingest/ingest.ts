@@ -1,0 +1,83 @@
+import { FabricError } from '../../topology/errors.js';
+import type { AvroWriter } from '../../schemas/serde.js';
+import type { BatchingProducer, OutMessage } from '../../topology/runtime/producer.js';
+import type { StreamDef } from '../../topology/graph.js';
+import type { Metrics } from '../../topology/runtime/metrics.js';
+
+export interface Rejection {
+  readonly index: number;
+  readonly code: 'FABRIC_EVENT_INVALID' | 'FABRIC_EVENT_NOT_OBJECT';
+  readonly message: string;
+}
+
+export interface IngestResult {
+  readonly accepted: number;
+  readonly rejected: Rejection[];
+}
+
+export interface BoundStream {
+  readonly def: StreamDef;
+  readonly physicalTopic: string;
+  readonly writer: AvroWriter<Record<string, unknown>>;
+}
+
+/**
+ * Validates events against their stream's Avro schema and produces the valid ones, answering only
+ * once Kafka has acknowledged all of them. Shared by HTTP and WebSocket. Invalid events are
+ * reported per index and never produced; valid ones in the same request still are.
+ * Bounded: beyond maxInFlight unacknowledged events, requests are refused with 429.
+ */
+export class IngestService {
+  private inFlight = 0;
+
+  constructor(
+    private readonly streams: ReadonlyMap<string, BoundStream>,
+    private readonly producer: BatchingProducer,
+    private readonly options: { maxInFlight: number },
+    private readonly metrics?: Metrics,
+  ) {}
+
+  get eventsInFlight(): number {
+    return this.inFlight;
+  }
+
+  stream(name: string): BoundStream {
+    const s = this.streams.get(name);
+    if (!s) throw new FabricError('FABRIC_STREAM_UNKNOWN', `unknown stream ${JSON.stringify(name)}; known: ${[...this.streams.keys()].join(', ')}`);
+    return s;
+  }
+
+  async ingest(streamName: string, events: readonly unknown[]): Promise<IngestResult> {
+    const stream = this.stream(streamName);
+    const rejected: Rejection[] = [];
+    const messages: OutMessage[] = [];
+    events.forEach((event, index) => {
+      if (event === null || typeof event !== 'object' || Array.isArray(event)) {
+        rejected.push({ index, code: 'FABRIC_EVENT_NOT_OBJECT', message: `event ${index} is not a JSON object` });
+        return;
+      }
+      const problems = stream.writer.validate(event);
+      if (problems.length > 0) {
+        rejected.push({ index, code: 'FABRIC_EVENT_INVALID', message: problems.join('; ') });
+        return;
+      }
+      const key = String((event as Record<string, unknown>)[stream.def.keyField]);
+      messages.push({ topic: stream.physicalTopic, key, value: stream.writer.encode(event as Record<string, unknown>) });
+    });
+    this.metrics?.gatewayEvents.inc({ stream: streamName, outcome: 'rejected' }, rejected.length);
+    if (messages.length === 0) return { accepted: 0, rejected };
+    if (this.inFlight + messages.length > this.options.maxInFlight) {
+      throw new FabricError('FABRIC_HTTP_RATE_LIMITED', `${this.inFlight} events awaiting Kafka acknowledgement (limit ${this.options.maxInFlight})`);
+    }
+    this.inFlight += messages.length;
+    this.metrics?.gatewayInFlight.set(this.inFlight);
+    try {
+      await this.producer.send(messages);
+    } finally {
+      this.inFlight -= messages.length;
+      this.metrics?.gatewayInFlight.set(this.inFlight);
+    }
+    this.metrics?.gatewayEvents.inc({ stream: streamName, outcome: 'accepted' }, messages.length);
+    return { accepted: messages.length, rejected };
+  }
+}

@@ -1,0 +1,240 @@
+import * as uWS from 'uWebSockets.js';
+import { FabricError, isFabricError, messageOf, type ErrorCode } from '../topology/errors.js';
+import type { Logger } from '../topology/runtime/log.js';
+import type { Metrics } from '../topology/runtime/metrics.js';
+import type { ApiKeys } from './ingest/auth.js';
+import type { IngestService } from './ingest/ingest.js';
+import { parseEvents } from './ingest/parse.js';
+
+export interface GatewayOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly maxBodyBytes: number;
+  /** WebSocket messages awaiting their ack per connection before further ones are refused. */
+  readonly maxPendingPerSocket?: number;
+}
+
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, boolean>;
+}
+
+export interface GatewayDeps {
+  readonly ingest: IngestService;
+  readonly apiKeys: ApiKeys;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readiness(): Readiness;
+}
+
+const STATUS_TEXT: Record<number, string> = { 200: '200 OK', 202: '202 Accepted', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found', 413: '413 Payload Too Large', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable', 504: '504 Gateway Timeout' };
+
+interface SocketData {
+  stream: string;
+  seq: number;
+  pending: number;
+  closed: boolean;
+}
+
+/**
+ * The ingestion edge on uWebSockets.js. Every answer that comes after an await registers onAborted
+ * first and writes inside cork(); bodies are copied chunk by chunk and cut off with 413 as soon as
+ * they exceed the limit. 2xx means every accepted event is acknowledged by Kafka.
+ */
+export class Gateway {
+  private listenSocket: uWS.us_listen_socket | null = null;
+  private readonly app: uWS.TemplatedApp;
+  private readonly sockets = new Set<uWS.WebSocket<SocketData>>();
+  private draining = false;
+
+  constructor(private readonly deps: GatewayDeps, private readonly options: GatewayOptions) {
+    this.app = uWS.App();
+    this.routes();
+  }
+
+  private routes(): void {
+    const { deps } = this;
+    this.app.get('/healthz', (res) => reply(res, 200, { status: 'ok' }));
+    this.app.get('/readyz', (res) => {
+      const r = deps.readiness();
+      const ready = r.ready && !this.draining;
+      reply(res, ready ? 200 : 503, { ready, checks: r.checks, ...(this.draining ? { draining: true } : {}) });
+    });
+    this.app.get('/metrics', (res) => {
+      const state = watch(res);
+      deps.metrics.registry.metrics().then(
+        (text) => !state.aborted && res.cork(() => res.writeStatus('200 OK').writeHeader('Content-Type', deps.metrics.registry.contentType).end(text)),
+        (err: unknown) => !state.aborted && replyError(res, new FabricError('FABRIC_SINK_FAILED', messageOf(err))),
+      );
+    });
+    this.app.post('/v1/events/:stream', (res, req) => this.postEvents(res, req));
+    this.app.ws<SocketData>('/v1/events/:stream', {
+      maxPayloadLength: this.options.maxBodyBytes,
+      maxBackpressure: 1024 * 1024,
+      idleTimeout: 120,
+      upgrade: (res, req, context) => {
+        const stream = req.getParameter(0) ?? '';
+        const auth = req.getHeader('authorization');
+        const key = req.getHeader('sec-websocket-key');
+        const protocol = req.getHeader('sec-websocket-protocol');
+        const extensions = req.getHeader('sec-websocket-extensions');
+        try {
+          if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
+          deps.apiKeys.check(auth, stream);
+          deps.ingest.stream(stream);
+        } catch (err) {
+          replyError(res, err);
+          return;
+        }
+        res.upgrade<SocketData>({ stream, seq: 0, pending: 0, closed: false }, key, protocol, extensions, context);
+      },
+      open: (ws) => {
+        this.sockets.add(ws);
+      },
+      message: (ws, message) => this.wsMessage(ws, Buffer.from(message).toString('utf8')),
+      close: (ws) => {
+        ws.getUserData().closed = true;
+        this.sockets.delete(ws);
+      },
+    });
+    this.app.any('/*', (res, req) => replyError(res, new FabricError('FABRIC_HTTP_NOT_FOUND', `no route for ${req.getMethod().toUpperCase()} ${req.getUrl()}`)));
+  }
+
+  private postEvents(res: uWS.HttpResponse, req: uWS.HttpRequest): void {
+    const started = performance.now();
+    const stream = req.getParameter(0) ?? '';
+    const auth = req.getHeader('authorization');
+    const contentType = req.getHeader('content-type') || undefined;
+    const declared = Number(req.getHeader('content-length') || '0');
+    const state = watch(res);
+    const finish = (status: number, body: unknown, headers: Record<string, string> = {}): void => {
+      this.deps.metrics.gatewayRequests.inc({ route: 'events', status: String(status) });
+      this.deps.metrics.gatewayLatency.observe({ route: 'events' }, (performance.now() - started) / 1000);
+      if (!state.aborted) reply(res, status, body, headers);
+    };
+    const fail = (err: unknown): void => {
+      const e = toFabricError(err);
+      if (e.status >= 500) this.deps.log.warn({ code: e.code, err: e.message, stream }, 'ingest failed');
+      finish(e.status, { error: e.toJSON() }, e.code === 'FABRIC_HTTP_RATE_LIMITED' || e.code === 'FABRIC_KAFKA_UNAVAILABLE' ? { 'Retry-After': '1' } : {});
+    };
+    try {
+      if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
+      this.deps.apiKeys.check(auth, stream);
+      this.deps.ingest.stream(stream);
+      if (declared > this.options.maxBodyBytes) throw new FabricError('FABRIC_HTTP_TOO_LARGE', `body of ${declared} bytes exceeds ${this.options.maxBodyBytes}`);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    res.onData((chunk, isLast) => {
+      if (tooLarge) return;
+      size += chunk.byteLength;
+      if (size > this.options.maxBodyBytes) {
+        tooLarge = true;
+        fail(new FabricError('FABRIC_HTTP_TOO_LARGE', `body exceeds ${this.options.maxBodyBytes} bytes`));
+        return;
+      }
+      // uWS reuses the chunk's memory after this callback: copy it.
+      chunks.push(Buffer.from(chunk.slice(0)));
+      if (!isLast) return;
+      let events: unknown[];
+      try {
+        events = parseEvents(Buffer.concat(chunks, size).toString('utf8'), contentType);
+      } catch (err) {
+        fail(err);
+        return;
+      }
+      this.deps.ingest.ingest(stream, events).then((result) => {
+        if (result.accepted === 0 && result.rejected.length > 0) {
+          finish(400, { error: { code: 'FABRIC_EVENT_INVALID' satisfies ErrorCode, message: `no event accepted: ${result.rejected[0]!.message}` }, accepted: 0, rejected: result.rejected });
+        } else finish(202, result);
+      }, fail);
+    });
+  }
+
+  private wsMessage(ws: uWS.WebSocket<SocketData>, text: string): void {
+    const data = ws.getUserData();
+    const seq = data.seq++;
+    const send = (body: unknown): void => {
+      if (!data.closed) ws.cork(() => ws.send(JSON.stringify(body)));
+    };
+    let ack: unknown = seq;
+    let events: unknown[];
+    try {
+      const parsed: unknown = JSON.parse(text);
+      // An envelope {"seq": s, "events": [...]} lets the client name its own sequence number.
+      if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) && 'events' in parsed && Array.isArray((parsed as { events: unknown }).events)) {
+        ack = (parsed as { seq?: unknown }).seq ?? seq;
+        events = (parsed as { events: unknown[] }).events;
+      } else events = Array.isArray(parsed) ? parsed : [parsed];
+    } catch (err) {
+      send({ ack, accepted: 0, rejected: [], error: { code: 'FABRIC_HTTP_MALFORMED', message: `message is not valid JSON: ${(err as Error).message}` } });
+      return;
+    }
+    if (data.pending >= (this.options.maxPendingPerSocket ?? 256) || this.draining) {
+      const e = this.draining ? new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down') : new FabricError('FABRIC_HTTP_RATE_LIMITED', `more than ${this.options.maxPendingPerSocket ?? 256} messages await acknowledgement on this socket`);
+      send({ ack, accepted: 0, rejected: [], error: e.toJSON() });
+      return;
+    }
+    data.pending++;
+    this.deps.ingest.ingest(data.stream, events).then(
+      (result) => send({ ack, ...result }),
+      (err: unknown) => send({ ack, accepted: 0, rejected: [], error: toFabricError(err).toJSON() }),
+    ).finally(() => data.pending--);
+  }
+
+  /** Listens; resolves with the bound port. */
+  listen(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.app.listen(this.options.host, this.options.port, (token) => {
+        if (!token) return reject(new FabricError('FABRIC_CONFIG_INVALID', `gateway cannot listen on ${this.options.host}:${this.options.port} (in use?)`));
+        this.listenSocket = token;
+        resolve(uWS.us_socket_local_port(token as unknown as uWS.us_socket));
+      });
+    });
+  }
+
+  /** Stops accepting, waits for in-flight events to be acknowledged (bounded), closes sockets. */
+  async close(timeoutMs = 10_000): Promise<void> {
+    this.draining = true;
+    if (this.listenSocket) {
+      uWS.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+    const deadline = Date.now() + timeoutMs;
+    while (this.deps.ingest.eventsInFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const ws of this.sockets) ws.end(1001, 'server shutting down');
+    this.sockets.clear();
+    this.app.close();
+  }
+}
+
+function watch(res: uWS.HttpResponse): { aborted: boolean } {
+  const state = { aborted: false };
+  res.onAborted(() => {
+    state.aborted = true;
+  });
+  return state;
+}
+
+function toFabricError(err: unknown): FabricError {
+  if (isFabricError(err)) return err;
+  return new FabricError('FABRIC_KAFKA_UNAVAILABLE', messageOf(err), { cause: err });
+}
+
+function reply(res: uWS.HttpResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.cork(() => {
+    res.writeStatus(STATUS_TEXT[status] ?? `${status} Status`);
+    res.writeHeader('Content-Type', 'application/json');
+    for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v);
+    res.end(JSON.stringify(body));
+  });
+}
+
+function replyError(res: uWS.HttpResponse, err: unknown): void {
+  const e = toFabricError(err);
+  reply(res, e.status, { error: e.toJSON() }, e.retriable ? { 'Retry-After': '1' } : {});
+}
