@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest';
+import avro from 'avsc';
+import { parseEvents } from '../../gateways/ingest/parse.js';
+import { ApiKeys } from '../../gateways/ingest/auth.js';
+import { isFabricError } from '../../topology/errors.js';
+import { validateAgainst } from '../../schemas/serde.js';
+import { loadAvroSchema } from '../../schemas/catalog.js';
+
+function code(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return isFabricError(err) ? err.code : 'not a FabricError';
+  }
+  return undefined;
+}
+
+describe('request bodies', () => {
+  it('accepts one object, an array, and NDJSON', () => {
+    expect(parseEvents('{"a":1}', 'application/json')).toEqual([{ a: 1 }]);
+    expect(parseEvents('[{"a":1},{"a":2}]', undefined)).toHaveLength(2);
+    expect(parseEvents('{"a":1}\n{"a":2}\n', 'application/x-ndjson')).toHaveLength(2);
+    expect(parseEvents('{"a":1}\n{"a":2}', 'application/json')).toHaveLength(2);
+  });
+
+  it('rejects malformed JSON, empty bodies and bad NDJSON lines with FABRIC_HTTP_MALFORMED', () => {
+    expect(code(() => parseEvents('{"a":', 'application/json'))).toBe('FABRIC_HTTP_MALFORMED');
+    expect(code(() => parseEvents('   ', undefined))).toBe('FABRIC_HTTP_MALFORMED');
+    expect(code(() => parseEvents('{"a":1}\n{oops}', 'application/x-ndjson'))).toBe('FABRIC_HTTP_MALFORMED');
+  });
+});
+
+describe('API keys', () => {
+  const keys = new ApiKeys('k1:transactions|interactions,admin:*');
+  it('distinguishes a missing or unknown key (401) from a forbidden stream (403)', () => {
+    expect(code(() => keys.check(undefined, 'transactions'))).toBe('FABRIC_HTTP_UNAUTHORIZED');
+    expect(code(() => keys.check('Bearer nope', 'transactions'))).toBe('FABRIC_HTTP_UNAUTHORIZED');
+    expect(code(() => keys.check('Basic abc', 'transactions'))).toBe('FABRIC_HTTP_UNAUTHORIZED');
+    expect(code(() => keys.check('Bearer k1', 'payments'))).toBe('FABRIC_HTTP_FORBIDDEN');
+    expect(code(() => keys.check('Bearer k1', 'transactions'))).toBeUndefined();
+    expect(code(() => keys.check('Bearer admin', 'anything'))).toBeUndefined();
+  });
+  it('refuses a malformed key specification at start-up', () => {
+    expect(code(() => new ApiKeys('justakey'))).toBe('FABRIC_CONFIG_INVALID');
+  });
+});
+
+describe('event validation against the Avro schema', () => {
+  const schema = loadAvroSchema('transaction');
+  const type = avro.Type.forSchema(schema as avro.Schema);
+  const fields = new Set(schema.fields.map((f) => f.name));
+  const good = { event_id: 'e1', account_id: 'a1', counterparty_id: 'c1', type: 'TRANSFER', amount: 10.5, old_balance: 100, new_balance: 89.5, channel: 'web', ts: 1_700_000_000_000 };
+
+  it('accepts a valid event', () => {
+    expect(validateAgainst(type, fields, good)).toEqual([]);
+  });
+  it('names wrong types, missing fields, bad enum symbols and unknown fields', () => {
+    expect(validateAgainst(type, fields, { ...good, amount: 'ten' })).toEqual(['amount: expected double, got string "ten"']);
+    const { account_id: _a, ...missing } = good;
+    expect(validateAgainst(type, fields, missing)[0]).toMatch(/^account_id: missing required field/);
+    expect(validateAgainst(type, fields, { ...good, type: 'STEAL' })[0]).toMatch(/^type: expected one of CASH_IN\|/);
+    expect(validateAgainst(type, fields, { ...good, extra: 1 })).toEqual(['extra: unknown field']);
+    expect(validateAgainst(type, fields, { ...good, ts: 1.5 })[0]).toMatch(/^ts: expected long/);
+    expect(validateAgainst(type, fields, [good])).toEqual(['expected an object, got array']);
+  });
+});

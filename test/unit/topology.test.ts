@@ -1,0 +1,21 @@
+import { describe, expect, it } from 'vitest';
+import { buildTopology, processor, stream, topic } from '../../topology/graph.js';
+import { fabricTopology } from '../../topology/fabric-topology.js';
+
+describe('topology', () => {
+  it('derives event, outcome and dead-letter topics and describes itself', () => {
+    const t = fabricTopology();
+    const names = t.topics.map((x) => x.name);
+    for (const n of ['events.transactions', 'outcomes.transactions', 'features.account', 'predictions.fraud', 'drift.metrics', 'dlq.events.transactions', 'dlq.predictions.fraud', '_fabric.models']) expect(names).toContain(n);
+    expect(t.topic('_fabric.models').compacted).toBe(true);
+    expect(t.describe()).toContain('scoring [group fabric.scoring]: events.transactions -> predictions.fraud');
+  });
+
+  it('raises wiring errors while building, before anything runs', () => {
+    const base = { streams: [stream('s', 'transaction', 'account_id')], topics: [topic('out')] };
+    expect(() => buildTopology({ ...base, processors: [processor({ name: 'p', group: 'g', inputs: ['missing'], outputs: [], sinks: [], doc: '' })] })).toThrow(/undeclared topic missing/);
+    expect(() => buildTopology({ ...base, processors: [processor({ name: 'p', group: 'g', inputs: ['events.s'], outputs: [], sinks: [], doc: '' }), processor({ name: 'q', group: 'g', inputs: ['events.s'], outputs: [], sinks: [], doc: '' })] })).toThrow(/group g is used by two/);
+    expect(() => buildTopology({ streams: [], topics: [topic('a b')], processors: [] })).toThrow(/legal Kafka topic/);
+    expect(() => buildTopology({ streams: [stream('Bad-Name', 'transaction', 'x')], topics: [], processors: [] })).toThrow(/lower snake case/);
+  });
+});

@@ -1,0 +1,318 @@
+import { Command, Option } from 'commander';
+import { Redis } from 'ioredis';
+import { loadConfig, prefixed, type FabricConfig } from '../config.js';
+import { FabricError, messageOf } from '../errors.js';
+import { createLogger, type Logger } from '../runtime/log.js';
+import { createKafka } from '../runtime/kafka.js';
+import { createClickHouse, sqlLiteral } from '../runtime/clickhouse.js';
+import { BatchingProducer } from '../runtime/producer.js';
+import { fabricTopology } from '../fabric-topology.js';
+import { applyTopology } from '../apply.js';
+import { DLQ_HEADERS } from '../runtime/dlq.js';
+import { startFabric } from '../app/fabric.js';
+import { publishModel, readCompacted } from '../app/control-plane.js';
+import { packagePath } from '../paths.js';
+import { AvroSerde } from '../../schemas/serde.js';
+import { loadAvroSchema } from '../../schemas/catalog.js';
+import type { Outcome } from '../../schemas/types.generated.js';
+import { stackDown, stackStatus, stackUp } from '../../deploy/stack.js';
+import { runSimulation } from '../../sim/run.js';
+import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
+import { accountKeys } from '../../processors/features/redis-keys.js';
+
+/** Prints data as JSON with --json, otherwise as the given text. */
+function out(json: boolean, data: unknown, text: () => string): void {
+  process.stdout.write(`${json ? JSON.stringify(data, null, 2) : text()}\n`);
+}
+
+function config(): FabricConfig {
+  return loadConfig();
+}
+
+function cliLog(cfg: FabricConfig, quiet = false): Logger {
+  return createLogger({ logLevel: quiet ? 'warn' : cfg.logLevel });
+}
+
+function positiveInt(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new FabricError('FABRIC_CLI_USAGE', `--${name} must be a positive number, got ${JSON.stringify(v)}`);
+    return n;
+  };
+}
+
+const program = new Command('fabric')
+  .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
+  .showHelpAfterError()
+  .exitOverride();
+
+const stack = program.command('stack').description('the local stack (Kafka, schema registry, Redis, ClickHouse) under FABRIC_STACK_DIR');
+stack.command('up').description('install what is missing and start every component; idempotent').option('--json', 'print status as JSON').action(async (o: { json?: boolean }) => {
+  const status = await stackUp(config(), (line) => process.stderr.write(`${line}\n`));
+  out(!!o.json, status, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`).join('\n'));
+});
+stack.command('down').description('stop every component (data is kept)').action(async () => {
+  await stackDown(config(), (line) => process.stderr.write(`${line}\n`));
+});
+stack.command('status').description('each component up/down with its address').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
+  const status = await stackStatus(config());
+  out(!!o.json, status, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}${s.pid ? ` (pid ${s.pid})` : ''}${s.detail ? `  ${s.detail}` : ''}`).join('\n'));
+  if (status.some((s) => !s.up)) process.exitCode = 1;
+});
+
+const topologyCmd = program.command('topology').description('the declarative graph of streams, topics and processors');
+topologyCmd.command('describe').description('print the graph').option('--json', 'print as JSON').action((o: { json?: boolean }) => {
+  const t = fabricTopology();
+  out(!!o.json, { streams: t.streams, topics: t.topics, processors: t.processors }, () => t.describe());
+});
+topologyCmd.command('apply').description('create topics, register schemas (BACKWARD), apply the ClickHouse DDL; idempotent').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
+  const cfg = config();
+  const log = cliLog(cfg, true);
+  const report = await applyTopology(fabricTopology(), cfg, createKafka(cfg, log, 'cli'), new AvroSerde({ url: cfg.registryUrl }));
+  out(!!o.json, report, () => `topics created: ${report.topicsCreated.length}, existing: ${report.topicsExisting.length}; subjects: ${report.subjects.map((s) => `${s.subject}#${s.id}`).join(', ')}; ClickHouse statements: ${report.clickhouseStatements}`);
+});
+
+program
+  .command('run')
+  .description('stack up, topology applied, demo model registered, gateway and every processor running; Ctrl-C stops cleanly')
+  .option('--processors <names>', 'comma-separated processors to run (default: all)')
+  .option('--no-gateway', 'do not start the gateway')
+  .option('--no-stack', 'do not start the local stack (use FABRIC_* addresses as they are)')
+  .action(async (o: { processors?: string; gateway: boolean; stack: boolean }) => {
+    const cfg = config();
+    const log = createLogger(cfg, { service: 'fabric' });
+    if (o.stack) {
+      const status = await stackUp(cfg, (line) => log.info(line));
+      log.info({ stack: status.map((s) => `${s.name}=${s.address}`) }, 'stack up');
+    }
+    const fabric = await startFabric(cfg, log, { gateway: o.gateway, ...(o.processors ? { processors: o.processors.split(',').map((s) => s.trim()) } : {}) });
+    log.info({ gateway: fabric.gatewayPort, model: fabric.model ? `${fabric.model.name}@${fabric.model.version}` : null }, 'fabric running; Ctrl-C to stop');
+    await new Promise<void>((resolve) => {
+      let stopping = false;
+      const onSignal = (signal: string): void => {
+        if (stopping) {
+          log.warn('second signal: exiting now');
+          process.exit(130);
+        }
+        stopping = true;
+        log.info({ signal }, 'stopping: draining gateway, finishing batches, flushing sinks, committing');
+        fabric.stop().then(resolve, (err: unknown) => {
+          log.error({ err: messageOf(err) }, 'stop failed');
+          resolve();
+        });
+      };
+      process.once('SIGINT', () => onSignal('SIGINT'));
+      process.once('SIGTERM', () => onSignal('SIGTERM'));
+    });
+    log.info('fabric stopped');
+  });
+
+program
+  .command('simulate')
+  .description('stream PaySim-like transactions (or interactions) through the gateway in real time; labels follow as outcomes')
+  .addOption(new Option('--stream <name>', 'stream').choices(['transactions', 'interactions']).default('transactions'))
+  .requiredOption('--rate <n>', 'events per second', positiveInt('rate'))
+  .requiredOption('--duration <sec>', 'seconds to run', positiveInt('duration'))
+  .option('--seed <k>', 'random seed', (v) => Number.parseInt(v, 10), 1)
+  .option('--drift', 'shift the distributions (exercises drift detection)', false)
+  .option('--run-id <id>', 'event id prefix (default: derived from the start time)')
+  .option('--gateway <url>', 'gateway base URL (default http://127.0.0.1:FABRIC_GATEWAY_PORT)')
+  .option('--api-key <key>', 'API key (default: the first of FABRIC_GATEWAY_API_KEYS)')
+  .option('--outcome-delay <ms>', 'delay before labels are published', (v) => Number.parseInt(v, 10), 5000)
+  .option('--no-outcomes', 'do not publish labels')
+  .option('--json', 'print the summary as JSON (with accepted event ids)')
+  .action(async (o: { stream: 'transactions' | 'interactions'; rate: number; duration: number; seed: number; drift: boolean; runId?: string; gateway?: string; apiKey?: string; outcomeDelay: number; outcomes: boolean; json?: boolean }) => {
+    const cfg = config();
+    const log = cliLog(cfg, true);
+    if (!Number.isInteger(o.seed)) throw new FabricError('FABRIC_CLI_USAGE', '--seed must be an integer');
+    let producer: BatchingProducer | null = null;
+    let publishOutcomes: ((outcomes: Outcome[]) => Promise<void>) | undefined;
+    const outcomesTopic = fabricTopology().stream(o.stream)?.outcomesTopic;
+    if (o.outcomes && outcomesTopic) {
+      const serde = new AvroSerde({ url: cfg.registryUrl });
+      const topic = prefixed(cfg, outcomesTopic);
+      const writer = await serde.writer<Outcome>(`${topic}-value`, loadAvroSchema('outcome'));
+      const p = new BatchingProducer(createKafka(cfg, log, 'simulate'), { lingerMs: 5, batchSize: 1000, maxQueued: 100_000, ackTimeoutMs: cfg.kafkaAckTimeoutMs }, log);
+      if (!(await p.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers} (needed for outcomes; --no-outcomes skips them)`);
+      producer = p;
+      publishOutcomes = (outcomes) => p.send(outcomes.map((x) => ({ topic, key: x.entity_id, value: writer.encode(x) })));
+    }
+    try {
+      const summary = await runSimulation({
+        stream: o.stream,
+        gatewayUrl: o.gateway ?? `http://127.0.0.1:${cfg.gatewayPort}`,
+        apiKey: o.apiKey ?? cfg.gatewayApiKeys.split(',')[0]!.split(':')[0]!,
+        ratePerSec: o.rate,
+        durationSec: o.duration,
+        seed: o.seed,
+        drift: o.drift,
+        runId: o.runId ?? `r${Date.now().toString(36)}`,
+        outcomeDelayMs: o.outcomeDelay,
+        ...(publishOutcomes ? { publishOutcomes } : {}),
+      });
+      const { acceptedIds, ...counts } = summary;
+      out(!!o.json, { ...counts, acceptedIds }, () => `sent ${counts.sent}, accepted ${counts.accepted}, rejected ${counts.rejected}, failed requests ${counts.failedRequests}, fraud ${counts.fraud}, outcomes ${counts.outcomes}${counts.errors.length ? `\nerrors: ${counts.errors.slice(0, 5).join(' | ')}` : ''}`);
+      if (counts.accepted < counts.sent) process.exitCode = 1;
+    } finally {
+      await producer?.close();
+    }
+  });
+
+const models = program.command('models').description('model registry (_fabric.models)');
+models.command('register').description('verify a model artifact (sha256 pin) and publish it to _fabric.models').argument('[name]', 'model folder under FABRIC_MODELS_DIR', 'fraud').option('--json', 'print as JSON').action(async (name: string, o: { json?: boolean }) => {
+  const cfg = config();
+  const log = cliLog(cfg, true);
+  const model = await loadModelArtifact(packagePath(cfg.modelsDir), name);
+  const producer = new BatchingProducer(createKafka(cfg, log, 'cli'), { lingerMs: 0, batchSize: 10, maxQueued: 10, ackTimeoutMs: cfg.kafkaAckTimeoutMs }, log);
+  if (!(await producer.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers}`);
+  const registration = { name: model.name, version: model.version, sha256: model.sha256, path: `${cfg.modelsDir}/${model.name}`, thresholds: model.thresholds, stage: 'production' as const };
+  try {
+    await publishModel(producer, cfg, registration);
+  } finally {
+    await producer.close();
+  }
+  out(!!o.json, registration, () => `registered ${model.name}@${model.version} (sha256 ${model.sha256.slice(0, 12)}…)`);
+});
+models.command('list').description('registered models (latest per name)').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
+  const cfg = config();
+  const latest = await readCompacted(createKafka(cfg, cliLog(cfg, true), 'cli'), cfg, '_fabric.models');
+  const list = [...latest.values()].map((v) => JSON.parse(v.toString()) as { name: string; version: string; stage: string; sha256: string });
+  out(!!o.json, list, () => list.map((m) => `${m.name}@${m.version} ${m.stage} sha256:${m.sha256.slice(0, 12)}`).join('\n') || '(none)');
+});
+
+async function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onMessage: (m: { partition: number; offset: string; key: string | null; value: Buffer | null; headers: Record<string, string> }) => Promise<void>, idleMs = 3000): Promise<number> {
+  const log = cliLog(cfg, true);
+  const kafka = createKafka(cfg, log, 'cli');
+  const consumer = kafka.consumer({ groupId: `${prefixed(cfg, 'fabric.cli')}-${process.pid}-${Date.now()}` });
+  await consumer.connect();
+  let seen = 0;
+  try {
+    await consumer.subscribe({ topic: physical, fromBeginning });
+    await new Promise<void>((resolve) => {
+      let idle = setTimeout(resolve, idleMs + 5000);
+      void consumer.run({
+        autoCommit: false,
+        eachMessage: async ({ partition, message }) => {
+          if (seen >= max) return;
+          seen++;
+          const headers: Record<string, string> = {};
+          for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = Array.isArray(v) ? v.map(String).join(',') : String(v ?? '');
+          await onMessage({ partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, headers });
+          clearTimeout(idle);
+          idle = setTimeout(resolve, seen >= max ? 0 : idleMs);
+        },
+      });
+    });
+  } finally {
+    await consumer.disconnect();
+  }
+  return seen;
+}
+
+program
+  .command('tail')
+  .description('print decoded records of a topic (logical name); stops after --max records or when idle')
+  .argument('<topic>', 'logical topic, e.g. predictions.fraud')
+  .option('--max <n>', 'records to print', positiveInt('max'), 20)
+  .option('--from-beginning', 'start at the earliest offset', false)
+  .option('--json', 'one JSON object per line')
+  .action(async (topic: string, o: { max: number; fromBeginning: boolean; json?: boolean }) => {
+    const cfg = config();
+    const serde = new AvroSerde({ url: cfg.registryUrl });
+    await readTopic(cfg, prefixed(cfg, topic), o.max, o.fromBeginning, async (m) => {
+      let value: unknown = null;
+      if (m.value) value = await serde.decodeAsync(m.value).catch(() => m.value!.toString('utf8'));
+      out(!!o.json, { partition: m.partition, offset: m.offset, key: m.key, value }, () => `${topic}[${m.partition}]@${m.offset} ${m.key ?? ''} ${JSON.stringify(value)}`);
+    });
+  });
+
+program
+  .command('dlq')
+  .description('dead-lettered records of a source topic with their error headers')
+  .argument('<topic>', 'logical source topic, e.g. events.transactions')
+  .option('--max <n>', 'records to print', positiveInt('max'), 20)
+  .option('--json', 'one JSON object per line')
+  .action(async (topic: string, o: { max: number; json?: boolean }) => {
+    const cfg = config();
+    const n = await readTopic(cfg, prefixed(cfg, `dlq.${topic}`), o.max, true, async (m) => {
+      const rec = { offset: m.offset, code: m.headers[DLQ_HEADERS.code], reason: m.headers[DLQ_HEADERS.message], source: `${m.headers[DLQ_HEADERS.topic]}[${m.headers[DLQ_HEADERS.partition]}]@${m.headers[DLQ_HEADERS.offset]}`, processor: m.headers[DLQ_HEADERS.processor], bytes: m.value?.length ?? 0 };
+      out(!!o.json, rec, () => `${rec.source} ${rec.processor} ${rec.code}: ${rec.reason}`);
+    }, 2000);
+    if (n === 0 && !o.json) process.stdout.write('(empty)\n');
+  });
+
+program
+  .command('offsets')
+  .description('committed offsets and lag of every processor group')
+  .option('--json', 'print as JSON')
+  .action(async (o: { json?: boolean }) => {
+    const cfg = config();
+    const admin = createKafka(cfg, cliLog(cfg, true), 'cli').admin();
+    await admin.connect();
+    try {
+      const rows: { processor: string; topic: string; partition: number; committed: string; end: string; lag: number }[] = [];
+      for (const p of fabricTopology().processors) {
+        for (const input of p.inputs) {
+          const topic = prefixed(cfg, input);
+          const ends = await admin.fetchTopicOffsets(topic);
+          const [committed] = await admin.fetchOffsets({ groupId: prefixed(cfg, p.group), topics: [topic] });
+          for (const e of ends) {
+            const c = committed?.partitions.find((x) => x.partition === e.partition)?.offset ?? '-1';
+            rows.push({ processor: p.name, topic: input, partition: e.partition, committed: c, end: e.high, lag: Number(BigInt(e.high) - (c === '-1' ? BigInt(e.low) : BigInt(c))) });
+          }
+        }
+      }
+      out(!!o.json, rows, () => rows.map((r) => `${r.processor.padEnd(9)} ${`${r.topic}[${r.partition}]`.padEnd(28)} committed ${r.committed.padStart(8)} end ${r.end.padStart(8)} lag ${r.lag}`).join('\n'));
+    } finally {
+      await admin.disconnect();
+    }
+  });
+
+program
+  .command('status')
+  .description('stack components and processor lag')
+  .option('--json', 'print as JSON')
+  .action(async (o: { json?: boolean }) => {
+    const status = await stackStatus(config());
+    out(!!o.json, { stack: status }, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`).join('\n'));
+    if (status.some((s) => !s.up)) process.exitCode = 1;
+  });
+
+const features = program.command('features').description('online features');
+features.command('get').description('latest online features of an entity (Redis)').requiredOption('--account <id>', 'account id').option('--json', 'print as JSON').action(async (o: { account: string; json?: boolean }) => {
+  const cfg = config();
+  const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  await redis.connect();
+  try {
+    const values = await redis.hgetall(accountKeys(cfg.redisKeyPrefix).latest(o.account));
+    if (Object.keys(values).length === 0) throw new FabricError('FABRIC_CLI_USAGE', `no features for account ${o.account}`);
+    out(!!o.json, values, () => Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === '' ? 'null' : v}`).join('\n'));
+  } finally {
+    redis.disconnect();
+  }
+});
+
+const drift = program.command('drift').description('drift metrics');
+drift.command('report').description('latest drift windows from ClickHouse').option('--model <name>', 'model', 'fraud').option('--limit <n>', 'windows', positiveInt('limit'), 20).option('--json', 'print as JSON').action(async (o: { model: string; limit: number; json?: boolean }) => {
+  const cfg = config();
+  const ch = createClickHouse(cfg);
+  try {
+    const rs = await ch.query({ query: `SELECT variable, window_start_ms, window_end_ms, count, psi, status FROM ${cfg.clickhouseDatabase}.drift_metrics FINAL WHERE model = ${sqlLiteral(o.model)} ORDER BY window_start_ms DESC, variable LIMIT ${Math.floor(o.limit)}`, format: 'JSONEachRow' });
+    const rows = await rs.json<{ variable: string; window_start_ms: string; count: string; psi: number; status: string }>();
+    out(!!o.json, rows, () => rows.map((r) => `${new Date(Number(r.window_start_ms)).toISOString()} ${r.variable.padEnd(8)} n=${String(r.count).padEnd(6)} psi=${r.psi.toFixed(4)} ${r.status}`).join('\n') || '(no windows yet)');
+  } finally {
+    await ch.close();
+  }
+});
+
+try {
+  await program.parseAsync(process.argv);
+  // Client libraries keep sockets and timers alive; a finished command exits.
+  process.exit(process.exitCode ?? 0);
+} catch (err) {
+  const code = (err as { code?: string }).code;
+  if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(0);
+  if (typeof code === 'string' && code.startsWith('commander.')) process.exit(2);
+  process.stderr.write(`fabric: ${err instanceof FabricError ? `${err.code}: ` : ''}${messageOf(err).split('\n')[0]}\n`);
+  process.exit(1);
+}
