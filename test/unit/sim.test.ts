@@ -1,0 +1,208 @@
+import { describe, expect, it } from 'vitest';
+import { Rng } from '../../sim/rng.js';
+import { generateInteractions } from '../../sim/interactions.js';
+import { generateTransactions, outcomeFor, type SimulatedTransaction } from '../../sim/transactions.js';
+
+const START = Date.UTC(2024, 0, 1);
+
+function sim(opts: Partial<Parameters<typeof generateTransactions>[0]> = {}): SimulatedTransaction[] {
+  return [...generateTransactions({ seed: 7, startTs: START, ratePerSec: 2, count: 20_000, ...opts })];
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+};
+const share = <T>(xs: T[], pred: (x: T) => boolean): number => xs.filter(pred).length / xs.length;
+const isMule = (id: string): boolean => id.startsWith('C9');
+
+describe('rng', () => {
+  it('is deterministic per seed and stays in range', () => {
+    const a = new Rng(123);
+    const b = new Rng(123);
+    const c = new Rng(124);
+    const xa = Array.from({ length: 100 }, () => a.uniform());
+    expect(Array.from({ length: 100 }, () => b.uniform())).toEqual(xa);
+    expect(Array.from({ length: 100 }, () => c.uniform())).not.toEqual(xa);
+    const r = new Rng(1);
+    for (let i = 0; i < 10_000; i++) {
+      const u = r.uniform();
+      expect(u >= 0 && u < 1).toBe(true);
+      const k = r.int(3, 5);
+      expect(k >= 3 && k <= 5 && Number.isInteger(k)).toBe(true);
+    }
+  });
+
+  it('has roughly the right moments', () => {
+    const r = new Rng(99);
+    const n = 50_000;
+    const normals = Array.from({ length: n }, () => r.normal());
+    const mean = normals.reduce((s, x) => s + x, 0) / n;
+    const variance = normals.reduce((s, x) => s + (x - mean) ** 2, 0) / n;
+    expect(Math.abs(mean)).toBeLessThan(0.02);
+    expect(Math.abs(variance - 1)).toBeLessThan(0.03);
+    const exps = Array.from({ length: n }, () => r.exponential(4));
+    expect(Math.abs(exps.reduce((s, x) => s + x, 0) / n - 0.25)).toBeLessThan(0.01);
+    expect(Math.abs(median(Array.from({ length: n }, () => r.lognormal(Math.log(50), 1))) - 50)).toBeLessThan(2);
+    expect(Math.abs(share(Array.from({ length: n }, () => r.bernoulli(0.3)), Boolean) - 0.3)).toBeLessThan(0.01);
+  });
+});
+
+describe('generateTransactions', () => {
+  const base = sim();
+
+  it('is deterministic: same seed, same events; another seed, other events', () => {
+    expect(sim()).toEqual(base);
+    const other = sim({ seed: 8 });
+    expect(other.map((s) => s.event)).not.toEqual(base.map((s) => s.event));
+  });
+
+  it('is prefix-stable: a shorter count yields the same first events', () => {
+    expect(sim({ count: 500 })).toEqual(base.slice(0, 500));
+  });
+
+  it('gives unique ids, non-decreasing times and the requested rate', () => {
+    expect(base).toHaveLength(20_000);
+    expect(new Set(base.map((s) => s.event.event_id)).size).toBe(base.length);
+    for (let i = 1; i < base.length; i++) expect(base[i]!.event.ts).toBeGreaterThanOrEqual(base[i - 1]!.event.ts);
+    const spanSec = (base.at(-1)!.event.ts - START) / 1000;
+    expect(spanSec).toBeGreaterThan(10_000 * 0.95);
+    expect(spanSec).toBeLessThan(10_000 * 1.05);
+    const infinite = generateTransactions({ seed: 1, startTs: START, ratePerSec: 100 });
+    for (let i = 0; i < 50_000; i++) expect(infinite.next().done).toBe(false);
+  });
+
+  it('keeps legit balances consistent, per event and along each account', () => {
+    const last = new Map<string, number>();
+    let checked = 0;
+    for (const { event: e, isFraud } of base) {
+      if (!isFraud) {
+        const expected = e.type === 'CASH_IN' ? e.old_balance + e.amount : e.old_balance - e.amount;
+        expect(Math.abs(expected - e.new_balance)).toBeLessThan(0.005);
+        expect(e.amount).toBeGreaterThan(0);
+        expect(e.new_balance).toBeGreaterThanOrEqual(0);
+        expect(isMule(e.account_id)).toBe(false);
+        checked++;
+      }
+      // Population accounts: each event starts from the previous event's balance (fraud included).
+      if (!isMule(e.account_id)) {
+        const prev = last.get(e.account_id);
+        if (prev !== undefined) expect(e.old_balance).toBeCloseTo(prev, 2);
+        last.set(e.account_id, e.new_balance);
+      }
+    }
+    expect(checked).toBeGreaterThan(19_000);
+  });
+
+  it('has a PaySim-like mix of types and channels', () => {
+    const types = new Set(base.map((s) => s.event.type));
+    expect([...types].sort()).toEqual(['CASH_IN', 'CASH_OUT', 'DEBIT', 'PAYMENT', 'TRANSFER']);
+    expect(share(base, (s) => s.event.type === 'CASH_OUT')).toBeGreaterThan(0.25);
+    expect(share(base, (s) => s.event.type === 'PAYMENT')).toBeGreaterThan(0.25);
+    expect(share(base, (s) => s.event.type === 'TRANSFER')).toBeLessThan(0.15);
+    expect(new Set(base.map((s) => s.event.channel))).toEqual(new Set(['web', 'mobile', 'pos', 'atm']));
+    expect(base.filter((s) => s.event.type === 'PAYMENT').every((s) => s.event.counterparty_id.startsWith('M'))).toBe(true);
+  });
+
+  it('keeps the fraud share near fraudRate', () => {
+    const big = sim({ count: 100_000 });
+    const fraudShare = share(big, (s) => s.isFraud);
+    expect(fraudShare).toBeGreaterThan(0.01);
+    expect(fraudShare).toBeLessThan(0.02);
+    const more = share(sim({ count: 100_000, fraudRate: 0.05 }), (s) => s.isFraud);
+    expect(more).toBeGreaterThan(0.04);
+    expect(more).toBeLessThan(0.06);
+    expect(sim({ fraudRate: 0 }).some((s) => s.isFraud)).toBe(false);
+  });
+
+  it('injects fraud rings: victims drained to mules within minutes, then mule cash-outs', () => {
+    const fraud = base.filter((s) => s.isFraud).map((s) => s.event);
+    const transfers = fraud.filter((e) => e.type === 'TRANSFER');
+    expect(transfers.length).toBeGreaterThan(20);
+    expect(transfers.every((e) => isMule(e.counterparty_id) && !isMule(e.account_id))).toBe(true);
+    const muleCashouts = fraud.filter((e) => isMule(e.account_id));
+    expect(muleCashouts.length).toBeGreaterThan(10);
+    expect(muleCashouts.every((e) => e.type === 'CASH_OUT')).toBe(true);
+    // Mules only cash out what ring transfers paid them.
+    const paidTo = new Set(transfers.map((e) => e.counterparty_id));
+    expect(muleCashouts.every((e) => paidTo.has(e.account_id))).toBe(true);
+    expect(new Set(transfers.map((e) => e.counterparty_id)).size).toBeLessThan(30);
+    // Burst: a victim's fraud events (outside mule cash-outs) span minutes, not hours.
+    const byVictim = new Map<string, number[]>();
+    for (const e of fraud.filter((f) => !isMule(f.account_id))) byVictim.set(e.account_id, [...(byVictim.get(e.account_id) ?? []), e.ts]);
+    const spans = [...byVictim.values()].filter((ts) => ts.length > 1).map((ts) => (Math.max(...ts) - Math.min(...ts)) / 60_000);
+    expect(spans.length).toBeGreaterThan(5);
+    expect(median(spans)).toBeLessThan(15);
+    // PaySim's signature: emptied accounts whose balances do not add up.
+    const inconsistent = fraud.filter((e) => !isMule(e.account_id) && e.new_balance === 0 && Math.abs(e.old_balance - e.amount) > 0.005);
+    expect(inconsistent.length).toBeGreaterThan(5);
+    // Fraud moves much more money than legit transfers.
+    const legitTransfers = base.filter((s) => !s.isFraud && s.event.type === 'TRANSFER').map((s) => s.event.amount);
+    expect(median(transfers.map((e) => e.amount))).toBeGreaterThan(2 * median(legitTransfers));
+  });
+
+  it('shifts the distributions when drift is on', () => {
+    const drifted = sim({ drift: true });
+    const legit = (xs: SimulatedTransaction[]): number[] => xs.filter((s) => !s.isFraud && s.event.type === 'PAYMENT').map((s) => s.event.amount);
+    const ratio = median(legit(drifted)) / median(legit(base));
+    expect(ratio).toBeGreaterThan(2);
+    expect(ratio).toBeLessThan(3);
+    expect(share(drifted, (s) => s.event.type === 'TRANSFER')).toBeGreaterThan(share(base, (s) => s.event.type === 'TRANSFER') + 0.08);
+    expect(share(drifted, (s) => s.event.channel === 'mobile')).toBeGreaterThan(share(base, (s) => s.event.channel === 'mobile') + 0.15);
+    // Same population: the accounts' starting balances do not depend on drift.
+    const first = (xs: SimulatedTransaction[]): Map<string, number> => {
+      const m = new Map<string, number>();
+      for (const s of xs) if (!m.has(s.event.account_id)) m.set(s.event.account_id, s.event.old_balance);
+      return m;
+    };
+    const a = first(base);
+    const b = first(drifted);
+    const common = [...a.keys()].filter((k) => b.has(k) && !isMule(k));
+    expect(common.length).toBeGreaterThan(1000);
+    expect(common.filter((k) => a.get(k) === b.get(k)).length / common.length).toBeGreaterThan(0.8);
+  });
+
+  it('builds outcomes from the simulated label', () => {
+    const f = base.find((s) => s.isFraud)!;
+    const l = base.find((s) => !s.isFraud)!;
+    expect(outcomeFor(f, 123)).toEqual({ event_id: f.event.event_id, entity_id: f.event.account_id, label: 'fraud', value: 1, ts: 123 });
+    expect(outcomeFor(l, 456)).toEqual({ event_id: l.event.event_id, entity_id: l.event.account_id, label: 'legit', value: 0, ts: 456 });
+  });
+});
+
+describe('generateInteractions', () => {
+  const opts = { seed: 5, startTs: START, ratePerSec: 20, count: 30_000 };
+  const base = [...generateInteractions(opts)];
+
+  it('is deterministic, with unique ids and ordered times', () => {
+    expect([...generateInteractions(opts)]).toEqual(base);
+    expect([...generateInteractions({ ...opts, seed: 6 })]).not.toEqual(base);
+    expect(new Set(base.map((e) => e.event_id)).size).toBe(base.length);
+    for (let i = 1; i < base.length; i++) expect(base[i]!.ts).toBeGreaterThanOrEqual(base[i - 1]!.ts);
+  });
+
+  it('has a view >> click >> purchase funnel on the same user and item', () => {
+    const views = base.filter((e) => e.action === 'view');
+    const clicks = base.filter((e) => e.action === 'click');
+    const purchases = base.filter((e) => e.action === 'purchase');
+    expect(clicks.length).toBeGreaterThan(0);
+    expect(purchases.length).toBeGreaterThan(0);
+    expect(views.length).toBeGreaterThan(5 * clicks.length);
+    expect(clicks.length).toBeGreaterThan(3 * purchases.length);
+    const viewed = new Set(views.map((e) => `${e.user_id}/${e.item_id}`));
+    const clicked = new Set(clicks.map((e) => `${e.user_id}/${e.item_id}`));
+    expect(clicks.every((e) => viewed.has(`${e.user_id}/${e.item_id}`))).toBe(true);
+    expect(purchases.every((e) => clicked.has(`${e.user_id}/${e.item_id}`))).toBe(true);
+  });
+
+  it('changes what users look at when drift is on', () => {
+    const top = (xs: typeof base): Set<string> => {
+      const c = new Map<string, number>();
+      for (const e of xs) c.set(e.item_id, (c.get(e.item_id) ?? 0) + 1);
+      return new Set([...c.entries()].sort((a, b) => b[1] - a[1]).slice(0, 20).map(([k]) => k));
+    };
+    const drifted = top([...generateInteractions({ ...opts, drift: true })]);
+    const overlap = [...top(base)].filter((k) => drifted.has(k)).length;
+    expect(overlap).toBeLessThan(10);
+  });
+});
