@@ -45,7 +45,8 @@ export class AvroSerde {
   private readonly writers = new Map<string, Promise<AvroWriter<unknown>>>();
   private readonly byId = new Map<number, avro.Type>();
   private readonly fetching = new Map<number, Promise<avro.Type>>();
-  private readonly resolvers = new Map<string, avro.Resolver>();
+  /** avsc binds a resolver to the reader Type instance, so the cache is per instance, then per writer id. */
+  private readonly resolvers = new WeakMap<avro.Type, Map<number, avro.Resolver>>();
   private readonly maxPayloadBytes: number;
 
   constructor(options: SerdeOptions) {
@@ -152,11 +153,15 @@ export class AvroSerde {
     const payload = buf.subarray(HEADER_BYTES);
     try {
       if (!reader || reader === writer) return writer.fromBuffer(payload) as T;
-      const key = `${id}:${reader.fingerprint().toString('hex')}`;
-      let resolver = this.resolvers.get(key);
+      let byWriter = this.resolvers.get(reader);
+      if (!byWriter) {
+        byWriter = new Map();
+        this.resolvers.set(reader, byWriter);
+      }
+      let resolver = byWriter.get(id);
       if (!resolver) {
         resolver = reader.createResolver(writer);
-        this.resolvers.set(key, resolver);
+        byWriter.set(id, resolver);
       }
       return reader.fromBuffer(payload, resolver) as T;
     } catch (err) {

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { FabricError } from '../../topology/errors.js';
 import type { ModelArtifact } from './model-artifact.js';
 
@@ -31,11 +31,13 @@ export class ModelRunner {
     const providers = this.options.provider === 'cpu' ? ['cpu'] : this.options.provider === 'cuda' ? ['cuda'] : this.options.gpu ? ['cuda', 'cpu'] : ['cpu'];
     const here = fileURLToPath(import.meta.url);
     // From TypeScript sources (tests, tsx) the worker runs through tsx's loader; built code runs plain JS.
-    const workerFile = here.endsWith('.ts') ? here.replace(/model-runner\.ts$/, 'onnx-worker.ts') : here.replace(/model-runner\.js$/, 'onnx-worker.js');
-    const worker = new Worker(workerFile, {
-      workerData: { bytes: this.model.bytes, inputName: this.model.inputName, outputName: this.model.outputName, width: this.model.inputs.length, positiveClassIndex: this.model.positiveClassIndex, providers, threads: this.options.threads },
-      execArgv: here.endsWith('.ts') ? ['--import', 'tsx'] : [],
-    });
+    const fromSources = here.endsWith('.ts');
+    const workerFile = fromSources ? here.replace(/model-runner\.ts$/, 'onnx-worker.ts') : here.replace(/model-runner\.js$/, 'onnx-worker.js');
+    const workerData = { bytes: this.model.bytes, inputName: this.model.inputName, outputName: this.model.outputName, width: this.model.inputs.length, positiveClassIndex: this.model.positiveClassIndex, providers, threads: this.options.threads };
+    // Node 20 workers ignore `--import` in execArgv: from sources, a bootstrap registers tsx first.
+    const worker = fromSources
+      ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(pathToFileURL(workerFile).href)}); });`, { eval: true, workerData })
+      : new Worker(workerFile, { workerData });
     this.worker = worker;
     this.provider = await new Promise<string>((resolve, reject) => {
       const onMessage = (msg: { ready?: boolean; provider?: string; error?: string }): void => {

@@ -59,7 +59,9 @@ createSession().then(
 
 async function score(session: ort.InferenceSession, req: Request): Promise<Float32Array> {
   const input = new ort.Tensor('float32', req.rows, [req.n, init.width]);
-  const out = await session.run({ [init.inputName]: input }, [init.outputName]);
+  // No fetches argument: onnxruntime-node 1.22 returns the wrong output when fetches name one
+  // (['probabilities'] yields 'label'); the full result is picked by name instead.
+  const out = await session.run({ [init.inputName]: input });
   const probs = out[init.outputName];
   if (!probs) throw new Error(`model has no output ${init.outputName}`);
   const data = probs.data as Float32Array;

@@ -48,8 +48,7 @@ class Waiter {
 
 /**
  * kafkajs has no linger: every send is a request. This producer batches across callers into
- * `sendBatch` requests (acks=all, idempotent, one request in flight so retries cannot reorder a
- * partition), bounds what it queues, and answers each caller once all of its messages are
+ * `sendBatch` requests (acks=all, one request in flight so retries cannot reorder a partition), bounds what it queues, and answers each caller once all of its messages are
  * acknowledged. Callers that would overflow the queue are refused at once (backpressure), and
  * messages that wait longer than ackTimeoutMs while Kafka is unreachable are failed without being sent.
  */
@@ -65,8 +64,11 @@ export class BatchingProducer {
   private readonly stop = new AbortController();
 
   constructor(kafka: Kafka, private readonly options: BatchingProducerOptions, private readonly log: Logger, private readonly metrics?: Metrics) {
+    // Not idempotent: kafkajs' idempotence needs unlimited retries, and callers must get an answer
+    // within ackTimeoutMs. One request in flight keeps per-partition order through retries; a retry
+    // that duplicates a record is harmless because everything downstream dedupes by event id.
     this.producer = kafka.producer({
-      idempotent: true,
+      idempotent: false,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
       createPartitioner: Partitioners.DefaultPartitioner,
@@ -128,7 +130,19 @@ export class BatchingProducer {
       return Promise.reject(new FabricError('FABRIC_HTTP_RATE_LIMITED', `producer queue full (${this.queued} queued, limit ${this.options.maxQueued})`));
     }
     return new Promise<void>((resolve, reject) => {
-      const done = new Waiter(messages.length, resolve, reject);
+      // Every caller gets an answer within the ack timeout, even if a request is stuck in retries.
+      const timer = setTimeout(() => done.fail(new FabricError('FABRIC_KAFKA_UNAVAILABLE', `not acknowledged within ${this.options.ackTimeoutMs} ms`)), this.options.ackTimeoutMs + 250);
+      const done = new Waiter(
+        messages.length,
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
       const now = Date.now();
       for (const message of messages) this.queue.push({ message, enqueuedAt: now, done });
       this.metrics?.producerQueued.set(this.queued);

@@ -92,7 +92,7 @@ export class ProcessorRunner {
     if (batch.isEmpty()) return;
     const started = performance.now();
     const logical = this.physicalToLogical.get(batch.topic) ?? batch.topic;
-    const log = this.log.child({ topic: logical, partition: batch.partition, offset: batch.firstOffset() });
+    const log = this.log.child({ topic: logical, partition: batch.partition, firstOffset: batch.firstOffset() });
     await this.deps.serde.prefetch(batch.messages.map((m) => m.value));
     const { records, rejects } = this.decode(logical, batch.partition, batch.messages);
     const rawByOffset = new Map(batch.messages.map((m) => [m.offset, m]));
