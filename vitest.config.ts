@@ -2,6 +2,8 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
+    // Integration files share one broker and a 2-core machine: one file at a time.
+    fileParallelism: false,
     projects: [
       {
         test: { name: 'unit', include: ['test/unit/**/*.test.ts'], testTimeout: 20_000 },
@@ -14,8 +16,6 @@ export default defineConfig({
           globalSetup: ['test/integration/global-setup.ts'],
           testTimeout: 180_000,
           hookTimeout: 600_000,
-          // Integration files share one broker and one machine with 2 cores: run them one at a time.
-          fileParallelism: false,
           pool: 'forks',
         },
       },

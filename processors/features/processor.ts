@@ -49,7 +49,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
     const read = redis.pipeline();
     for (const [account, { minTs }] of accounts) {
       read.zrangebyscore(keys.window(account), minTs - ACCOUNT_HISTORY_MS, '+inf', 'WITHSCORES');
-      read.hget(keys.latest(account), 'ts');
+      read.hmget(keys.latest(account), 'ts', 'event_id');
     }
     const results = await read.exec();
     if (!results) throw new Error('Redis pipeline returned nothing');
@@ -67,8 +67,12 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
         const ref = decodeMember(flat[j]!, flat[j + 1]!);
         if (ref) history.set(ref.eventId, ref);
       }
+      const [ts, eventId] = hRes as [string | null, string | null];
+      // The window keeps 24 h (+1 h); the account's newest event may be older. It still defines
+      // seconds_since_last_txn, as offline, and lies outside every window so it adds to no aggregate.
+      if (ts !== null && eventId !== null && !history.has(eventId)) history.set(eventId, { eventId, ts: Number(ts), amount: 0, counterpartyId: '' });
       histories.set(account, history);
-      latestTs.set(account, hRes === null ? -Infinity : Number(hRes));
+      latestTs.set(account, ts === null ? -Infinity : Number(ts));
     }
 
     const write = redis.multi();
