@@ -43,7 +43,6 @@ function positiveInt(name: string) {
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
-  .showHelpAfterError()
   .exitOverride();
 
 const stack = program.command('stack').description('the local stack (Kafka, schema registry, Redis, ClickHouse) under FABRIC_STACK_DIR');
