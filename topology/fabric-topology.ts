@@ -19,7 +19,7 @@ export function fabricTopology(): Topology {
       processor({
         name: 'tracking',
         group: 'fabric.tracking',
-        inputs: ['events.transactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'drift.metrics'],
+        inputs: ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'],
         outputs: [],
         sinks: ['clickhouse'],
         doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (deduplicated by event id).',
