@@ -82,12 +82,12 @@ export class ProcessorRunner {
       autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.def.sequential ? 1 : partitions,
-      eachBatch: (payload) => this.handleBatch(payload),
+      eachBatch: (payload) => this.handleBatch(payload, consumer),
     });
     this.log.info({ inputs: this.def.inputs, group: this.physical(this.def.group) }, 'processor started');
   }
 
-  private async handleBatch(payload: EachBatchPayload): Promise<void> {
+  private async handleBatch(payload: EachBatchPayload, consumer: Consumer): Promise<void> {
     const { batch, heartbeat, isRunning, isStale } = payload;
     if (batch.isEmpty()) return;
     const started = performance.now();
@@ -120,7 +120,7 @@ export class ProcessorRunner {
     }
     const last = batch.lastOffset();
     payload.resolveOffset(last);
-    await this.consumer!.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(last) + 1n).toString() }]);
+    await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(last) + 1n).toString() }]);
     await heartbeat();
     this.deps.metrics.processorRecords.inc({ processor: this.def.name, topic: logical }, batch.messages.length);
     this.deps.metrics.processorLag.set({ processor: this.def.name, topic: logical, partition: String(batch.partition) }, Number(batch.offsetLag()));
@@ -180,6 +180,7 @@ export class ProcessorRunner {
   /** Stops fetching, lets the in-flight batch finish (its sinks flushed and offsets committed), closes sinks, disconnects. */
   async stop(): Promise<void> {
     this.stopping.abort();
+    // The batch in flight keeps its own consumer reference, so it still commits while stop() waits for it.
     const consumer = this.consumer;
     this.consumer = null;
     if (consumer) {
