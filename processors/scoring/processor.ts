@@ -20,6 +20,7 @@ export interface ScoringProcessorOptions {
   readonly rules: ThresholdRules;
   /** How long to wait for the features processor to write an event's snapshot. */
   readonly featureWaitMs: number;
+  /** Longest pause between snapshot look-ups; the first retry comes after 5 ms and doubles up to it. */
   readonly pollMs?: number;
   readonly outputTopic?: string;
   readonly metrics?: Metrics;
@@ -45,6 +46,8 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
   async function fetchFeatures(txns: readonly Transaction[]): Promise<(AccountFeatures | null)[]> {
     const found: (AccountFeatures | null)[] = txns.map(() => null);
     const deadline = Date.now() + options.featureWaitMs;
+    // Features and scoring read the same events concurrently: the snapshot is usually a few ms away.
+    let pause = Math.min(5, pollMs);
     for (;;) {
       const missing = found.flatMap((f, i) => (f === null ? [i] : []));
       if (missing.length === 0) return found;
@@ -53,7 +56,8 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
         if (json !== null) found[missing[j]!] = parseFeatures(JSON.parse(json) as Record<string, number | null>);
       });
       if (found.every((f) => f !== null) || Date.now() >= deadline) return found;
-      await wait(pollMs);
+      await wait(pause);
+      pause = Math.min(pause * 2, pollMs);
     }
   }
 
