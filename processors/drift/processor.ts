@@ -1,6 +1,5 @@
-import { Observable, from, mergeMap, toArray } from 'rxjs';
 import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
-import { emit, reject } from '../../topology/runtime/processor.js';
+import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
 import type { DriftMetric, Prediction } from '../../schemas/types.generated.js';
 import type { ReferenceProfile } from '../scoring/model-artifact.js';
@@ -133,12 +132,7 @@ export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
         state = { ...parsed, watermark: parsed.watermark ?? -Infinity };
       }
     },
-    process(records$: Observable<SourceRecord>): Observable<Output> {
-      return records$.pipe(
-        toArray(),
-        mergeMap((records) => from(handle(records))),
-      );
-    },
+    process: wholeBatch(handle),
     async flush() {
       if (!dirty) return;
       await options.store.save(JSON.stringify(state));

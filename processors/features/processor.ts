@@ -1,11 +1,10 @@
-import { Observable, from, mergeMap, toArray } from 'rxjs';
 import type { Redis } from 'ioredis';
 import type { ProcessorLogic, Output, SourceRecord } from '../../topology/runtime/processor.js';
-import { emit, reject } from '../../topology/runtime/processor.js';
-import type { Transaction, AccountFeatureUpdate } from '../../schemas/types.generated.js';
+import { emit, wholeBatch } from '../../topology/runtime/processor.js';
+import type { AccountFeatureUpdate } from '../../schemas/types.generated.js';
 import { ACCOUNT_FEATURE_NAMES, ACCOUNT_HISTORY_MS, HOUR_MS, computeAccountFeatures, type AccountEventRef, type AccountFeatures } from './account.js';
 import { accountKeys, decodeMember, encodeMember } from './redis-keys.js';
-import { rejectedTransaction } from '../shared/validate.js';
+import { splitTransactions } from '../shared/validate.js';
 
 export interface FeaturesProcessorOptions {
   readonly redis: Redis;
@@ -26,14 +25,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
   const { redis } = options;
 
   async function handle(records: SourceRecord[]): Promise<Output[]> {
-    const outputs: Output[] = [];
-    const valid: { record: SourceRecord; txn: Transaction }[] = [];
-    for (const record of records) {
-      const txn = record.value as Transaction;
-      const error = rejectedTransaction(txn);
-      if (error) outputs.push(reject(record, error));
-      else valid.push({ record, txn });
-    }
+    const { valid, rejects: outputs } = splitTransactions(records);
     if (valid.length === 0) return outputs;
 
     // One read round trip: each account's window from (earliest event in batch - 24h) and its latest ts.
@@ -112,13 +104,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
 
   return {
     name: 'features',
-    process(records$: Observable<SourceRecord>): Observable<Output> {
-      return records$.pipe(
-        toArray(),
-        mergeMap((records) => from(handle(records))),
-        mergeMap((outputs) => from(outputs)),
-      );
-    },
+    process: wholeBatch(handle),
   };
 }
 

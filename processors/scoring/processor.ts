@@ -1,14 +1,13 @@
-import { Observable, from, mergeMap, toArray } from 'rxjs';
 import type { Redis } from 'ioredis';
 import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
-import { emit, reject } from '../../topology/runtime/processor.js';
+import { emit, wholeBatch } from '../../topology/runtime/processor.js';
 import { isFabricError } from '../../topology/errors.js';
 import type { Prediction, Transaction } from '../../schemas/types.generated.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { accountKeys } from '../features/redis-keys.js';
 import { parseFeatures } from '../features/processor.js';
 import type { AccountFeatures } from '../features/account.js';
-import { rejectedTransaction } from '../shared/validate.js';
+import { splitTransactions } from '../shared/validate.js';
 import { decide, type FallbackReason, type ThresholdRules } from '../rules/threshold-rules.js';
 import { FRAUD_INPUT_NAMES, fraudInputRow } from './fraud-inputs.js';
 import type { ModelRunner } from './model-runner.js';
@@ -62,14 +61,7 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
   }
 
   async function handle(records: SourceRecord[]): Promise<Output[]> {
-    const outputs: Output[] = [];
-    const valid: { record: SourceRecord; txn: Transaction }[] = [];
-    for (const record of records) {
-      const txn = record.value as Transaction;
-      const error = rejectedTransaction(txn);
-      if (error) outputs.push(reject(record, error));
-      else valid.push({ record, txn });
-    }
+    const { valid, rejects: outputs } = splitTransactions(records);
     if (valid.length === 0) return outputs;
     const features = await fetchFeatures(valid.map((v) => v.txn));
     const rows: number[][] = [];
@@ -123,13 +115,7 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
 
   return {
     name: 'scoring',
-    process(records$: Observable<SourceRecord>): Observable<Output> {
-      return records$.pipe(
-        toArray(),
-        mergeMap((records) => from(handle(records))),
-        mergeMap((outputs) => from(outputs)),
-      );
-    },
+    process: wholeBatch(handle),
     close: () => options.runner.close(),
   };
 }

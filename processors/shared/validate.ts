@@ -1,4 +1,5 @@
 import { FabricError } from '../../topology/errors.js';
+import { reject, type Output, type SourceRecord } from '../../topology/runtime/processor.js';
 import type { Transaction } from '../../schemas/types.generated.js';
 
 /** Domain checks beyond the Avro schema: values a schema cannot rule out but no real event has. */
@@ -14,4 +15,17 @@ export function transactionProblem(t: Transaction): string | null {
 export function rejectedTransaction(t: Transaction): FabricError | null {
   const problem = transactionProblem(t);
   return problem ? new FabricError('FABRIC_RECORD_REJECTED', problem) : null;
+}
+
+/** Splits a batch into valid transactions and DLQ outputs for the invalid ones. */
+export function splitTransactions(records: readonly SourceRecord[]): { valid: { record: SourceRecord; txn: Transaction }[]; rejects: Output[] } {
+  const valid: { record: SourceRecord; txn: Transaction }[] = [];
+  const rejects: Output[] = [];
+  for (const record of records) {
+    const txn = record.value as Transaction;
+    const error = rejectedTransaction(txn);
+    if (error) rejects.push(reject(record, error));
+    else valid.push({ record, txn });
+  }
+  return { valid, rejects };
 }

@@ -1,4 +1,4 @@
-import type { Observable } from 'rxjs';
+import { from, mergeMap, toArray, type Observable } from 'rxjs';
 import type { IHeaders } from 'kafkajs';
 import type { Logger } from './log.js';
 import type { FabricError } from '../errors.js';
@@ -52,4 +52,14 @@ export function emit(topic: string, key: string, value: unknown, source?: Source
 
 export function reject(record: SourceRecord, error: FabricError): Output {
   return { kind: 'reject', record, error };
+}
+
+/** For processors whose logic works on the whole batch at once (one Redis round trip, one model run). */
+export function wholeBatch(handle: (records: SourceRecord[]) => Output[] | Promise<Output[]>): (records: Observable<SourceRecord>) => Observable<Output> {
+  return (records$) =>
+    records$.pipe(
+      toArray(),
+      mergeMap((records) => from(Promise.resolve(handle(records)))),
+      mergeMap((outputs) => from(outputs)),
+    );
 }
