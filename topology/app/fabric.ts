@@ -66,7 +66,9 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     }
     const producer = new BatchingProducer(kafka, { lingerMs: config.producerLingerMs, batchSize: config.producerBatchSize, maxQueued: config.producerMaxQueued, ackTimeoutMs: config.kafkaAckTimeoutMs }, log.child({ component: 'producer' }), metrics);
     closers.push({ name: 'producer', close: () => producer.close() });
-    const kafkaUp = await producer.start();
+    // Wait briefly: the producer keeps reconnecting in the background, and the gateway must listen
+    // (and say not-ready) rather than wait out kafkajs' connect retries when Kafka is down.
+    const kafkaUp = await Promise.race([producer.start(), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
     if (!kafkaUp) log.warn({ brokers: config.kafkaBrokers }, 'Kafka is not reachable yet; the gateway answers 503 until it is');
 
     const needs = (name: string): boolean => wanted.includes(name);
@@ -86,7 +88,10 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     let model: ModelArtifact | null = null;
     if (needs('scoring') || needs('drift')) {
       model = await loadModelArtifact(packagePath(config.modelsDir), 'fraud');
-      if (kafkaUp) await publishModel(producer, config, { name: model.name, version: model.version, sha256: model.sha256, path: `${config.modelsDir}/${model.name}`, thresholds: model.thresholds, stage: 'production' });
+      const m = model;
+      const register = (): Promise<void> => publishModel(producer, config, { name: m.name, version: m.version, sha256: m.sha256, path: `${config.modelsDir}/${m.name}`, thresholds: m.thresholds, stage: 'production' });
+      if (kafkaUp) await register();
+      else void producer.whenConnected.then(register).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'model registration failed'));
     }
 
     const deps: StreamDeps = { kafka, producer, serde, topology, config, log, metrics };

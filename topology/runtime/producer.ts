@@ -62,6 +62,9 @@ export class BatchingProducer {
   private lingerTimer: NodeJS.Timeout | null = null;
   private connectLoop: Promise<void> | null = null;
   private readonly stop = new AbortController();
+  private markConnected!: () => void;
+  /** Resolves the first time the producer connects (never, if it is closed before). */
+  readonly whenConnected: Promise<void> = new Promise((resolve) => (this.markConnected = resolve));
 
   constructor(kafka: Kafka, private readonly options: BatchingProducerOptions, private readonly log: Logger, private readonly metrics?: Metrics) {
     // Not idempotent: kafkajs' idempotence needs unlimited retries, and callers must get an answer
@@ -98,6 +101,7 @@ export class BatchingProducer {
           try {
             await this.producer.connect();
             this.connected = true;
+            this.markConnected();
             first.settle?.(true);
             first.settle = null;
             return;
