@@ -5,6 +5,7 @@ import { loadConfig, prefixed, type FabricConfig } from '../../topology/config.j
 import { createLogger } from '../../topology/runtime/log.js';
 import { createClickHouse, type ClickHouseClient } from '../../topology/runtime/clickhouse.js';
 import { startFabric, type FabricHandle, type FabricOptions } from '../../topology/app/fabric.js';
+import { readToEnd, type ReadRecord } from '../../topology/runtime/topic-reader.js';
 
 /** A configuration isolated from every other run: its own topics, consumer groups, Redis keys and ClickHouse database. */
 export function isolatedConfig(overrides: Parameters<typeof loadConfig>[1] = {}): FabricConfig {
@@ -91,36 +92,8 @@ export async function post(url: string, path: string, body: string, headers: Rec
 }
 
 /** Every record of a topic (all partitions) from the beginning until its current end. */
-export async function readAll(kafka: Kafka, config: FabricConfig, topic: string): Promise<{ key: string | null; value: Buffer | null; headers: Record<string, string>; partition: number; offset: string }[]> {
-  const physical = prefixed(config, topic);
-  const admin = kafka.admin();
-  await admin.connect();
-  const ends = await admin.fetchTopicOffsets(physical);
-  await admin.disconnect();
-  const remaining = new Map(ends.filter((e) => BigInt(e.high) > BigInt(e.low)).map((e) => [e.partition, BigInt(e.high)]));
-  const out: { key: string | null; value: Buffer | null; headers: Record<string, string>; partition: number; offset: string }[] = [];
-  if (remaining.size === 0) return out;
-  const consumer = kafka.consumer({ groupId: `it-reader-${randomBytes(4).toString('hex')}` });
-  await consumer.connect();
-  await consumer.subscribe({ topic: physical, fromBeginning: true });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`reading ${physical} timed out`)), 60_000);
-    void consumer.run({
-      eachMessage: async ({ partition, message }) => {
-        const headers: Record<string, string> = {};
-        for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = String(v);
-        out.push({ key: message.key?.toString() ?? null, value: message.value, headers, partition, offset: message.offset });
-        const end = remaining.get(partition);
-        if (end !== undefined && BigInt(message.offset) + 1n >= end) remaining.delete(partition);
-        if (remaining.size === 0) {
-          clearTimeout(timer);
-          resolve();
-        }
-      },
-    });
-  });
-  await consumer.disconnect();
-  return out;
+export function readAll(kafka: Kafka, config: FabricConfig, topic: string): Promise<ReadRecord[]> {
+  return readToEnd(kafka, prefixed(config, topic), { groupPrefix: 'it-reader' });
 }
 
 export async function chRows<T>(client: ClickHouseClient, query: string): Promise<T[]> {

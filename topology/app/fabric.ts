@@ -15,7 +15,7 @@ import { ProcessorRunner, type StreamDeps } from '../runtime/stream.js';
 import type { ProcessorLogic } from '../runtime/processor.js';
 import { createClickHouse, type ClickHouseClient } from '../runtime/clickhouse.js';
 import { packagePath } from '../paths.js';
-import { publishModel } from './control-plane.js';
+import { publishModel, registrationFor } from './control-plane.js';
 import { featuresProcessor } from '../../processors/features/processor.js';
 import { scoringProcessor } from '../../processors/scoring/processor.js';
 import { loadModelArtifact, type ModelArtifact } from '../../processors/scoring/model-artifact.js';
@@ -88,8 +88,8 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     let model: ModelArtifact | null = null;
     if (needs('scoring') || needs('drift')) {
       model = await loadModelArtifact(packagePath(config.modelsDir), 'fraud');
-      const m = model;
-      const register = (): Promise<void> => publishModel(producer, config, { name: m.name, version: m.version, sha256: m.sha256, path: `${config.modelsDir}/${m.name}`, thresholds: m.thresholds, stage: 'production' });
+      const registration = registrationFor(model, config);
+      const register = (): Promise<void> => publishModel(producer, config, registration);
       if (kafkaUp) await register();
       else void producer.whenConnected.then(register).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'model registration failed'));
     }

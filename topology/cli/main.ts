@@ -10,7 +10,8 @@ import { fabricTopology } from '../fabric-topology.js';
 import { applyTopology } from '../apply.js';
 import { DLQ_HEADERS } from '../runtime/dlq.js';
 import { startFabric } from '../app/fabric.js';
-import { publishModel, readCompacted } from '../app/control-plane.js';
+import { publishModel, readCompacted, registrationFor } from '../app/control-plane.js';
+import { readUntilIdle, type ReadRecord } from '../runtime/topic-reader.js';
 import { packagePath } from '../paths.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
@@ -164,7 +165,7 @@ models.command('register').description('verify a model artifact (sha256 pin) and
   const model = await loadModelArtifact(packagePath(cfg.modelsDir), name);
   const producer = new BatchingProducer(createKafka(cfg, log, 'cli'), { lingerMs: 0, batchSize: 10, maxQueued: 10, ackTimeoutMs: cfg.kafkaAckTimeoutMs }, log);
   if (!(await producer.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers}`);
-  const registration = { name: model.name, version: model.version, sha256: model.sha256, path: `${cfg.modelsDir}/${model.name}`, thresholds: model.thresholds, stage: 'production' as const };
+  const registration = registrationFor(model, cfg);
   try {
     await publishModel(producer, cfg, registration);
   } finally {
@@ -179,33 +180,8 @@ models.command('list').description('registered models (latest per name)').option
   out(!!o.json, list, () => list.map((m) => `${m.name}@${m.version} ${m.stage} sha256:${m.sha256.slice(0, 12)}`).join('\n') || '(none)');
 });
 
-async function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onMessage: (m: { partition: number; offset: string; key: string | null; value: Buffer | null; headers: Record<string, string> }) => Promise<void>, idleMs = 3000): Promise<number> {
-  const log = cliLog(cfg, true);
-  const kafka = createKafka(cfg, log, 'cli');
-  const consumer = kafka.consumer({ groupId: `${prefixed(cfg, 'fabric.cli')}-${process.pid}-${Date.now()}` });
-  await consumer.connect();
-  let seen = 0;
-  try {
-    await consumer.subscribe({ topic: physical, fromBeginning });
-    await new Promise<void>((resolve) => {
-      let idle = setTimeout(resolve, idleMs + 5000);
-      void consumer.run({
-        autoCommit: false,
-        eachMessage: async ({ partition, message }) => {
-          if (seen >= max) return;
-          seen++;
-          const headers: Record<string, string> = {};
-          for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = Array.isArray(v) ? v.map(String).join(',') : String(v ?? '');
-          await onMessage({ partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, headers });
-          clearTimeout(idle);
-          idle = setTimeout(resolve, seen >= max ? 0 : idleMs);
-        },
-      });
-    });
-  } finally {
-    await consumer.disconnect();
-  }
-  return seen;
+function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onRecord: (r: ReadRecord) => Promise<void>, idleMs = 3000): Promise<number> {
+  return readUntilIdle(createKafka(cfg, cliLog(cfg, true), 'cli'), physical, { groupPrefix: prefixed(cfg, 'fabric.cli'), fromBeginning, max, idleMs, onRecord });
 }
 
 program

@@ -1,0 +1,98 @@
+import { randomBytes } from 'node:crypto';
+import type { Consumer, IHeaders, Kafka, KafkaMessage } from 'kafkajs';
+
+/** A record as the reading tools see it: raw bytes, headers as strings. */
+export interface ReadRecord {
+  readonly partition: number;
+  readonly offset: string;
+  readonly key: string | null;
+  readonly value: Buffer | null;
+  readonly headers: Record<string, string>;
+}
+
+function toReadRecord(partition: number, message: KafkaMessage): ReadRecord {
+  return { partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, headers: headerStrings(message.headers) };
+}
+
+export function headerStrings(headers: IHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers ?? {})) out[k] = Array.isArray(v) ? v.map(String).join(',') : String(v ?? '');
+  return out;
+}
+
+/**
+ * Runs `read` with a consumer in a throwaway group that commits nothing and is deleted afterwards,
+ * so tools and tests reading topics leave no groups behind on the broker.
+ */
+async function withThrowawayConsumer<T>(kafka: Kafka, groupPrefix: string, read: (consumer: Consumer) => Promise<T>): Promise<T> {
+  const groupId = `${groupPrefix}-${randomBytes(6).toString('hex')}`;
+  const consumer = kafka.consumer({ groupId });
+  await consumer.connect();
+  try {
+    return await read(consumer);
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    const admin = kafka.admin();
+    await admin.connect().then(() => admin.deleteGroups([groupId])).catch(() => undefined);
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** Every record of `topic` (physical name, all partitions) from the beginning to its end as of the call. */
+export async function readToEnd(kafka: Kafka, topic: string, options: { groupPrefix: string; timeoutMs?: number }): Promise<ReadRecord[]> {
+  const admin = kafka.admin();
+  await admin.connect();
+  let ends: { partition: number; high: string; low: string }[];
+  try {
+    ends = await admin.fetchTopicOffsets(topic);
+  } finally {
+    await admin.disconnect();
+  }
+  const remaining = new Map(ends.filter((e) => BigInt(e.high) > BigInt(e.low)).map((e) => [e.partition, BigInt(e.high)]));
+  const records: ReadRecord[] = [];
+  if (remaining.size === 0) return records;
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  return withThrowawayConsumer(kafka, options.groupPrefix, async (consumer) => {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`reading ${topic} to its end timed out after ${timeoutMs} ms`)), timeoutMs);
+      void consumer.run({
+        autoCommit: false,
+        eachMessage: async ({ partition, message }) => {
+          const end = remaining.get(partition);
+          if (end === undefined || BigInt(message.offset) >= end) return;
+          records.push(toReadRecord(partition, message));
+          if (BigInt(message.offset) + 1n >= end) remaining.delete(partition);
+          if (remaining.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+    return records;
+  });
+}
+
+/** Hands records to `onRecord` until `max` were seen or none arrived for `idleMs` (a bounded tail). */
+export async function readUntilIdle(kafka: Kafka, topic: string, options: { groupPrefix: string; fromBeginning: boolean; max: number; idleMs: number; onRecord: (r: ReadRecord) => Promise<void> }): Promise<number> {
+  return withThrowawayConsumer(kafka, options.groupPrefix, async (consumer) => {
+    let seen = 0;
+    await consumer.subscribe({ topic, fromBeginning: options.fromBeginning });
+    await new Promise<void>((resolve) => {
+      // The first record may take a group join to arrive: allow more before the first one.
+      let idle = setTimeout(resolve, options.idleMs + 5000);
+      void consumer.run({
+        autoCommit: false,
+        eachMessage: async ({ partition, message }) => {
+          if (seen >= options.max) return;
+          seen++;
+          await options.onRecord(toReadRecord(partition, message));
+          clearTimeout(idle);
+          idle = setTimeout(resolve, seen >= options.max ? 0 : options.idleMs);
+        },
+      });
+    });
+    return seen;
+  });
+}
