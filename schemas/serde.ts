@@ -28,9 +28,12 @@ export interface AvroWriter<T> {
   readonly subject: string;
   readonly id: number;
   readonly type: avro.Type;
-  /** Field-level problems of a value against the schema; empty when valid. Unknown fields count as problems. */
-  validate(value: unknown): string[];
-  /** Encodes a valid value in the Confluent wire format; throws SerdeError('invalid') otherwise. */
+  /**
+   * The value in the Confluent wire format, or its field-level problems (unknown fields count).
+   * One pass for valid values: the problems are worked out only when encoding fails.
+   */
+  encodeOrExplain(value: unknown): { readonly bytes: Buffer } | { readonly problems: string[] };
+  /** Encodes a valid value; throws SerdeError('invalid') with the problems otherwise. */
   encode(value: T): Buffer;
 }
 
@@ -81,20 +84,28 @@ export class AvroSerde {
     const header = Buffer.alloc(HEADER_BYTES);
     header.writeUInt8(MAGIC_BYTE, 0);
     header.writeInt32BE(id, 1);
-    const validate = (value: unknown): string[] => validateAgainst(type, fieldNames, value);
+    const encodeOrExplain = (value: unknown): { bytes: Buffer } | { problems: string[] } => {
+      // avsc's writer checks every field's type as it encodes; it only ignores unknown fields.
+      if (value !== null && typeof value === 'object' && !Array.isArray(value) && Object.keys(value).every((k) => fieldNames.has(k))) {
+        try {
+          const body = type.toBuffer(value);
+          return { bytes: Buffer.concat([header, body], HEADER_BYTES + body.length) };
+        } catch {
+          // fall through to the explanation
+        }
+      }
+      const problems = validateAgainst(type, fieldNames, value);
+      return { problems: problems.length > 0 ? problems : ['value cannot be encoded with this schema'] };
+    };
     return {
       subject,
       id,
       type,
-      validate,
+      encodeOrExplain,
       encode(value: T): Buffer {
-        let body: Buffer;
-        try {
-          body = type.toBuffer(value);
-        } catch (err) {
-          throw new SerdeError('invalid', `value does not match ${subject}: ${validate(value).join('; ') || (err as Error).message}`, validate(value), { cause: err });
-        }
-        return Buffer.concat([header, body], HEADER_BYTES + body.length);
+        const result = encodeOrExplain(value);
+        if ('bytes' in result) return result.bytes;
+        throw new SerdeError('invalid', `value does not match ${subject}: ${result.problems.join('; ')}`, result.problems);
       },
     };
   }

@@ -56,13 +56,12 @@ export class IngestService {
         rejected.push({ index, code: 'FABRIC_EVENT_NOT_OBJECT', message: `event ${index} is not a JSON object` });
         return;
       }
-      const problems = stream.writer.validate(event);
-      if (problems.length > 0) {
-        rejected.push({ index, code: 'FABRIC_EVENT_INVALID', message: problems.join('; ') });
+      const encoded = stream.writer.encodeOrExplain(event);
+      if ('problems' in encoded) {
+        rejected.push({ index, code: 'FABRIC_EVENT_INVALID', message: encoded.problems.join('; ') });
         return;
       }
-      const key = String((event as Record<string, unknown>)[stream.def.keyField]);
-      messages.push({ topic: stream.physicalTopic, key, value: stream.writer.encode(event as Record<string, unknown>) });
+      messages.push({ topic: stream.physicalTopic, key: String((event as Record<string, unknown>)[stream.def.keyField]), value: encoded.bytes });
     });
     this.metrics?.gatewayEvents.inc({ stream: streamName, outcome: 'rejected' }, rejected.length);
     if (messages.length === 0) return { accepted: 0, rejected };

@@ -49,7 +49,7 @@ export function compareEvents(a: Pick<AccountEventRef, 'ts' | 'eventId'>, b: Pic
  * from the account's previous event before it, and is null for the account's first event.
  * Without `current` (a read at an arbitrary instant) it is measured from asOf to the latest event.
  */
-export function computeAccountFeatures(history: readonly AccountEventRef[], asOf: number, current?: Pick<AccountEventRef, 'ts' | 'eventId'>): AccountFeatures {
+export function computeAccountFeatures(history: Iterable<AccountEventRef>, asOf: number, current?: Pick<AccountEventRef, 'ts' | 'eventId'>): AccountFeatures {
   let count1h = 0;
   let count24h = 0;
   let sum1h = 0;

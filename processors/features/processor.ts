@@ -72,7 +72,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
       const history = histories.get(txn.account_id)!;
       const ref: AccountEventRef = { eventId: txn.event_id, ts: txn.ts, amount: txn.amount, counterpartyId: txn.counterparty_id };
       history.set(ref.eventId, ref);
-      const features = computeAccountFeatures([...history.values()], txn.ts, ref);
+      const features = computeAccountFeatures(history.values(), txn.ts, ref);
       write.zadd(keys.window(txn.account_id), txn.ts, encodeMember(txn.event_id, txn.amount, txn.counterparty_id));
       write.set(keys.snapshot(txn.event_id), JSON.stringify({ ts: txn.ts, ...features }), 'EX', options.snapshotTtlSec);
       // The latest hash only moves forward in event time, so a late or replayed event cannot regress it.

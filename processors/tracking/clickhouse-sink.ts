@@ -41,9 +41,13 @@ export class ClickHouseSink {
   add(table: string, rows: readonly Row[]): void {
     if (rows.length === 0) return;
     const round = this.current();
-    const list = round.rows.get(sqlIdentifier(table));
-    if (list) list.push(...rows);
-    else round.rows.set(table, [...rows]);
+    let list = round.rows.get(table);
+    if (!list) {
+      list = [];
+      round.rows.set(sqlIdentifier(table), list);
+    }
+    // A loop, not push(...rows): spreading a large batch overflows the call stack.
+    for (const row of rows) list.push(row);
     round.count += rows.length;
   }
 

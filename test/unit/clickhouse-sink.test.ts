@@ -36,6 +36,15 @@ describe('ClickHouse sink (group commit)', () => {
     expect(inserts).toHaveLength(1);
   });
 
+  it('takes batches far larger than the call stack allows spreading', async () => {
+    const { client, inserts } = fakeClient();
+    const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 1_000_000, lingerMs: 1 });
+    sink.add('t', Array.from({ length: 300_000 }, (_, i) => ({ i })));
+    sink.add('t', Array.from({ length: 300_000 }, (_, i) => ({ i })));
+    await sink.flush();
+    expect(inserts).toEqual([{ table: 'fabric.t', rows: 600_000 }]);
+  });
+
   it('fails every waiter of a failed round with a retriable FABRIC_SINK_FAILED', async () => {
     const { client } = fakeClient(true);
     const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 1000, lingerMs: 5 });
