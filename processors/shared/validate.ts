@@ -3,7 +3,7 @@ import { reject, type Output, type SourceRecord } from '../../topology/runtime/p
 import type { Transaction } from '../../schemas/types.generated.js';
 
 /** Domain checks beyond the Avro schema: values a schema cannot rule out but no real event has. */
-export function transactionProblem(t: Transaction): string | null {
+function transactionProblem(t: Transaction): string | null {
   if (!t.event_id) return 'event_id is empty';
   if (!t.account_id) return 'account_id is empty';
   if (!Number.isFinite(t.amount) || t.amount < 0) return `amount must be a finite non-negative number, got ${t.amount}`;
@@ -12,19 +12,14 @@ export function transactionProblem(t: Transaction): string | null {
   return null;
 }
 
-export function rejectedTransaction(t: Transaction): FabricError | null {
-  const problem = transactionProblem(t);
-  return problem ? new FabricError('FABRIC_RECORD_REJECTED', problem) : null;
-}
-
 /** Splits a batch into valid transactions and DLQ outputs for the invalid ones. */
 export function splitTransactions(records: readonly SourceRecord[]): { valid: { record: SourceRecord; txn: Transaction }[]; rejects: Output[] } {
   const valid: { record: SourceRecord; txn: Transaction }[] = [];
   const rejects: Output[] = [];
   for (const record of records) {
     const txn = record.value as Transaction;
-    const error = rejectedTransaction(txn);
-    if (error) rejects.push(reject(record, error));
+    const problem = transactionProblem(txn);
+    if (problem) rejects.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', problem)));
     else valid.push({ record, txn });
   }
   return { valid, rejects };

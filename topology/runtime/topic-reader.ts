@@ -14,7 +14,7 @@ function toReadRecord(partition: number, message: KafkaMessage): ReadRecord {
   return { partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, headers: headerStrings(message.headers) };
 }
 
-export function headerStrings(headers: IHeaders | undefined): Record<string, string> {
+function headerStrings(headers: IHeaders | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(headers ?? {})) out[k] = Array.isArray(v) ? v.map(String).join(',') : String(v ?? '');
   return out;
