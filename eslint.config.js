@@ -13,13 +13,26 @@ export default tseslint.config(
       'no-restricted-imports': 'off',
     },
   },
-  {
-    // Layering: processors never import gateways; schemas import nothing of ours.
-    files: ['processors/**/*.ts'],
-    rules: { 'no-restricted-imports': ['error', { patterns: ['**/gateways/**'] }] },
-  },
+  // Layering, arrows point down: schemas <- topology <- processors, gateways <- app; deploy and sim are used
+  // only by app (and tests). Nothing imports app.
   {
     files: ['schemas/**/*.ts'],
-    rules: { 'no-restricted-imports': ['error', { patterns: ['**/topology/**', '**/processors/**', '**/gateways/**', '**/deploy/**'] }] },
+    rules: { 'no-restricted-imports': ['error', { patterns: ['**/topology/**', '**/processors/**', '**/gateways/**', '**/deploy/**', '**/sim/**', '**/app/**'] }] },
+  },
+  {
+    files: ['topology/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: ['**/processors/**', '**/gateways/**', '**/deploy/**', '**/sim/**', '**/app/**'] }] },
+  },
+  {
+    files: ['processors/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: ['**/gateways/**', '**/deploy/**', '**/sim/**', '**/app/**'] }] },
+  },
+  {
+    files: ['gateways/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: ['**/processors/**', '**/deploy/**', '**/sim/**', '**/app/**'] }] },
+  },
+  {
+    files: ['deploy/**/*.ts', 'sim/**/*.ts', 'scripts/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: ['**/app/**', '**/gateways/**'] }] },
   },
 );

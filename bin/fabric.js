@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const compiled = fileURLToPath(new URL('../dist/topology/cli/main.js', import.meta.url));
+const compiled = fileURLToPath(new URL('../dist/app/cli/main.js', import.meta.url));
 if (!existsSync(compiled)) {
   console.error('fabric: the project is not built (dist/ missing); run `npm ci` or `npm run build` first');
   process.exit(1);

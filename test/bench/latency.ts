@@ -8,7 +8,7 @@ import type { Consumer, Kafka } from 'kafkajs';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
-import { startFabric } from '../../topology/app/fabric.js';
+import { startFabric } from '../../app/fabric.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import type { Prediction } from '../../schemas/types.generated.js';
 import { makeEvents } from './data.js';

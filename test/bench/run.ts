@@ -21,7 +21,7 @@ import { loadConfig, prefixed, type FabricConfig } from '../../topology/config.j
 import { messageOf } from '../../topology/errors.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
 import type { Logger } from '../../topology/runtime/log.js';
-import { startFabric, type FabricHandle } from '../../topology/app/fabric.js';
+import { startFabric, type FabricHandle } from '../../app/fabric.js';
 import { stackStatus, stackUp } from '../../deploy/stack.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';

@@ -62,7 +62,7 @@ describe('faults', () => {
     const f = await fabric(isolatedConfig(), { processors: ['features'] });
     const env = { ...process.env, FABRIC_TOPIC_PREFIX: f.config.topicPrefix, FABRIC_REDIS_PREFIX: f.config.redisKeyPrefix, FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' };
     const startScoring = (): ChildProcess => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'topology/cli/main.ts', 'run', '--processors', 'scoring', '--no-gateway', '--no-stack'], { cwd: packagePath(), env, stdio: ['ignore', 'ignore', 'pipe'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', 'app/cli/main.ts', 'run', '--processors', 'scoring', '--no-gateway', '--no-stack'], { cwd: packagePath(), env, stdio: ['ignore', 'ignore', 'pipe'] });
       cleanups.push(async () => void child.kill('SIGKILL'));
       return child;
     };

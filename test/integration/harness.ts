@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { loadConfig, prefixed, type FabricConfig } from '../../topology/config.js';
 import { createLogger } from '../../topology/runtime/log.js';
 import { createClickHouse, type ClickHouseClient } from '../../topology/runtime/clickhouse.js';
-import { startFabric, type FabricHandle, type FabricOptions } from '../../topology/app/fabric.js';
+import { startFabric, type FabricHandle, type FabricOptions } from '../../app/fabric.js';
 import { readToEnd, type ReadRecord } from '../../topology/runtime/topic-reader.js';
 
 /** A configuration isolated from every other run: its own topics, consumer groups, Redis keys and ClickHouse database. */

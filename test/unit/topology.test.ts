@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { buildTopology, processor, stream, topic } from '../../topology/graph.js';
-import { fabricTopology } from '../../topology/fabric-topology.js';
+import { fabricTopology } from '../../app/fabric-topology.js';
 
 describe('topology', () => {
   it('derives event, outcome and dead-letter topics and describes itself', () => {

@@ -1,8 +1,8 @@
 import type { Kafka } from 'kafkajs';
-import { prefixed, type FabricConfig } from '../config.js';
-import type { BatchingProducer } from '../runtime/producer.js';
-import { readToEnd } from '../runtime/topic-reader.js';
-import type { ModelArtifact } from '../../processors/scoring/model-artifact.js';
+import { prefixed, type FabricConfig } from '../topology/config.js';
+import type { BatchingProducer } from '../topology/runtime/producer.js';
+import { readToEnd } from '../topology/runtime/topic-reader.js';
+import type { ModelArtifact } from '../processors/scoring/model-artifact.js';
 
 /** A model registration as written to the compacted _fabric.models topic (latest per model name wins). */
 export interface ModelRegistration {

@@ -1,4 +1,4 @@
-import { buildTopology, processor, stream, topic, DAY_MS, type Topology } from './graph.js';
+import { buildTopology, processor, stream, topic, DAY_MS, type Topology } from '../topology/graph.js';
 
 /** The fabric's graph: the two demo streams, their features, model, tracking and drift. */
 export function fabricTopology(): Topology {
