@@ -17,6 +17,8 @@ export interface GatewayOptions {
 export interface Readiness {
   ready: boolean;
   checks: Record<string, boolean>;
+  /** Per-component detail shown with the answer (e.g. each processor's state). */
+  details?: Record<string, unknown>;
 }
 
 export interface GatewayDeps {
@@ -58,7 +60,7 @@ export class Gateway {
     this.app.get('/readyz', (res) => {
       const r = deps.readiness();
       const ready = r.ready && !this.draining;
-      reply(res, ready ? 200 : 503, { ready, checks: r.checks, ...(this.draining ? { draining: true } : {}) });
+      reply(res, ready ? 200 : 503, { ready, checks: r.checks, ...(r.details ?? {}), ...(this.draining ? { draining: true } : {}) });
     });
     this.app.get('/metrics', (res) => {
       const state = watch(res);

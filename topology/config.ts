@@ -55,17 +55,22 @@ export const SETTINGS = {
 
   producerLingerMs: s('FABRIC_PRODUCER_LINGER_MS', ms, '5', 'How long the batching producer waits to fill a batch.'),
   producerBatchSize: s('FABRIC_PRODUCER_BATCH_SIZE', positive, '2000', 'Messages per Kafka produce request.'),
+  producerMaxRequestBytes: s('FABRIC_PRODUCER_MAX_REQUEST_BYTES', positive, '524288', 'Largest produce request in bytes; keep it below the broker\'s message.max.bytes (1 MiB by default).'),
   producerMaxQueued: s('FABRIC_PRODUCER_MAX_QUEUED', positive, '50000', 'Messages queued in the producer before enqueue is refused (backpressure).'),
 
   consumerMaxWaitMs: s('FABRIC_CONSUMER_MAX_WAIT_MS', positive, '100', 'Longest a fetch waits for minBytes.'),
+  processingGuarantee: s('FABRIC_PROCESSING_GUARANTEE', z.enum(['exactly_once', 'at_least_once']), 'exactly_once', 'exactly_once: each batch\'s outputs and input offsets in one Kafka transaction; at_least_once: outputs acknowledged, then offsets committed (a crash may repeat outputs; for comparison and for sinks that dedupe).'),
+  consumerSessionTimeoutMs: s('FABRIC_CONSUMER_SESSION_TIMEOUT_MS', z.coerce.number().int().min(6000), '30000', 'How long the group waits for a silent processor instance (killed, hung) before giving its partitions to others.'),
+  consumerRebalanceTimeoutMs: s('FABRIC_CONSUMER_REBALANCE_TIMEOUT_MS', z.coerce.number().int().min(1000), '60000', 'How long a rebalance waits for members to rejoin.'),
   sinkRetryMs: s('FABRIC_SINK_RETRY_MS', positive, '500', 'First backoff when a sink fails (doubles, jittered, up to 10 s).'),
 
-  scoringTimeoutMs: s('FABRIC_SCORING_TIMEOUT_MS', positive, '2000', 'Model call timeout before the fallback decision.'),
-  scoringFeatureWaitMs: s('FABRIC_SCORING_FEATURE_WAIT_MS', ms, '3000', 'How long scoring waits for an event\'s features to appear in Redis before falling back.'),
+  scoringTimeoutMs: s('FABRIC_SCORING_TIMEOUT_MS', positive, '2000', 'How long one model run may take; beyond it the worker is recycled and the batch is retried (the stream never commits a timing-dependent fallback).'),
   scoringProvider: s('FABRIC_SCORING_PROVIDER', z.enum(['auto', 'cuda', 'cpu']), 'auto', 'ONNX execution provider: auto tries cuda then cpu.'),
   scoringThreads: s('FABRIC_SCORING_THREADS', positive, '1', 'Intra-op threads of the ONNX session (spinning is disabled).'),
-  featureSnapshotTtlSec: s('FABRIC_FEATURE_SNAPSHOT_TTL_SEC', positive, '86400', 'How long per-event feature snapshots stay in Redis for scoring and replays.'),
 
+  maxClockSkewSec: s('FABRIC_MAX_CLOCK_SKEW_SEC', positive, '300', 'How far in the future (event time vs. arrival) an event may be: beyond it the gateway refuses it and processors dead-letter it (FABRIC_EVENT_TIME_SKEW).'),
+  featuresLatenessSec: s('FABRIC_FEATURES_LATENESS_SEC', ms, '3600', 'How far behind its partition\'s event-time watermark an event may arrive and still update features; later events go to late.<stream>.'),
+  processorRestarts: s('FABRIC_PROCESSOR_MAX_RESTARTS', positive, '10', 'Consecutive unexpected failures a processor restarts its consumer for (with backoff) before the process exits non-zero.'),
   driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Tumbling drift window length in event time.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
 

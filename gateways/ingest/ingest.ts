@@ -6,7 +6,7 @@ import type { Metrics } from '../../topology/runtime/metrics.js';
 
 export interface Rejection {
   readonly index: number;
-  readonly code: 'FABRIC_EVENT_INVALID' | 'FABRIC_EVENT_NOT_OBJECT';
+  readonly code: 'FABRIC_EVENT_INVALID' | 'FABRIC_EVENT_NOT_OBJECT' | 'FABRIC_EVENT_TIME_SKEW';
   readonly message: string;
 }
 
@@ -33,7 +33,7 @@ export class IngestService {
   constructor(
     private readonly streams: ReadonlyMap<string, BoundStream>,
     private readonly producer: BatchingProducer,
-    private readonly options: { maxInFlight: number },
+    private readonly options: { maxInFlight: number; maxClockSkewMs: number; now?: () => number },
     private readonly metrics?: Metrics,
   ) {}
 
@@ -51,6 +51,9 @@ export class IngestService {
     const stream = this.stream(streamName);
     const rejected: Rejection[] = [];
     const messages: OutMessage[] = [];
+    // One instant per request: an event is refused when its time is further ahead of it than the
+    // allowed skew (a client sending microseconds would otherwise freeze its entity's windows).
+    const latest = (this.options.now ?? Date.now)() + this.options.maxClockSkewMs;
     events.forEach((event, index) => {
       if (event === null || typeof event !== 'object' || Array.isArray(event)) {
         rejected.push({ index, code: 'FABRIC_EVENT_NOT_OBJECT', message: `event ${index} is not a JSON object` });
@@ -59,6 +62,11 @@ export class IngestService {
       const encoded = stream.writer.encodeOrExplain(event);
       if ('problems' in encoded) {
         rejected.push({ index, code: 'FABRIC_EVENT_INVALID', message: encoded.problems.join('; ') });
+        return;
+      }
+      const ts = (event as Record<string, unknown>)[stream.def.timeField];
+      if (typeof ts === 'number' && ts > latest) {
+        rejected.push({ index, code: 'FABRIC_EVENT_TIME_SKEW', message: `${stream.def.timeField} ${ts} is ${Math.round((ts - latest) / 1000) + this.options.maxClockSkewMs / 1000} s in the future (allowed skew ${this.options.maxClockSkewMs / 1000} s); ${stream.def.timeField} must be epoch milliseconds` });
         return;
       }
       messages.push({ topic: stream.physicalTopic, key: String((event as Record<string, unknown>)[stream.def.keyField]), value: encoded.bytes });

@@ -64,3 +64,31 @@ describe('event validation against the Avro schema', () => {
     expect(validateAgainst(type, fields, [good])).toEqual(['expected an object, got array']);
   });
 });
+
+describe('event time skew at the edge', () => {
+  it('refuses an event further in the future than the allowed skew with FABRIC_EVENT_TIME_SKEW, and produces the others', async () => {
+    const { IngestService } = await import('../../gateways/ingest/ingest.js');
+    const { stream } = await import('../../topology/graph.js');
+    const sent: { key: string | null }[] = [];
+    const producer = { send: async (messages: { key: string | null }[]) => void sent.push(...messages) };
+    const writer = { encodeOrExplain: (v: unknown) => ({ bytes: Buffer.from(JSON.stringify(v)) }) };
+    const now = 1_700_000_000_000;
+    const ingest = new IngestService(
+      new Map([['transactions', { def: stream('transactions', 'transaction', 'account_id'), physicalTopic: 'events.transactions', writer: writer as never }]]),
+      producer as never,
+      { maxInFlight: 100, maxClockSkewMs: 300_000, now: () => now },
+    );
+    const result = await ingest.ingest('transactions', [
+      { account_id: 'A', ts: now + 300_000 },
+      { account_id: 'B', ts: now * 1000 },
+      { account_id: 'C', ts: now + 300_001 },
+    ]);
+    expect(result.accepted).toBe(1);
+    expect(result.rejected.map((r) => [r.index, r.code])).toEqual([
+      [1, 'FABRIC_EVENT_TIME_SKEW'],
+      [2, 'FABRIC_EVENT_TIME_SKEW'],
+    ]);
+    expect(result.rejected[0]!.message).toMatch(/epoch milliseconds/);
+    expect(sent.map((m) => m.key)).toEqual(['A']);
+  });
+});

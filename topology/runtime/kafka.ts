@@ -14,6 +14,8 @@ export function createKafka(config: Pick<FabricConfig, 'kafkaBrokers' | 'kafkaCl
     logLevel: KafkaLogLevel.WARN,
     logCreator: () => ({ level, log: entry }: LogEntry) => {
       const { message, ...extra } = entry;
+      // Task producers bound their retries on purpose (stream.ts: a failed send aborts the transaction).
+      if (message.startsWith('Limiting retries for the idempotent producer')) return;
       if (level <= KafkaLogLevel.ERROR) kafkaLog.error(extra, message);
       else if (level === KafkaLogLevel.WARN) kafkaLog.warn(extra, message);
       else kafkaLog.debug(extra, message);

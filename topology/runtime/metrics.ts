@@ -21,6 +21,7 @@ export class Metrics {
   readonly processorDlq = new Counter({ name: 'fabric_processor_dlq_records_total', help: 'Records sent to a dead-letter topic.', labelNames: ['processor', 'topic', 'code'] as const, registers: [this.registry] });
   readonly processorBatchSeconds = new Histogram({ name: 'fabric_processor_batch_duration_seconds', help: 'Time from batch start to offset commit.', labelNames: ['processor'] as const, buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5], registers: [this.registry] });
   readonly processorRetries = new Counter({ name: 'fabric_processor_batch_retries_total', help: 'Batches retried after a sink failure.', labelNames: ['processor'] as const, registers: [this.registry] });
+  readonly processorRestarts = new Counter({ name: 'fabric_processor_restarts_total', help: 'Consumer restarts after unexpected failures, by processor.', labelNames: ['processor'] as const, registers: [this.registry] });
   readonly processorLag = new Gauge({ name: 'fabric_processor_lag_records', help: 'Offset lag of the last batch, by processor/topic/partition.', labelNames: ['processor', 'topic', 'partition'] as const, registers: [this.registry] });
 
   readonly scoringRows = new Counter({ name: 'fabric_scoring_rows_total', help: 'Rows scored, by model and provider.', labelNames: ['model', 'provider'] as const, registers: [this.registry] });

@@ -11,12 +11,46 @@ export interface OutMessage {
   readonly headers?: IHeaders;
 }
 
+/** Bytes a message adds to a produce request (key, value, headers, plus record overhead). */
+export function messageBytes(m: OutMessage): number {
+  let n = 64 + m.value.length + (m.key ? Buffer.byteLength(m.key) : 0);
+  if (m.headers) for (const [k, v] of Object.entries(m.headers)) n += k.length + (Buffer.isBuffer(v) ? v.length : String(v ?? '').length) + 8;
+  return n;
+}
+
+/**
+ * Splits messages into produce requests of at most `maxBytes` (and never an empty one): a request
+ * above the broker's message.max.bytes is refused whole, and a batch retried after that refusal
+ * would be refused again forever. A single larger message goes alone (the broker decides).
+ */
+export function chunkByBytes(messages: readonly OutMessage[], maxBytes: number): OutMessage[][] {
+  const chunks: OutMessage[][] = [];
+  let current: OutMessage[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    const size = messageBytes(m);
+    if (current.length > 0 && bytes + size > maxBytes) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(m);
+    bytes += size;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
 export interface BatchingProducerOptions {
   readonly lingerMs: number;
   readonly batchSize: number;
+  /** Largest produce request in bytes (below the broker's message.max.bytes). */
+  readonly maxRequestBytes?: number;
   readonly maxQueued: number;
   readonly ackTimeoutMs: number;
 }
+
+export const DEFAULT_MAX_REQUEST_BYTES = 512 * 1024;
 
 interface Pending {
   readonly message: OutMessage;
@@ -179,7 +213,7 @@ export class BatchingProducer {
   private async drain(): Promise<void> {
     while (this.queued > 0) {
       this.expireStale();
-      const batch = this.take(this.options.batchSize);
+      const batch = this.take(this.options.batchSize, this.options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
       if (batch.length === 0) return;
       const byTopic = new Map<string, TopicMessages>();
       for (const { message } of batch) {
@@ -205,9 +239,17 @@ export class BatchingProducer {
     }
   }
 
-  private take(n: number): Pending[] {
-    const batch = this.queue.slice(this.head, this.head + n);
-    this.head += batch.length;
+  private take(n: number, maxBytes: number): Pending[] {
+    const batch: Pending[] = [];
+    let bytes = 0;
+    while (batch.length < n && this.head < this.queue.length) {
+      const next = this.queue[this.head]!;
+      const size = messageBytes(next.message);
+      if (batch.length > 0 && bytes + size > maxBytes) break;
+      batch.push(next);
+      bytes += size;
+      this.head++;
+    }
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue.splice(0, this.head);
       this.head = 0;

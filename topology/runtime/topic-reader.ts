@@ -26,7 +26,8 @@ function headerStrings(headers: IHeaders | undefined): Record<string, string> {
  */
 async function withThrowawayConsumer<T>(kafka: Kafka, groupPrefix: string, read: (consumer: Consumer) => Promise<T>): Promise<T> {
   const groupId = `${groupPrefix}-${randomBytes(6).toString('hex')}`;
-  const consumer = kafka.consumer({ groupId });
+  // read_committed (kafkajs' default, stated here because every fabric reader relies on it).
+  const consumer = kafka.consumer({ groupId, readUncommitted: false });
   await consumer.connect();
   try {
     return await read(consumer);
@@ -58,11 +59,13 @@ export async function readToEnd(kafka: Kafka, topic: string, options: { groupPre
       const timer = setTimeout(() => reject(new Error(`reading ${topic} to its end timed out after ${timeoutMs} ms`)), timeoutMs);
       void consumer.run({
         autoCommit: false,
-        eachMessage: async ({ partition, message }) => {
-          const end = remaining.get(partition);
-          if (end === undefined || BigInt(message.offset) >= end) return;
-          records.push(toReadRecord(partition, message));
-          if (BigInt(message.offset) + 1n >= end) remaining.delete(partition);
+        // Batches, not messages: a transactional topic ends with commit markers that are never
+        // delivered as messages, but a batch's last offset covers them.
+        eachBatch: async ({ batch }) => {
+          const end = remaining.get(batch.partition);
+          if (end === undefined) return;
+          for (const message of batch.messages) if (BigInt(message.offset) < end) records.push(toReadRecord(batch.partition, message));
+          if (BigInt(batch.lastOffset()) + 1n >= end) remaining.delete(batch.partition);
           if (remaining.size === 0) {
             clearTimeout(timer);
             resolve();
