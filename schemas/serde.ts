@@ -41,20 +41,48 @@ export interface SerdeOptions {
   readonly url: string;
   /** Largest payload decode will attempt: bounds memory against hostile block counts. */
   readonly maxPayloadBytes?: number;
+  /** Longest one registry request may take before it counts as the registry being unreachable. */
+  readonly requestTimeoutMs?: number;
+  /** How long the registry's "no such schema id" answer is trusted before it is asked again. */
+  readonly unknownIdTtlMs?: number;
+}
+
+/** The registry's definitive answer that a schema id does not exist, as of `at` (epoch ms). */
+interface UnknownId {
+  readonly at: number;
+  readonly reason: string;
 }
 
 export class AvroSerde {
   readonly registry: SchemaRegistry;
   private readonly writers = new Map<string, Promise<AvroWriter<unknown>>>();
   private readonly byId = new Map<number, avro.Type>();
-  private readonly fetching = new Map<number, Promise<avro.Type>>();
+  /**
+   * Ids the registry said it does not have, oldest answer first. Kept briefly (`unknownIdTtlMs`), not
+   * for good: a producer may register the schema a moment later, or a registry replica that answered
+   * may lag behind the one the producer used. The entry only has to outlive the batch that asked
+   * (prefetch, then decode) and spares the registry a request per batch when a stream is full of
+   * records with a foreign id; later batches ask again, so a schema registered since then is found.
+   */
+  private readonly unknownIds = new Map<number, UnknownId>();
+  private readonly fetching = new Map<number, Promise<void>>();
   /** avsc binds a resolver to the reader Type instance, so the cache is per instance, then per writer id. */
   private readonly resolvers = new WeakMap<avro.Type, Map<number, avro.Resolver>>();
   private readonly maxPayloadBytes: number;
+  private readonly unknownIdTtlMs: number;
 
   constructor(options: SerdeOptions) {
-    this.registry = new SchemaRegistry({ host: options.url, retry: { retries: 3, initialRetryTimeInSecs: 0.2 } });
+    const timeout = options.requestTimeoutMs ?? 5_000;
+    this.registry = new SchemaRegistry({
+      host: options.url,
+      // The client retries 5xx answers and refused or reset connections (about 1.5 s in all) before
+      // prefetch gives up; the runtime then retries the whole batch with its own backoff.
+      retry: { retries: 3, initialRetryTimeInSecs: 0.2 },
+      // Without a timeout a registry that accepts connections but never answers would hang the batch.
+      middlewares: [() => ({ request: (request) => request.enhance({ timeout }) })],
+    });
     this.maxPayloadBytes = options.maxPayloadBytes ?? 8 * 1024 * 1024;
+    this.unknownIdTtlMs = options.unknownIdTtlMs ?? 1_000;
   }
 
   /**
@@ -118,48 +146,85 @@ export class AvroSerde {
     return buf.readInt32BE(1);
   }
 
-  /** Fetches writer schemas for every id in `buffers` not yet known, once each, so decode() is synchronous. */
+  /**
+   * Asks the registry, once each, for the writer schema of every id in `buffers` not yet known, so
+   * decode() is synchronous. Rejects with SerdeError('registry') when the registry cannot be reached
+   * (refused connection, timeout, 5xx, any answer but "not found"): the caller retries the batch
+   * later, since records decoded now would be dead-lettered for the registry's fault. Only the
+   * registry's definitive "not found" (HTTP 404, Confluent error 40403) marks an id unknown, so that
+   * decode() reports its records as undecodable.
+   */
   async prefetch(buffers: Iterable<Buffer | null>): Promise<void> {
+    this.forgetUnknownIdsBefore(Date.now() - this.unknownIdTtlMs);
     const missing = new Set<number>();
     for (const buf of buffers) {
       if (!buf || buf.length < HEADER_BYTES || buf.readUInt8(0) !== MAGIC_BYTE) continue;
       const id = buf.readInt32BE(1);
-      if (!this.byId.has(id)) missing.add(id);
+      if (!this.byId.has(id) && !this.unknownIds.has(id)) missing.add(id);
     }
-    await Promise.all([...missing].map((id) => this.typeForId(id).catch(() => undefined)));
+    await Promise.all([...missing].map((id) => this.lookUp(id)));
   }
 
-  private typeForId(id: number): Promise<avro.Type> {
-    const known = this.byId.get(id);
-    if (known) return Promise.resolve(known);
+  /** Settles once `id` is known or known to be absent; one request at a time per id. */
+  private lookUp(id: number): Promise<void> {
     let pending = this.fetching.get(id);
     if (!pending) {
-      pending = this.registry.getSchema(id).then(
-        (schema) => {
-          // Re-parse from the canonical JSON so the Type belongs to our avsc instance.
-          const type = avro.Type.forSchema(JSON.parse(JSON.stringify(schema)) as avro.Schema);
-          this.byId.set(id, type);
-          this.fetching.delete(id);
-          return type;
-        },
-        (err: unknown) => {
-          this.fetching.delete(id);
-          throw new SerdeError('registry', `schema id ${id} could not be fetched: ${(err as Error).message}`, [], { cause: err });
-        },
-      );
+      pending = this.fetchSchema(id).finally(() => this.fetching.delete(id));
       this.fetching.set(id, pending);
     }
     return pending;
   }
 
+  private async fetchSchema(id: number): Promise<void> {
+    let schema: unknown;
+    try {
+      schema = await this.registry.getSchema(id);
+    } catch (err) {
+      // The client's ResponseError carries the HTTP status; it reports a refused connection or a
+      // timeout as status 400 (mappersmith's client error), so only 404 means "the registry says no".
+      if ((err as { status?: unknown }).status === 404) {
+        this.unknownIds.delete(id);
+        this.unknownIds.set(id, { at: Date.now(), reason: `the registry has no schema with this id: ${(err as Error).message}` });
+        return;
+      }
+      throw new SerdeError('registry', `schema id ${id} could not be fetched from the registry: ${(err as Error).message}`, [], { cause: err });
+    }
+    let type: avro.Type;
+    try {
+      // Re-parse from the canonical JSON so the Type belongs to our avsc instance.
+      type = avro.Type.forSchema(JSON.parse(JSON.stringify(schema)) as avro.Schema);
+    } catch (err) {
+      // Not "not found": the batch waits (and says why) rather than dead-lettering records whose
+      // schema exists, in case it is our reading that needs fixing.
+      throw new SerdeError('registry', `schema id ${id} from the registry cannot be read as Avro: ${(err as Error).message}`, [], { cause: err });
+    }
+    this.byId.set(id, type);
+    this.unknownIds.delete(id);
+  }
+
+  /** Entries are in answer order (re-answered ids are moved to the end), so the expired ones lead. */
+  private forgetUnknownIdsBefore(cutoff: number): void {
+    for (const [id, entry] of this.unknownIds) {
+      if (entry.at >= cutoff) break;
+      this.unknownIds.delete(id);
+    }
+  }
+
   /**
-   * Decodes a wire-format buffer whose schema id is known (after prefetch). With `reader`, values
-   * are resolved into the reader schema (schema evolution). Throws SerdeError('undecodable').
+   * Decodes a wire-format buffer whose schema id was prefetched. With `reader`, values are resolved
+   * into the reader schema (schema evolution). Throws SerdeError('undecodable') for records that will
+   * never decode (the registry has no such id, bad bytes), and SerdeError('registry') when the id's
+   * schema has not been fetched (no prefetch, or its "not found" answer was since forgotten): retry
+   * after a prefetch.
    */
   decode<T>(buf: Buffer, reader?: avro.Type): T {
     const id = AvroSerde.schemaIdOf(buf);
     const writer = this.byId.get(id);
-    if (!writer) throw new SerdeError('undecodable', `unknown schema id ${id} (not in the registry)`);
+    if (!writer) {
+      const unknown = this.unknownIds.get(id);
+      if (unknown) throw new SerdeError('undecodable', `unknown schema id ${id} (${unknown.reason})`);
+      throw new SerdeError('registry', `schema id ${id} has not been fetched from the registry (prefetch first)`);
+    }
     if (buf.length > this.maxPayloadBytes) throw new SerdeError('undecodable', `payload of ${buf.length} bytes exceeds ${this.maxPayloadBytes}`);
     const payload = buf.subarray(HEADER_BYTES);
     try {
@@ -182,9 +247,7 @@ export class AvroSerde {
 
   /** Async decode for callers off the hot path (CLI tail, tests): fetches the schema when needed. */
   async decodeAsync<T>(buf: Buffer, reader?: avro.Type): Promise<T> {
-    await this.typeForId(AvroSerde.schemaIdOf(buf)).catch((err: unknown) => {
-      throw err instanceof SerdeError ? new SerdeError('undecodable', err.message, [], { cause: err }) : err;
-    });
+    await this.prefetch([buf]);
     return this.decode<T>(buf, reader);
   }
 }

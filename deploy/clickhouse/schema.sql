@@ -1,7 +1,18 @@
 -- The fabric's ClickHouse schema. Runs on 18.16 and current ClickHouse: no DateTime64, TTL, Map or
 -- query parameters. `{db}` is replaced by the configured database (validated identifier).
--- Rows are deduplicated by event id through ReplacingMergeTree (at merge time): the v_* views use
--- FINAL so analysts never see a redelivered row twice.
+--
+-- Exactly one row per event: every table is a ReplacingMergeTree versioned by `source_offset` (the
+-- Kafka offset the row was read from), and its ORDER BY key holds the event's identity: its event id
+-- (drift metrics: model, variable and window; alerts, which carry no id: their source position).
+-- A redelivered or retried insert of the same event collapses into one row, the one with the highest
+-- offset; rows inserted twice from the same offset are identical. Merges happen in the background, so
+-- readers use the v_* views, which read with FINAL and never show an event twice. Partitions derive
+-- from the event's own time, so an event's duplicates share a partition (where merges dedupe).
+--
+-- Every statement is CREATE ... IF NOT EXISTS: applying the schema again changes nothing. A database
+-- created before tables were versioned keeps its old engine, ReplacingMergeTree() without a version
+-- (it keeps the last inserted duplicate, not the highest offset): there is no silent migration;
+-- recreate that database, or copy its tables into a new one with INSERT ... SELECT, to get versions.
 
 CREATE DATABASE IF NOT EXISTS {db};
 
@@ -19,7 +30,7 @@ CREATE TABLE IF NOT EXISTS {db}.events_transactions (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (account_id, event_id);
 
@@ -33,7 +44,7 @@ CREATE TABLE IF NOT EXISTS {db}.events_interactions (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (user_id, event_id);
 
@@ -53,7 +64,7 @@ CREATE TABLE IF NOT EXISTS {db}.features_account (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (entity_id, ts_ms, event_id);
 
@@ -74,7 +85,7 @@ CREATE TABLE IF NOT EXISTS {db}.predictions (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000)))
 ORDER BY (model, event_id);
 
@@ -88,7 +99,7 @@ CREATE TABLE IF NOT EXISTS {db}.outcomes (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (stream, event_id);
 
@@ -105,7 +116,7 @@ CREATE TABLE IF NOT EXISTS {db}.drift_metrics (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))
 ORDER BY (model, variable, window_start_ms);
 
@@ -117,13 +128,24 @@ CREATE TABLE IF NOT EXISTS {db}.alerts (
   source_topic String,
   source_partition Int32,
   source_offset UInt64
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMM(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (kind, ts_ms, source_partition, source_offset);
 
+-- The deduplicated views, one per table: what analysts and checks read.
 CREATE VIEW IF NOT EXISTS {db}.v_events_transactions AS SELECT * FROM {db}.events_transactions FINAL;
 
+CREATE VIEW IF NOT EXISTS {db}.v_events_interactions AS SELECT * FROM {db}.events_interactions FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_features_account AS SELECT * FROM {db}.features_account FINAL;
+
 CREATE VIEW IF NOT EXISTS {db}.v_predictions AS SELECT * FROM {db}.predictions FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_outcomes AS SELECT * FROM {db}.outcomes FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_drift_metrics AS SELECT * FROM {db}.drift_metrics FINAL;
+
+CREATE VIEW IF NOT EXISTS {db}.v_alerts AS SELECT * FROM {db}.alerts FINAL;
 
 CREATE VIEW IF NOT EXISTS {db}.v_fraud_performance AS
 SELECT p.event_id AS event_id, p.entity_id AS entity_id, p.version AS version, p.score AS score, p.decision AS decision, o.label AS label, o.value AS label_value

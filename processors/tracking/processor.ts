@@ -1,5 +1,5 @@
 import { EMPTY, Observable, from, mergeMap, toArray } from 'rxjs';
-import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
+import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { reject } from '../../topology/runtime/processor.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import type { ClickHouseSink, Row } from './clickhouse-sink.js';
@@ -7,7 +7,8 @@ import { mappingFor, type TableMapping } from './rows.js';
 
 /**
  * Tracking: writes every tracked topic to its ClickHouse table through the shared group-commit sink.
- * The processor's flush is the sink's flush, so offsets are committed only once rows are inserted.
+ * Rows are added with the batch's task and the processor's flush is the sink's flush for that task, so
+ * a partition's offsets are committed only once its own rows are inserted.
  */
 export function trackingProcessor(options: { sink: ClickHouseSink; topics: readonly string[] }): ProcessorLogic {
   const byTopic = new Map<string, TableMapping>();
@@ -18,7 +19,7 @@ export function trackingProcessor(options: { sink: ClickHouseSink; topics: reado
   }
   return {
     name: 'tracking',
-    process(records$: Observable<SourceRecord>): Observable<Output> {
+    process(records$: Observable<SourceRecord>, ctx: BatchContext): Observable<Output> {
       return records$.pipe(
         toArray(),
         mergeMap((records) => {
@@ -41,12 +42,12 @@ export function trackingProcessor(options: { sink: ClickHouseSink; topics: reado
             if (list) list.push(row);
             else rows.set(mapping.table, [row]);
           }
-          for (const [table, list] of rows) options.sink.add(table, list);
+          for (const [table, list] of rows) options.sink.add(table, list, ctx.task);
           return rejects.length ? from(rejects) : EMPTY;
         }),
       );
     },
-    flush: () => options.sink.flush(),
+    flush: (task) => options.sink.flush(task),
     close: () => options.sink.close(),
   };
 }

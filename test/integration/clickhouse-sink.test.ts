@@ -1,0 +1,104 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../topology/config.js';
+import { clickhouseStatements } from '../../topology/apply.js';
+import { createClickHouse, sqlLiteral, type ClickHouseClient } from '../../topology/runtime/clickhouse.js';
+import type { SourceRecord, TaskId } from '../../topology/runtime/processor.js';
+import { ClickHouseSink } from '../../processors/tracking/clickhouse-sink.js';
+import { mappingFor } from '../../processors/tracking/rows.js';
+import type { AccountFeatureUpdate, DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
+
+/**
+ * The versioned, deduplicated tables on the running ClickHouse (18.16 locally): rows go through the
+ * tracking row mappings and the group-commit sink into a database of this run's own, created from
+ * deploy/clickhouse/schema.sql and dropped afterwards.
+ */
+const config = loadConfig();
+const db = `it_sink_${randomBytes(4).toString('hex')}`;
+let client: ClickHouseClient;
+
+const TS = Date.UTC(2026, 0, 15, 12, 0, 0);
+
+/** One value per tracked topic; `n` varies a non-key field so a test can tell which copy survived. */
+const samples: Record<string, (n: number) => unknown> = {
+  'events.transactions': (n): Transaction => ({ event_id: 'e-1', account_id: 'acc-1', counterparty_id: 'cp-1', type: 'TRANSFER', amount: n, old_balance: 100, new_balance: 100 - n, channel: 'web', ts: TS }),
+  'events.interactions': (n): Interaction => ({ event_id: 'e-1', user_id: 'u-1', item_id: `item-${n}`, action: 'click', ts: TS }),
+  'features.account': (n): AccountFeatureUpdate => ({
+    event_id: 'e-1', entity_id: 'acc-1', ts: TS, txn_count_1h: n, txn_count_24h: n, amount_sum_1h: 1, amount_sum_24h: 1, amount_avg_24h: null, amount_max_24h: 1,
+    distinct_counterparties_24h: 1, seconds_since_last_txn: null, source_topic: 'events.transactions', source_partition: 0, source_offset: 1,
+  }),
+  'predictions.fraud': (n): Prediction => ({
+    event_id: 'e-1', entity_id: 'acc-1', model: 'fraud', version: '1', score: n / 100, decision: 'review', reasons: ['r'], fallback: false, provider: 'cpu', event_ts: TS,
+    features: { amount_sum_1h: 1, seconds_since_last_txn: null }, source_topic: 'features.account', source_partition: 0, source_offset: 1,
+  }),
+  'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS }),
+  'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok' }),
+};
+
+/** The column that carries `n` in each table (as a string), to check which copy the view kept. */
+const marker: Record<string, string> = {
+  events_transactions: 'toString(amount)',
+  events_interactions: "replaceAll(item_id, 'item-', '')",
+  features_account: 'toString(txn_count_1h)',
+  predictions: 'toString(round(score * 100))',
+  outcomes: 'toString(value)',
+  drift_metrics: 'toString(count)',
+};
+
+function record(topic: string, offset: number, n: number): SourceRecord {
+  return { topic, partition: 0, offset: String(offset), key: 'acc-1', value: samples[topic]!(n), timestamp: TS, headers: {} };
+}
+
+async function rows<T>(query: string): Promise<T[]> {
+  const rs = await client.query({ query, format: 'JSONEachRow' });
+  return rs.json<T>();
+}
+
+beforeAll(async () => {
+  client = createClickHouse(config);
+  const statements = await clickhouseStatements(db);
+  // Twice: applying the schema again must change nothing.
+  for (let i = 0; i < 2; i++) for (const query of statements) await client.command({ query });
+});
+
+afterAll(async () => {
+  await client.command({ query: `DROP DATABASE IF EXISTS ${db}` });
+  await client.close();
+});
+
+describe('ClickHouse tables versioned by source offset', () => {
+  it('every table is a ReplacingMergeTree versioned by source_offset', async () => {
+    const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' ORDER BY name`);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'outcomes', 'predictions']);
+    for (const t of tables) expect(t.engine_full, t.name).toMatch(/^ReplacingMergeTree\(source_offset\)/);
+  });
+
+  it('an event written again (same offset, older and newer offsets, in separate inserts) shows once through its v_* view, at the highest offset', async () => {
+    const sink = new ClickHouseSink(client, { database: db, flushRows: 10_000, lingerMs: 10 });
+    const task: TaskId = { group: 'tracking', topic: 'any', partition: 0 };
+    // Each write is its own round, so the copies land in separate parts; the highest offset is not written last.
+    for (const [offset, n] of [[5, 5], [5, 5], [9, 9], [7, 7]] as const) {
+      for (const topic of Object.keys(samples)) {
+        const mapping = mappingFor(topic)!;
+        sink.add(mapping.table, [mapping.row(record(topic, offset, n))], task);
+      }
+      await sink.flush(task);
+    }
+    await sink.close();
+    for (const [table, column] of Object.entries(marker)) {
+      expect(await rows(`SELECT source_offset, ${column} AS n FROM ${db}.v_${table}`), table).toEqual([{ source_offset: '9', n: '9' }]);
+      // A merge keeps the same single row as FINAL does.
+      await client.command({ query: `OPTIMIZE TABLE ${db}.${table} FINAL` });
+      expect(await rows(`SELECT source_offset FROM ${db}.${table}`), table).toEqual([{ source_offset: '9' }]);
+    }
+  });
+
+  it('the analyst views answer, joined on deduplicated rows', async () => {
+    const views = await rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine = 'View' ORDER BY name`);
+    expect(views.map((v) => v.name)).toEqual(['v_alerts', 'v_drift_metrics', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_fraud_performance', 'v_outcomes', 'v_predictions']);
+    for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);
+    expect(await rows(`SELECT event_id, entity_id, version, score, decision, label, label_value FROM ${db}.v_fraud_performance`)).toEqual([
+      { event_id: 'e-1', entity_id: 'acc-1', version: '1', score: 0.09, decision: 'review', label: 'fraud', label_value: 9 },
+    ]);
+  });
+});
