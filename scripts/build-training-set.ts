@@ -3,9 +3,10 @@
  *
  * Each row is the model input vector (fraudInputRow, the same function online scoring uses) of one
  * event, with the account features computed as of that event's time from that account's own events
- * with ts <= t only (events are generated in event-time order, so the history held when an event is
- * processed never contains a later one). Per account only the last 24 h of events are kept, plus the
- * account's latest earlier event, which seconds_since_last_txn needs however old it is.
+ * with ts <= t only. Events get increasing offsets in generation order, as if read from one
+ * partition, so ties in the same millisecond are ordered as online. Per account only the last 24 h
+ * of events are kept, plus the account's latest earlier event, which seconds_since_last_txn needs
+ * however old it is (events are generated in event-time order, so that is the oldest one kept).
  *
  * CLI: tsx scripts/build-training-set.ts <out.csv> [--seed 42] [--count 200000]
  */
@@ -57,13 +58,14 @@ export function buildFraudTrainingSet(opts: FraudTrainingSetOptions): FraudTrain
   const rows: number[][] = [];
   const labels: number[] = [];
   const amounts: number[] = [];
+  let offset = 0;
   for (const { event, isFraud } of generateTransactions(trainingSimOptions(opts))) {
     let history = histories.get(event.account_id);
     if (history === undefined) {
       history = [];
       histories.set(event.account_id, history);
     }
-    const ref: AccountEventRef = { eventId: event.event_id, ts: event.ts, amount: event.amount, counterpartyId: event.counterparty_id };
+    const ref: AccountEventRef = { eventId: event.event_id, ts: event.ts, offset: offset++, amount: event.amount, counterpartyId: event.counterparty_id };
     history.push(ref);
     // Expire events outside the longest window, but keep the latest event before this one.
     while (history.length > 2 && (history[0] as AccountEventRef).ts <= event.ts - ACCOUNT_HISTORY_MS) history.shift();

@@ -6,7 +6,8 @@ import { generateTransactions } from '../../sim/transactions.js';
 import type { Transaction } from '../../schemas/types.generated.js';
 
 const col = (name: (typeof FRAUD_INPUT_NAMES)[number]): number => FRAUD_INPUT_NAMES.indexOf(name);
-const ref = (e: Transaction): AccountEventRef => ({ eventId: e.event_id, ts: e.ts, amount: e.amount, counterpartyId: e.counterparty_id });
+// The builder gives the generated events offsets in generation order, as one partition would.
+const ref = (e: Transaction, offset: number): AccountEventRef => ({ eventId: e.event_id, ts: e.ts, offset, amount: e.amount, counterpartyId: e.counterparty_id });
 
 describe('buildFraudTrainingSet', () => {
   it('has the model input header and one labelled row per event', () => {
@@ -28,21 +29,21 @@ describe('buildFraudTrainingSet', () => {
   const set = buildFraudTrainingSet(small);
   const events = [...generateTransactions(trainingSimOptions(small))].map((s) => s.event);
 
-  it('computes every row point in time from the account events with ts <= t only', () => {
-    const byAccount = new Map<string, Transaction[]>();
-    for (const e of events) byAccount.set(e.account_id, [...(byAccount.get(e.account_id) ?? []), e]);
+  it('computes every row point in time from the account events before it (offset) with ts <= t only', () => {
+    const byAccount = new Map<string, { e: Transaction; offset: number }[]>();
+    events.forEach((e, offset) => byAccount.set(e.account_id, [...(byAccount.get(e.account_id) ?? []), { e, offset }]));
     let expired = 0;
     let longGaps = 0;
     events.forEach((e, i) => {
       const all = byAccount.get(e.account_id)!;
-      const past = all.filter((o) => o.ts <= e.ts);
-      expect(set.rows[i]).toEqual(fraudInputRow(e, computeAccountFeatures(past.map(ref), e.ts, ref(e))));
+      const past = all.filter((o) => o.offset <= i && o.e.ts <= e.ts);
+      expect(set.rows[i]).toEqual(fraudInputRow(e, computeAccountFeatures(past.map((o) => ref(o.e, o.offset)), e.ts, ref(e, i))));
       // Independently of computeAccountFeatures: the window semantics t - W < ts <= t.
       const row = set.rows[i]!;
-      expect(row[col('txn_count_24h')]).toBe(past.filter((o) => o.ts > e.ts - DAY_MS).length);
-      expect(row[col('txn_count_1h')]).toBe(past.filter((o) => o.ts > e.ts - HOUR_MS).length);
-      const before = past.filter((o) => o.event_id < e.event_id);
-      const gap = before.length === 0 ? -1 : (e.ts - before.at(-1)!.ts) / 1000;
+      expect(row[col('txn_count_24h')]).toBe(past.filter((o) => o.e.ts > e.ts - DAY_MS).length);
+      expect(row[col('txn_count_1h')]).toBe(past.filter((o) => o.e.ts > e.ts - HOUR_MS).length);
+      const previous = past.filter((o) => o.offset < i).sort((a, b) => b.e.ts - a.e.ts || b.offset - a.offset)[0];
+      const gap = previous === undefined ? -1 : (e.ts - previous.e.ts) / 1000;
       expect(row[col('seconds_since_last_txn')]).toBe(gap);
       if (past.length > row[col('txn_count_24h')]!) expired++;
       if (gap > DAY_MS / 1000) longGaps++;
