@@ -1,6 +1,8 @@
 /**
  * Serving rules for a scoring model: score thresholds give the decision; when no score can be had
- * (features missing, model timeout or failure) the declared fallback decision applies, with the reason.
+ * the declared fallback decision applies, with the reason. On the stream path only deterministic
+ * reasons occur (`features_late`, `model_error`); `features_missing` and `model_timeout` are for the
+ * synchronous predict API, which cannot retry a batch.
  */
 export interface ThresholdRules {
   readonly block: number;
@@ -9,7 +11,15 @@ export interface ThresholdRules {
   readonly fallbackDecision: 'block' | 'review' | 'allow';
 }
 
-export type FallbackReason = 'features_missing' | 'model_timeout' | 'model_error';
+export type FallbackReason =
+  /** The event arrived beyond the features processor's allowed lateness (routed to late.<stream>). */
+  | 'features_late'
+  /** No features for the entity (synchronous predict: nothing in the online store). */
+  | 'features_missing'
+  /** The model did not answer in time (synchronous predict only; the stream path retries). */
+  | 'model_timeout'
+  /** The model could not score the input, or returned a non-finite score. */
+  | 'model_error';
 
 export interface Decision {
   readonly decision: 'block' | 'review' | 'allow';

@@ -1,9 +1,12 @@
 /**
- * Worker thread owning one ONNX session: onnxruntime-node's run() blocks its thread, so scoring
- * never runs on the event loop that serves Kafka and HTTP. Messages: {id, rows (Float32Array,
+ * Worker process owning one ONNX session (forked by ModelRunner; see there why a process and not a
+ * thread). IPC messages (advanced serialization, so typed arrays pass as they are):
+ * {init} -> {ready: true, provider} or {ready: false, error}; then {id, rows (Float32Array,
  * row-major), n} -> {id, scores (Float32Array)} or {id, error}.
+ * Test hook (ModelRunner.injectFault): {fault: 'exit' | 'throw' | 'hang'} makes the next run request
+ * end the process with code 1, raise an uncaught error, or block the process forever.
+ * The worker exits when its parent goes away (IPC channel closed), so it never outlives the fabric.
  */
-import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 
 interface Init {
@@ -22,13 +25,14 @@ interface Request {
   readonly n: number;
 }
 
-const init = workerData as Init;
+type Fault = 'exit' | 'throw' | 'hang';
+type Message = { readonly init: Init } | { readonly fault: Fault } | Request;
 
-async function createSession(): Promise<{ session: ort.InferenceSession; provider: string }> {
+async function createSession(init: Init): Promise<{ session: ort.InferenceSession; provider: string }> {
   const errors: string[] = [];
   for (const provider of init.providers) {
     try {
-      const session = await ort.InferenceSession.create(init.bytes, {
+      const session = await ort.InferenceSession.create(new Uint8Array(init.bytes), {
         executionProviders: [provider],
         intraOpNumThreads: init.threads,
         interOpNumThreads: 1,
@@ -43,25 +47,51 @@ async function createSession(): Promise<{ session: ort.InferenceSession; provide
   throw new Error(`no execution provider could load the model (${errors.join('; ')})`);
 }
 
-const port = parentPort!;
-createSession().then(
-  ({ session, provider }) => {
-    port.postMessage({ ready: true, provider });
-    port.on('message', (req: Request) => {
-      void score(session, req).then(
-        (scores) => port.postMessage({ id: req.id, scores }, [scores.buffer as ArrayBuffer]),
-        (err: Error) => port.postMessage({ id: req.id, error: err.message }),
-      );
-    });
-  },
-  (err: Error) => port.postMessage({ ready: false, error: err.message }),
-);
+function send(msg: unknown): void {
+  process.send!(msg);
+}
 
-async function score(session: ort.InferenceSession, req: Request): Promise<Float32Array> {
+let init: Init | undefined;
+let session: Promise<ort.InferenceSession> | undefined;
+let fault: Fault | undefined;
+
+process.on('disconnect', () => process.exit(0));
+process.on('message', (msg: Message) => {
+  if ('init' in msg) {
+    init = msg.init;
+    const created = createSession(init);
+    session = created.then((s) => s.session);
+    session.catch(() => undefined); // reported below as {ready: false}
+    created.then(
+      ({ provider }) => send({ ready: true, provider }),
+      (err: Error) => send({ ready: false, error: err.message }),
+    );
+    return;
+  }
+  if ('fault' in msg) {
+    fault = msg.fault;
+    return;
+  }
+  if (fault) injected(fault);
+  void score(msg).then(
+    (scores) => send({ id: msg.id, scores }),
+    (err: Error) => send({ id: msg.id, error: err.message }),
+  );
+});
+
+function injected(kind: Fault): void {
+  if (kind === 'exit') process.exit(1);
+  if (kind === 'throw') throw new Error('injected worker fault');
+  // 'hang': a run that never returns; only a kill ends it.
+  for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+}
+
+async function score(req: Request): Promise<Float32Array> {
+  if (!init || !session) throw new Error('worker got a run before its init');
   const input = new ort.Tensor('float32', req.rows, [req.n, init.width]);
   // No fetches argument: onnxruntime-node 1.22 returns the wrong output when fetches name one
   // (['probabilities'] yields 'label'); the full result is picked by name instead.
-  const out = await session.run({ [init.inputName]: input });
+  const out = await (await session).run({ [init.inputName]: input });
   const probs = out[init.outputName];
   if (!probs) throw new Error(`model has no output ${init.outputName}`);
   const data = probs.data as Float32Array;

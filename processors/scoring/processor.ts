@@ -1,94 +1,93 @@
-import type { Redis } from 'ioredis';
-import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
+import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, wholeBatch } from '../../topology/runtime/processor.js';
-import { isFabricError } from '../../topology/errors.js';
-import type { Prediction, Transaction } from '../../schemas/types.generated.js';
+import { FabricError } from '../../topology/errors.js';
+import type { AccountFeatureUpdate, Prediction } from '../../schemas/types.generated.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
-import { accountKeys } from '../features/redis-keys.js';
-import { parseFeatures } from '../features/processor.js';
-import type { AccountFeatures } from '../features/account.js';
+import { ACCOUNT_FEATURE_NAMES, type AccountFeatures } from '../features/account.js';
 import { splitTransactions } from '../shared/validate.js';
 import { decide, type FallbackReason, type ThresholdRules } from '../rules/threshold-rules.js';
 import { FRAUD_INPUT_NAMES, fraudInputRow } from './fraud-inputs.js';
 import type { ModelRunner } from './model-runner.js';
 
 export interface ScoringProcessorOptions {
-  readonly redis: Redis;
-  readonly keyPrefix: string;
   readonly runner: ModelRunner;
   readonly rules: ThresholdRules;
-  /** How long to wait for the features processor to write an event's snapshot. */
-  readonly featureWaitMs: number;
-  /** Longest pause between snapshot look-ups; the first retry comes after 5 ms and doubles up to it. */
-  readonly pollMs?: number;
   readonly outputTopic?: string;
+  /** Topic of the upstream (features) emits that carry an event's features. Default `features.account`. */
+  readonly featuresTopic?: string;
   readonly metrics?: Metrics;
-  readonly sleep?: (ms: number) => Promise<void>;
 }
 
 /**
- * Scores transactions with the fraud model: features as of each event come from the snapshot the
- * features processor wrote to Redis (so a replay scores with the same inputs), the whole batch is
- * one model run in the worker thread, and the rules turn scores into decisions. Missing features or
- * a model timeout give the rules' fallback decision with the reason: a prediction is never dropped.
+ * Scores transactions with the fraud model, chained after the features processor in the same task
+ * (`after: 'features'`): the features of each event are the ones features emitted for that very
+ * record (`ctx.upstream`), so they are decided by the event's position in its partition, never by
+ * when another consumer wrote Redis. The whole batch is one model run in the worker thread and the
+ * rules turn scores into decisions.
+ *
+ * Deterministic outcomes only: an event features routed to `late.<stream>` (or emitted no features
+ * for) gets the rules' fallback with reason `features_late`; a run the model itself rejects gets
+ * `model_error`. A model timeout or a dead/restarting worker is a matter of timing, not of the
+ * input: the batch fails with the retriable error (FABRIC_MODEL_TIMEOUT / FABRIC_MODEL_UNAVAILABLE),
+ * nothing is committed, and the retry produces what a clean run would.
  */
 export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLogic {
-  const keys = accountKeys(options.keyPrefix);
   const model = options.runner.model;
   const outputTopic = options.outputTopic ?? `predictions.${model.name}`;
-  const pollMs = options.pollMs ?? 50;
-  const wait = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const featuresTopic = options.featuresTopic ?? 'features.account';
   if (model.inputs.join(',') !== FRAUD_INPUT_NAMES.join(',')) {
     throw new Error(`model ${model.name} ${model.version} inputs [${model.inputs.join(', ')}] differ from the serving inputs [${FRAUD_INPUT_NAMES.join(', ')}]`);
   }
 
-  async function fetchFeatures(txns: readonly Transaction[]): Promise<(AccountFeatures | null)[]> {
-    const found: (AccountFeatures | null)[] = txns.map(() => null);
-    const deadline = Date.now() + options.featureWaitMs;
-    // Features and scoring read the same events concurrently: the snapshot is usually a few ms away.
-    let pause = Math.min(5, pollMs);
-    for (;;) {
-      const missing = found.flatMap((f, i) => (f === null ? [i] : []));
-      if (missing.length === 0) return found;
-      const raw = await options.redis.mget(missing.map((i) => keys.snapshot(txns[i]!.event_id)));
-      raw.forEach((json, j) => {
-        if (json !== null) found[missing[j]!] = parseFeatures(JSON.parse(json) as Record<string, number | null>);
-      });
-      if (found.every((f) => f !== null) || Date.now() >= deadline) return found;
-      await wait(pause);
-      pause = Math.min(pause * 2, pollMs);
+  /** The features emitted for this record, or null when features sent it to late.<stream> or emitted none. */
+  function featuresOf(record: SourceRecord, eventId: string, upstream: ReadonlyMap<string, readonly Output[]>): AccountFeatures | null {
+    const outputs = upstream.get(record.offset) ?? [];
+    if (outputs.some((o) => o.kind === 'emit' && o.topic.startsWith('late.'))) return null;
+    const update = outputs.find((o): o is Extract<Output, { kind: 'emit' }> => o.kind === 'emit' && o.topic === featuresTopic)?.value as AccountFeatureUpdate | undefined;
+    if (!update) return null;
+    if (update.event_id !== eventId) {
+      throw new FabricError('FABRIC_PROCESSOR_FAILED', `scoring: upstream features for ${record.topic}/${record.partition}@${record.offset} belong to event ${update.event_id}, not ${eventId}`);
     }
+    const features: Record<string, number | null> = {};
+    for (const name of ACCOUNT_FEATURE_NAMES) features[name] = update[name] ?? null;
+    return features as unknown as AccountFeatures;
   }
 
-  async function handle(records: SourceRecord[]): Promise<Output[]> {
+  async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {
+    const upstream = ctx.upstream;
+    if (!upstream) throw new FabricError('FABRIC_CONFIG_INVALID', 'scoring must be chained after the features processor (after: features); it got no upstream outputs');
+    // Features already dead-letters invalid events; the check stays so scoring never scores garbage.
     const { valid, rejects: outputs } = splitTransactions(records);
     if (valid.length === 0) return outputs;
-    const features = await fetchFeatures(valid.map((v) => v.txn));
     const rows: number[][] = [];
-    const rowOf: number[] = [];
-    valid.forEach(({ txn }, i) => {
-      const f = features[i];
-      if (f) {
-        rowOf[i] = rows.length;
-        rows.push(fraudInputRow(txn, f));
-      } else rowOf[i] = -1;
+    const rowOf = valid.map(({ record, txn }) => {
+      const f = featuresOf(record, txn.event_id, upstream);
+      if (!f) return -1;
+      rows.push(fraudInputRow(txn, f));
+      return rows.length - 1;
     });
     let scores: Float32Array | null = null;
+    let provider = 'none';
     let modelFailure: FallbackReason | undefined;
     const started = performance.now();
     try {
-      scores = await options.runner.score(rows);
+      ({ scores, provider } = await options.runner.score(rows));
       options.metrics?.scoringRunSeconds.observe({ model: model.name }, (performance.now() - started) / 1000);
-      options.metrics?.scoringRows.inc({ model: model.name, provider: options.runner.provider }, rows.length);
+      options.metrics?.scoringRows.inc({ model: model.name, provider }, rows.length);
     } catch (err) {
-      modelFailure = isFabricError(err, 'FABRIC_MODEL_TIMEOUT') ? 'model_timeout' : 'model_error';
+      // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
+      // fallback a clean run would not have produced.
+      if (!(err instanceof FabricError) || err.retriable) throw err;
+      // The model refused this input (deterministically): the fallback keeps the stream going.
+      ctx.log.warn({ err: err.message, rows: rows.length }, 'model run failed; fallback decisions');
+      modelFailure = 'model_error';
     }
     valid.forEach(({ record, txn }, i) => {
       const row = rowOf[i]!;
-      const reason: FallbackReason | undefined = row < 0 ? 'features_missing' : modelFailure;
+      const reason: FallbackReason | undefined = row < 0 ? 'features_late' : modelFailure;
       const score = reason ? null : Number(scores![row]!.toFixed(6));
       const decision = decide(options.rules, score, reason);
-      if (reason) options.metrics?.scoringFallbacks.inc({ model: model.name, reason });
+      if (decision.fallback) options.metrics?.scoringFallbacks.inc({ model: model.name, reason: reason ?? 'model_error' });
       const inputs: Record<string, number | null> = {};
       if (row >= 0) rows[row]!.forEach((v, j) => (inputs[FRAUD_INPUT_NAMES[j]!] = v));
       else inputs.amount = txn.amount;
@@ -101,7 +100,7 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
         decision: decision.decision,
         reasons: decision.reasons,
         fallback: decision.fallback,
-        provider: reason ? 'none' : options.runner.provider,
+        provider: reason ? 'none' : provider,
         event_ts: txn.ts,
         features: inputs,
         source_topic: record.topic,
@@ -116,6 +115,10 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
   return {
     name: 'scoring',
     process: wholeBatch(handle),
+    readiness() {
+      const state = options.runner.state;
+      return { ready: state === 'ready', state: `model ${state}` };
+    },
     close: () => options.runner.close(),
   };
 }

@@ -17,4 +17,10 @@ describe('threshold rules', () => {
     expect(decide(rules, null, 'model_timeout').reasons).toEqual(['fallback:model_timeout']);
     expect(decide(rules, Number.NaN).fallback).toBe(true);
   });
+
+  it('falls back with features_late for events the features processor routed to late.<stream>, whatever the score', () => {
+    expect(decide(rules, null, 'features_late')).toEqual({ decision: 'review', reasons: ['fallback:features_late'], fallback: true });
+    expect(decide({ ...rules, fallbackDecision: 'block' }, 0.1, 'features_late')).toEqual({ decision: 'block', reasons: ['fallback:features_late'], fallback: true });
+    expect(decide(rules, Number.POSITIVE_INFINITY)).toEqual({ decision: 'review', reasons: ['fallback:model_error', 'score is not finite'], fallback: true });
+  });
 });
