@@ -10,6 +10,7 @@ export const SCHEMA_FILES = {
   prediction: 'prediction.avsc',
   outcome: 'outcome.avsc',
   drift_metric: 'drift_metric.avsc',
+  drift_partial: 'drift_partial.avsc',
 } as const;
 
 export type SchemaName = keyof typeof SCHEMA_FILES;

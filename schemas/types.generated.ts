@@ -105,6 +105,41 @@ export interface DriftMetric {
   status: string;
 }
 
+export interface DriftVariablePartial {
+  /** Counts per bin of the model's reference profile. */
+  bins: number[];
+  /** Sum of the finite values, in partition order. */
+  sum: number;
+  /** Number of finite values. */
+  n: number;
+}
+export interface DriftWindowPartial {
+  /** Inclusive, epoch ms. */
+  window_start: number;
+  /** Exclusive, epoch ms. */
+  window_end: number;
+  /** Predictions of this partition folded into the window. */
+  count: number;
+  /** Predictions of this partition that arrived while this window was the partition's oldest open window but belonged to an already closed one: counted here, not folded. */
+  late: number;
+  /** By variable (score and model inputs). */
+  variables: Record<string, DriftVariablePartial>;
+}
+/** Partial drift aggregates of one input partition of predictions.<model>: the windows its event-time watermark closed in one batch. Topic drift.partials (one partition), key: model. Merged into drift.metrics once every partition's watermark has passed a window. */
+export interface DriftPartial {
+  model: string;
+  version: string;
+  /** Logical input topic, e.g. predictions.fraud. */
+  source_topic: string;
+  source_partition: number;
+  /** Number of partitions of source_topic: a window is complete when that many partitions have passed it. */
+  partitions: number;
+  /** The partition's event-time watermark after the batch (newest accepted event_ts minus the allowed lateness), epoch ms. */
+  watermark: number;
+  /** Windows this batch closed (window_end <= watermark), by window_start; may be empty when only the watermark moved. */
+  windows: DriftWindowPartial[];
+}
+
 /** The value type of each schema, by catalog name. */
 export interface SchemaTypes {
   transaction: Transaction;
@@ -113,4 +148,5 @@ export interface SchemaTypes {
   prediction: Prediction;
   outcome: Outcome;
   drift_metric: DriftMetric;
+  drift_partial: DriftPartial;
 }

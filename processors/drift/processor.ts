@@ -1,142 +1,146 @@
-import type { Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
+import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
-import type { DriftMetric, Prediction } from '../../schemas/types.generated.js';
-import type { ReferenceProfile } from '../scoring/model-artifact.js';
-import { binOf, driftStatus, psi } from './psi.js';
+import type { DriftPartial, Prediction } from '../../schemas/types.generated.js';
+import { emptyWindow, foldPrediction, windowStartOf, type References, type WindowAggregate } from './window.js';
+
+export { driftMergeProcessor, type DriftMergeOptions } from './merge.js';
 
 export interface DriftProcessorOptions {
   readonly model: string;
   readonly version: string;
   /** Reference profiles by variable: `score` and model inputs such as `amount`. */
-  readonly reference: Readonly<Record<string, ReferenceProfile>>;
+  readonly reference: References;
   readonly windowMs: number;
+  /** The partition watermark is the newest accepted event_ts minus this. */
   readonly latenessMs: number;
-  readonly minCount?: number;
-  /** Where the window state is snapshotted so a restart resumes exactly where the commit left off. */
-  readonly store: StateStore;
+  /** Number of partitions of the input topic (predictions.<model>): the merge waits for that many. */
+  readonly partitions: number;
+  /** A prediction whose event_ts is further than this ahead of its record timestamp is dead-lettered. Default 5 min. */
+  readonly maxClockSkewMs?: number;
+  /** Default drift.partials. */
   readonly outputTopic?: string;
+  /** Processor name (state owner). Default drift. */
+  readonly name?: string;
 }
 
-/** A durable slot for one processor's state (Redis in production, memory in tests). */
-export interface StateStore {
-  load(): Promise<string | null>;
-  save(state: string): Promise<void>;
+/** The durable state of one input partition (one task): only what is still open. */
+interface PartitionState {
+  readonly v: 1;
+  /** Newest accepted event_ts of the partition; null before the first. */
+  maxTs: number | null;
+  /** Open windows (window_end > watermark) by window_start. */
+  readonly windows: Record<string, WindowAggregate>;
 }
 
-interface WindowState {
-  count: number;
-  readonly bins: Record<string, number[]>;
-  readonly sums: Record<string, number>;
-  readonly counts: Record<string, number>;
+const STATE_VERSION = 1;
+
+function parseState(saved: string | null): PartitionState {
+  if (saved === null) return { v: STATE_VERSION, maxTs: null, windows: {} };
+  const parsed = JSON.parse(saved) as PartitionState;
+  if (parsed.v !== STATE_VERSION) throw new Error(`drift state has version ${String(parsed.v)}, this code reads ${STATE_VERSION}`);
+  return parsed;
 }
 
-interface State {
-  watermark: number;
-  windows: Record<string, WindowState>;
-  /** Last offset folded into the state, per "topic/partition". */
-  offsets: Record<string, string>;
-  late: number;
+/** Number of window ends (multiples of windowMs) at or below the watermark, as an index; -Infinity before any event. */
+function endsPassed(watermark: number, windowMs: number): number {
+  return watermark === -Infinity ? -Infinity : Math.floor(watermark / windowMs);
 }
 
 /**
- * Continuous drift: tumbling event-time windows over each prediction's score and model inputs;
- * when the watermark (newest event time seen minus the allowed lateness) passes a window's end, one
- * PSI per variable against the model's reference profile goes to drift.metrics. The state is
- * snapshotted to Redis with the offsets it covers before offsets are committed; records at or below
- * those offsets are skipped on replay, so a restart neither loses nor double-counts.
- * Runs with sequential batches (its state spans partitions).
+ * Drift, first stage, one task per input partition of predictions.<model>: folds each prediction (its
+ * score and model inputs) into the tumbling event-time windows of this partition, and hands closed
+ * windows to the merge (`driftMergeProcessor`) through drift.partials.
+ *
+ * Everything is decided per record by the partition's own sequence, so neither batch boundaries nor
+ * other partitions change anything:
+ * - the partition watermark is the newest accepted event_ts minus `latenessMs`;
+ * - a prediction whose window has closed (window_end <= watermark) is late: not folded, counted in
+ *   `late` of the partition's oldest open window (the one holding the watermark), reported with it;
+ * - a prediction with event_ts beyond its record timestamp + `maxClockSkewMs` (microseconds sent as
+ *   milliseconds, a broken clock) is dead-lettered with FABRIC_EVENT_TIME_SKEW and never moves the
+ *   watermark, so it cannot make later windows late;
+ * - a batch in which the watermark passed at least one window end emits one DriftPartial (key: model)
+ *   with the windows it closed (possibly none: the merge still needs the watermark).
+ *
+ * State (open windows and the newest event time) lives in `ctx.state`, scoped to (group, topic,
+ * partition) and versioned by input position: it is loaded at the batch start and saved before the
+ * batch returns, and the partial goes out in the transaction that commits the batch's offsets. A
+ * crashed or re-delivered batch therefore starts again from exactly the state its first offset had
+ * (no dedupe by offset is needed), and whichever instance owns the partition after a rebalance
+ * continues from it. The logic holds no state of its own: any number of instances may run it.
  */
 export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
-  const variables = Object.keys(options.reference).sort();
-  const minCount = options.minCount ?? 50;
-  const outputTopic = options.outputTopic ?? 'drift.metrics';
-  let state: State = { watermark: -Infinity, windows: {}, offsets: {}, late: 0 };
-  let dirty = false;
+  const name = options.name ?? 'drift';
+  const outputTopic = options.outputTopic ?? 'drift.partials';
+  const maxClockSkewMs = options.maxClockSkewMs ?? 5 * 60_000;
+  const { windowMs, latenessMs, reference } = options;
+  if (!(Number.isSafeInteger(windowMs) && windowMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift windowMs must be a positive integer, got ${windowMs}`);
+  if (!(Number.isSafeInteger(latenessMs) && latenessMs >= 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift latenessMs must be a non-negative integer, got ${latenessMs}`);
+  if (!(Number.isSafeInteger(options.partitions) && options.partitions > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift partitions must be a positive integer, got ${options.partitions}`);
 
-  function valueOf(p: Prediction, variable: string): number | null {
-    if (variable === 'score') return p.score;
-    const v = p.features[variable];
-    return v === undefined ? null : v;
-  }
+  const watermarkOf = (state: PartitionState): number => (state.maxTs === null ? -Infinity : state.maxTs - latenessMs);
 
-  function fold(p: Prediction): boolean {
-    const start = Math.floor(p.event_ts / options.windowMs) * options.windowMs;
-    if (start + options.windowMs <= state.watermark) return false;
+  function windowAt(state: PartitionState, start: number): WindowAggregate {
     let w = state.windows[start];
     if (!w) {
-      w = { count: 0, bins: {}, sums: {}, counts: {} };
-      for (const v of variables) {
-        w.bins[v] = new Array<number>(options.reference[v]!.proportions.length).fill(0);
-        w.sums[v] = 0;
-        w.counts[v] = 0;
-      }
+      w = emptyWindow(start, start + windowMs, reference);
       state.windows[start] = w;
     }
-    w.count++;
-    for (const v of variables) {
-      const x = valueOf(p, v);
-      if (x === null || !Number.isFinite(x)) continue;
-      w.bins[v]![binOf(options.reference[v]!.edges, x)]!++;
-      w.sums[v]! += x;
-      w.counts[v]!++;
-    }
-    return true;
+    return w;
   }
 
-  function closeReady(): Output[] {
-    const outputs: Output[] = [];
-    const starts = Object.keys(state.windows).map(Number).sort((a, b) => a - b);
-    for (const start of starts) {
-      const end = start + options.windowMs;
-      if (end > state.watermark) break;
-      const w = state.windows[start]!;
-      for (const v of variables) {
-        const n = w.counts[v]!;
-        const value = psi(options.reference[v]!, w.bins[v]!);
-        const metric: DriftMetric = { model: options.model, version: options.version, variable: v, window_start: start, window_end: end, count: n, psi: value, mean: n ? Math.round((w.sums[v]! / n) * 1e6) / 1e6 : null, status: driftStatus(value, n, minCount) };
-        outputs.push(emit(outputTopic, `${options.model}/${v}`, metric));
-      }
-      delete state.windows[start];
-    }
-    return outputs;
-  }
-
-  function handle(records: SourceRecord[]): Output[] {
+  async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {
+    const state = parseState(await ctx.state.load());
+    const before = watermarkOf(state);
     const outputs: Output[] = [];
     for (const record of records) {
-      const slot = `${record.topic}/${record.partition}`;
-      const seen = state.offsets[slot];
-      if (seen !== undefined && BigInt(record.offset) <= BigInt(seen)) continue;
-      state.offsets[slot] = record.offset;
-      dirty = true;
-      const p = record.value as Prediction;
-      if (!Number.isFinite(p.event_ts)) {
+      const p = record.value as Prediction | null;
+      if (!p || typeof p !== 'object' || typeof p.event_ts !== 'number' || !Number.isFinite(p.event_ts)) {
         outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', 'prediction without a valid event_ts')));
         continue;
       }
       if (p.model !== options.model) continue;
-      if (!fold(p)) state.late++;
-      state.watermark = Math.max(state.watermark, p.event_ts - options.latenessMs);
+      if (p.event_ts > record.timestamp + maxClockSkewMs) {
+        outputs.push(reject(record, new FabricError('FABRIC_EVENT_TIME_SKEW', `prediction ${p.event_id}: event_ts ${p.event_ts} is more than ${maxClockSkewMs} ms after its record timestamp ${record.timestamp}`)));
+        continue;
+      }
+      const watermark = watermarkOf(state);
+      const start = windowStartOf(p.event_ts, windowMs);
+      if (start + windowMs <= watermark) {
+        windowAt(state, windowStartOf(watermark, windowMs)).late++;
+        continue;
+      }
+      foldPrediction(windowAt(state, start), p, reference);
+      if (state.maxTs === null || p.event_ts > state.maxTs) state.maxTs = p.event_ts;
     }
-    outputs.push(...closeReady());
+
+    const watermark = watermarkOf(state);
+    if (endsPassed(watermark, windowMs) > endsPassed(before, windowMs)) {
+      // Invariant at every batch end: every open window ends after the watermark. So the windows
+      // closing now are exactly those whose end this batch's watermark passed.
+      const closed = Object.values(state.windows)
+        .filter((w) => w.window_end <= watermark)
+        .sort((a, b) => a.window_start - b.window_start);
+      for (const w of closed) delete state.windows[w.window_start];
+      if (ctx.task.partition >= options.partitions) ctx.log.warn({ partition: ctx.task.partition, partitions: options.partitions }, 'input partition beyond the configured partition count: the topic grew; reporting the larger count');
+      const partial: DriftPartial = {
+        model: options.model,
+        version: options.version,
+        source_topic: ctx.task.topic,
+        source_partition: ctx.task.partition,
+        partitions: Math.max(options.partitions, ctx.task.partition + 1),
+        watermark,
+        windows: closed,
+      };
+      outputs.push(emit(outputTopic, options.model, partial));
+    }
+    await ctx.state.save(JSON.stringify(state));
     return outputs;
   }
 
   return {
-    name: 'drift',
-    async open() {
-      const saved = await options.store.load();
-      if (saved) {
-        const parsed = JSON.parse(saved) as State;
-        state = { ...parsed, watermark: parsed.watermark ?? -Infinity };
-      }
-    },
+    name,
     process: wholeBatch(handle),
-    async flush() {
-      if (!dirty) return;
-      await options.store.save(JSON.stringify(state));
-      dirty = false;
-    },
   };
 }
