@@ -1,12 +1,39 @@
+import type { Redis } from 'ioredis';
 import { buildTopology, processor, stream, topic, DAY_MS, type Topology } from '../topology/graph.js';
+import type { FabricConfig } from '../topology/config.js';
+import type { Metrics } from '../topology/runtime/metrics.js';
+import type { ClickHouseClient } from '../topology/runtime/clickhouse.js';
+import { featuresProcessor } from '../processors/features/processor.js';
+import { scoringProcessor } from '../processors/scoring/processor.js';
+import type { ModelRunner } from '../processors/scoring/model-runner.js';
+import type { ModelArtifact } from '../processors/scoring/model-artifact.js';
+import { trackingProcessor } from '../processors/tracking/processor.js';
+import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
+import { driftMergeProcessor, driftProcessor } from '../processors/drift/processor.js';
 
-/** The fabric's graph: the two demo streams, their features, model, tracking and drift. */
-export function fabricTopology(): Topology {
-  return buildTopology({
+/**
+ * What the composition root lends to processors: shared clients it owns and closes. Each is opened
+ * on first use, so a process running only some processors opens only what they need.
+ */
+export interface FabricResources {
+  readonly config: FabricConfig;
+  readonly metrics: Metrics;
+  redis(): Promise<Redis>;
+  clickhouse(): ClickHouseClient;
+  model(name: string): Promise<ModelArtifact>;
+  /** A started runner for the model (its worker restarts itself); closed by the processor. */
+  runner(name: string): Promise<ModelRunner>;
+}
+
+/** The fabric's graph: the two demo streams, their features, model, tracking and drift, each processor bound to its logic here. */
+export function fabricTopology(): Topology<FabricResources> {
+  const predictionsPartitions = 3;
+  return buildTopology<FabricResources>({
     streams: [stream('transactions', 'transaction', 'account_id', { outcomes: true }), stream('interactions', 'interaction', 'user_id', { outcomes: true })],
     topics: [
       topic('features.account', { schema: 'account_features', doc: 'Point-in-time features of an account after each of its transactions.' }),
-      topic('predictions.fraud', { schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction.' }),
+      topic('predictions.fraud', { partitions: predictionsPartitions, schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction.' }),
+      topic('drift.partials', { partitions: 1, schema: 'drift_partial', doc: 'Per-partition drift window aggregates, merged into drift.metrics once every partition passed a window.' }),
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
       topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Operational and drift alerts.' }),
       topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, doc: 'Registered models (latest per name wins).' }),
@@ -14,17 +41,63 @@ export function fabricTopology(): Topology {
       topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, doc: 'Entity metadata for enrichment.' }),
     ],
     processors: [
-      processor({ name: 'features', group: 'fabric.features', inputs: ['events.transactions'], outputs: ['features.account'], sinks: ['redis'], doc: 'Keeps account windows in Redis, writes point-in-time feature updates.' }),
-      processor({ name: 'scoring', group: 'fabric.scoring', inputs: ['events.transactions'], outputs: ['predictions.fraud'], sinks: [], doc: 'Reads features from Redis, scores micro-batches with the fraud ONNX model, applies rules.' }),
+      processor({
+        name: 'features',
+        group: 'fabric.features',
+        inputs: ['events.transactions'],
+        outputs: ['features.account', 'late.transactions'],
+        sinks: ['redis'],
+        doc: 'Keeps account windows in Redis (exact event time), writes point-in-time feature updates; late events go to late.transactions.',
+        create: async (r) =>
+          featuresProcessor({ redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, maxClockSkewMs: r.config.maxClockSkewSec * 1000, latenessMs: r.config.featuresLatenessSec * 1000 }),
+      }),
+      processor({
+        name: 'scoring',
+        after: 'features',
+        outputs: ['predictions.fraud'],
+        sinks: [],
+        doc: 'Chained after features in its task: scores each event with the features computed for it, one ONNX run per batch, then the rules.',
+        create: async (r) => {
+          const runner = await r.runner('fraud');
+          return scoringProcessor({ runner, rules: { ...runner.model.thresholds, fallbackDecision: 'review' }, metrics: r.metrics });
+        },
+      }),
       processor({
         name: 'tracking',
         group: 'fabric.tracking',
         inputs: ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'],
         outputs: [],
         sinks: ['clickhouse'],
-        doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (deduplicated by event id).',
+        doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (one row per event through the deduplicated views).',
+        create: (r) => {
+          const sink = new ClickHouseSink(r.clickhouse(), { database: r.config.clickhouseDatabase, flushRows: r.config.clickhouseFlushRows, lingerMs: r.config.clickhouseLingerMs, metrics: r.metrics });
+          return trackingProcessor({ sink, topics: ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'] });
+        },
       }),
-      processor({ name: 'drift', group: 'fabric.drift', inputs: ['predictions.fraud'], outputs: ['drift.metrics'], sinks: ['redis'], sequential: true, doc: 'Tumbling event-time windows of model inputs and scores; PSI against the model reference profile.' }),
+      processor({
+        name: 'drift',
+        group: 'fabric.drift',
+        inputs: ['predictions.fraud'],
+        outputs: ['drift.partials'],
+        sinks: ['redis'],
+        doc: 'Per partition: tumbling event-time windows of model inputs and scores; closed windows go to drift.partials.',
+        create: async (r) => {
+          const model = await r.model('fraud');
+          return driftProcessor({ model: model.name, version: model.version, reference: model.reference, windowMs: r.config.driftWindowSec * 1000, latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
+        },
+      }),
+      processor({
+        name: 'drift-merge',
+        group: 'fabric.drift-merge',
+        inputs: ['drift.partials'],
+        outputs: ['drift.metrics'],
+        sinks: ['redis'],
+        doc: 'Merges the partitions\' partial windows; a window closes once every partition\'s watermark passed it, then PSI against the model reference goes to drift.metrics.',
+        create: async (r) => {
+          const model = await r.model('fraud');
+          return driftMergeProcessor({ model: model.name, version: model.version, reference: model.reference, windowMs: r.config.driftWindowSec * 1000, partitions: predictionsPartitions });
+        },
+      }),
     ],
   });
 }

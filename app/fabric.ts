@@ -1,34 +1,33 @@
+import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import type { Kafka } from 'kafkajs';
 import { AvroSerde } from '../schemas/serde.js';
 import { loadAvroSchema } from '../schemas/catalog.js';
 import { prefixed, type FabricConfig } from '../topology/config.js';
-import { messageOf } from '../topology/errors.js';
-import type { Topology } from '../topology/graph.js';
-import { fabricTopology } from './fabric-topology.js';
+import { FabricError, messageOf } from '../topology/errors.js';
 import { applyTopology } from '../topology/apply.js';
 import { createKafka } from '../topology/runtime/kafka.js';
 import type { Logger } from '../topology/runtime/log.js';
 import { Metrics } from '../topology/runtime/metrics.js';
 import { BatchingProducer } from '../topology/runtime/producer.js';
-import { ProcessorRunner, type StreamDeps } from '../topology/runtime/stream.js';
-import type { ProcessorLogic } from '../topology/runtime/processor.js';
+import { ProcessorRunner, type ProcessorStatus, type StreamDeps } from '../topology/runtime/stream.js';
+import { RedisStateStore } from '../topology/runtime/state-store.js';
+import { HealthMonitor } from '../topology/runtime/health.js';
 import { createClickHouse, type ClickHouseClient } from '../topology/runtime/clickhouse.js';
 import { packagePath } from '../topology/paths.js';
+import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { publishModel, registrationFor } from './control-plane.js';
-import { featuresProcessor } from '../processors/features/processor.js';
-import { scoringProcessor } from '../processors/scoring/processor.js';
 import { loadModelArtifact, type ModelArtifact } from '../processors/scoring/model-artifact.js';
 import { ModelRunner } from '../processors/scoring/model-runner.js';
-import { trackingProcessor } from '../processors/tracking/processor.js';
-import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
-import { driftProcessor } from '../processors/drift/processor.js';
 import { Gateway } from '../gateways/server.js';
 import { IngestService, type BoundStream } from '../gateways/ingest/ingest.js';
 import { ApiKeys } from '../gateways/ingest/auth.js';
 
+/** How long an instance's published processor state lives without a refresh. */
+export const STATUS_TTL_MS = 6000;
+
 export interface FabricOptions {
-  /** Processors to run (default: all in the topology). */
+  /** Processors to run (default: all in the topology). A processor chained in another's task runs with its whole chain. */
   readonly processors?: readonly string[];
   readonly gateway?: boolean;
   /** Create topics, register schemas and apply the ClickHouse DDL first (default true). */
@@ -39,16 +38,20 @@ export interface FabricHandle {
   readonly gatewayPort: number | null;
   readonly metrics: Metrics;
   readonly model: ModelArtifact | null;
+  /** Every running processor chain's state. */
+  processors(): ProcessorStatus[];
+  /** Settles when a processor gave up (restart budget spent): the process should exit non-zero. */
+  readonly fatal: Promise<Error>;
   stop(): Promise<void>;
 }
 
 /**
- * The composition root: owns every resource it opens (Kafka clients, producer, Redis, ClickHouse,
- * model worker, gateway) and closes them in reverse order: gateway first (drains in-flight events),
- * then processors (finish their batch, flush, commit), then the producer, then the stores.
+ * The composition root: owns every resource it opens (Kafka clients, producers, Redis, ClickHouse,
+ * model workers, gateway) and closes them in reverse order: gateway first (drains in-flight events),
+ * then processors (finish their batch, flush, commit), then producers, then the stores.
  */
 export async function startFabric(config: FabricConfig, log: Logger, options: FabricOptions = {}): Promise<FabricHandle> {
-  const topology: Topology = fabricTopology();
+  const topology = fabricTopology();
   const metrics = new Metrics();
   const closers: { name: string; close: () => Promise<unknown> }[] = [];
   const stop = async (): Promise<void> => {
@@ -56,79 +59,120 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       await close().catch((err: unknown) => log.error({ err: messageOf(err), component: name }, 'close failed'));
     }
   };
+  let onFatal!: (err: Error) => void;
+  const fatal = new Promise<Error>((resolve) => (onFatal = resolve));
   try {
     const kafka: Kafka = createKafka(config, log, 'fabric');
     const serde = new AvroSerde({ url: config.registryUrl });
-    const wanted = options.processors ?? topology.processors.map((p) => p.name);
+    const health = new HealthMonitor(kafka, config.registryUrl, log.child({ component: 'health' }));
+    closers.push({ name: 'health', close: () => health.close() });
     if (options.apply ?? true) {
       const report = await applyTopology(topology, config, kafka, serde);
       log.info({ created: report.topicsCreated.length, subjects: report.subjects.length, clickhouse: report.clickhouseStatements }, 'topology applied');
     }
-    const producer = new BatchingProducer(kafka, { lingerMs: config.producerLingerMs, batchSize: config.producerBatchSize, maxQueued: config.producerMaxQueued, ackTimeoutMs: config.kafkaAckTimeoutMs }, log.child({ component: 'producer' }), metrics);
+    // The gateway's and the control plane's producer; every processor task has its own transactional one.
+    const producer = new BatchingProducer(kafka, { lingerMs: config.producerLingerMs, batchSize: config.producerBatchSize, maxRequestBytes: config.producerMaxRequestBytes, maxQueued: config.producerMaxQueued, ackTimeoutMs: config.kafkaAckTimeoutMs }, log.child({ component: 'producer' }), metrics);
     closers.push({ name: 'producer', close: () => producer.close() });
     // Wait briefly: the producer keeps reconnecting in the background, and the gateway must listen
     // (and say not-ready) rather than wait out kafkajs' connect retries when Kafka is down.
     const kafkaUp = await Promise.race([producer.start(), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
     if (!kafkaUp) log.warn({ brokers: config.kafkaBrokers }, 'Kafka is not reachable yet; the gateway answers 503 until it is');
+    await health.start();
 
-    const needs = (name: string): boolean => wanted.includes(name);
-    let redis: Redis | null = null;
-    if (needs('features') || needs('scoring') || needs('drift')) {
-      const r = new Redis(config.redisUrl, { maxRetriesPerRequest: 5, enableOfflineQueue: true, lazyConnect: true });
-      await r.connect();
-      redis = r;
-      closers.push({ name: 'redis', close: () => r.quit() });
-    }
+    // Resources processors borrow, each opened on first use and closed by this root.
+    let redis: Promise<Redis> | null = null;
     let clickhouse: ClickHouseClient | null = null;
-    if (needs('tracking')) {
-      const ch = createClickHouse(config);
-      clickhouse = ch;
-      closers.push({ name: 'clickhouse', close: () => ch.close() });
+    const models = new Map<string, Promise<ModelArtifact>>();
+    const resources: FabricResources = {
+      config,
+      metrics,
+      redis() {
+        redis ??= (async () => {
+          const r = new Redis(config.redisUrl, { maxRetriesPerRequest: 5, enableOfflineQueue: true, lazyConnect: true });
+          closers.push({ name: 'redis', close: () => r.quit() });
+          await r.connect();
+          return r;
+        })();
+        return redis;
+      },
+      clickhouse() {
+        if (!clickhouse) {
+          const ch = createClickHouse(config);
+          closers.push({ name: 'clickhouse', close: () => ch.close() });
+          clickhouse = ch;
+        }
+        return clickhouse;
+      },
+      model(name) {
+        let pending = models.get(name);
+        if (!pending) {
+          pending = loadModelArtifact(packagePath(config.modelsDir), name);
+          models.set(name, pending);
+        }
+        return pending;
+      },
+      async runner(name) {
+        const runner = new ModelRunner(await resources.model(name), { provider: config.scoringProvider, threads: config.scoringThreads, timeoutMs: config.scoringTimeoutMs, gpu: config.gpu });
+        await runner.start();
+        log.info({ model: name, version: runner.model.version, provider: runner.provider }, 'model loaded');
+        return runner;
+      },
+    };
+
+    // A processor chained in another's task runs as part of its head's chain.
+    const heads = new Set<string>();
+    for (const name of options.processors ?? topology.processors.map((p) => p.name)) {
+      let def = topology.processor(name);
+      while (def.after !== undefined) def = topology.processor(def.after);
+      heads.add(def.name);
     }
     let model: ModelArtifact | null = null;
-    if (needs('scoring') || needs('drift')) {
-      model = await loadModelArtifact(packagePath(config.modelsDir), 'fraud');
+    if ([...heads].some((h) => topology.chain(h).some((p) => p.name === 'scoring' || p.name.startsWith('drift')))) {
+      model = await resources.model('fraud');
       const registration = registrationFor(model, config);
       const register = (): Promise<void> => publishModel(producer, config, registration);
       if (kafkaUp) await register();
       else void producer.whenConnected.then(register).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'model registration failed'));
     }
 
-    const deps: StreamDeps = { kafka, producer, serde, topology, config, log, metrics };
-    const logicFor = async (name: string): Promise<ProcessorLogic> => {
-      switch (name) {
-        case 'features':
-          return featuresProcessor({ redis: redis!, keyPrefix: config.redisKeyPrefix, snapshotTtlSec: config.featureSnapshotTtlSec });
-        case 'scoring': {
-          const runner = new ModelRunner(model!, { provider: config.scoringProvider, threads: config.scoringThreads, timeoutMs: config.scoringTimeoutMs, gpu: config.gpu });
-          await runner.start();
-          log.info({ model: model!.name, version: model!.version, provider: runner.provider }, 'model loaded');
-          return scoringProcessor({ redis: redis!, keyPrefix: config.redisKeyPrefix, runner, rules: { ...model!.thresholds, fallbackDecision: 'review' }, featureWaitMs: config.scoringFeatureWaitMs, metrics });
-        }
-        case 'tracking': {
-          const sink = new ClickHouseSink(clickhouse!, { database: config.clickhouseDatabase, flushRows: config.clickhouseFlushRows, lingerMs: config.clickhouseLingerMs, metrics });
-          return trackingProcessor({ sink, topics: topology.processor('tracking').inputs });
-        }
-        case 'drift':
-        {
-          const key = `${config.redisKeyPrefix}drift:state:${prefixed(config, 'drift')}:${model!.name}`;
-          const r = redis!;
-          return driftProcessor({
-            model: model!.name, version: model!.version, reference: model!.reference, windowMs: config.driftWindowSec * 1000, latenessMs: config.driftAllowedLatenessSec * 1000,
-            store: { load: () => r.get(key), save: async (state) => void (await r.set(key, state)) },
-          });
-        }
-        default:
-          throw new Error(`no processor named ${name}`);
-      }
-    };
     const runners: ProcessorRunner[] = [];
-    for (const name of wanted) {
-      const runner = new ProcessorRunner(topology.processor(name), await logicFor(name), deps);
-      runners.push(runner);
-      closers.push({ name: `processor ${name}`, close: () => runner.stop() });
+    if (heads.size > 0) {
+      const stateStore = new RedisStateStore(await resources.redis(), config.redisKeyPrefix);
+      const deps: StreamDeps = {
+        kafka, serde, topology, config, log, metrics, stateStore,
+        onFatal: (name, err) => {
+          log.fatal({ processor: name, err: messageOf(err) }, 'processor failed for good');
+          onFatal(err);
+        },
+      };
+      for (const head of heads) {
+        const links = [];
+        for (const def of topology.chain(head)) {
+          if (!def.create) throw new FabricError('FABRIC_CONFIG_INVALID', `processor ${def.name} has no logic bound to its node`);
+          links.push({ def, logic: await def.create(resources) });
+        }
+        const runner = new ProcessorRunner(links, deps);
+        runners.push(runner);
+        closers.push({ name: `processor ${head}`, close: () => runner.stop() });
+      }
+      await Promise.all(runners.map((r) => r.start()));
     }
-    await Promise.all(runners.map((r) => r.start()));
+    const processors = (): ProcessorStatus[] => runners.map((r) => r.status());
+    if (runners.length > 0) {
+      // Each instance publishes its processors' state with a short expiry, so `fabric status` run
+      // anywhere sees every instance (and a killed one disappears within seconds).
+      const r = await resources.redis();
+      const instance = `${hostname()}:${process.pid}`;
+      const publish = (): void => {
+        const pipeline = r.pipeline();
+        for (const p of processors()) pipeline.set(`${config.redisKeyPrefix}status:${p.processor}:${instance}`, JSON.stringify({ ...p, instance, at: Date.now() }), 'PX', STATUS_TTL_MS);
+        pipeline.exec().catch(() => undefined);
+      };
+      publish();
+      const timer = setInterval(publish, STATUS_TTL_MS / 3);
+      timer.unref();
+      closers.push({ name: 'status', close: async () => clearInterval(timer) });
+    }
 
     let gatewayPort: number | null = null;
     if (options.gateway ?? true) {
@@ -137,9 +181,15 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         const physicalTopic = prefixed(config, s.topic);
         streams.set(s.name, { def: s, physicalTopic, writer: await serde.writer(`${physicalTopic}-value`, loadAvroSchema(s.schema)) });
       }
-      const ingest = new IngestService(streams, producer, { maxInFlight: config.gatewayMaxInFlight }, metrics);
+      const ingest = new IngestService(streams, producer, { maxInFlight: config.gatewayMaxInFlight, maxClockSkewMs: config.maxClockSkewSec * 1000 }, metrics);
+      const readiness = () => {
+        const { kafka: kafkaOk, registry } = health.reachability;
+        const states = processors();
+        const processorsOk = states.every((p) => p.state === 'running' || p.state === 'paused');
+        return { ready: kafkaOk && producer.isReady && registry && processorsOk, checks: { kafka: kafkaOk && producer.isReady, registry, processors: processorsOk }, details: { processors: states } };
+      };
       const gateway = new Gateway(
-        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness: () => ({ ready: producer.isReady, checks: { kafka: producer.isReady, registry: true } }) },
+        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness },
         { host: config.gatewayHost, port: config.gatewayPort, maxBodyBytes: config.gatewayMaxBodyBytes },
       );
       gatewayPort = await gateway.listen();
@@ -147,7 +197,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       closers.push({ name: 'gateway', close: () => gateway.close() });
       log.info({ port: gatewayPort }, 'gateway listening');
     }
-    return { gatewayPort, metrics, model, stop };
+    return { gatewayPort, metrics, model, processors, fatal, stop };
   } catch (err) {
     await stop();
     throw err;

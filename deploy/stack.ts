@@ -679,18 +679,23 @@ async function ensureUp(component: Component, ctx: UpContext): Promise<Component
  * Starts every component that is not already healthy (installing and fetching what is missing first) and waits
  * until all are healthy. Idempotent: with everything up it only runs the health checks.
  */
-export async function stackUp(config: FabricConfig, log: (line: string) => void): Promise<ComponentStatus[]> {
+function selected(only: readonly ComponentName[] | undefined): typeof COMPONENTS {
+  return only && only.length ? COMPONENTS.filter((c) => only.includes(c.name)) : COMPONENTS;
+}
+
+export async function stackUp(config: FabricConfig, log: (line: string) => void, only?: readonly ComponentName[]): Promise<ComponentStatus[]> {
   const paths = stackPaths(config);
   await mkdir(paths.logs, { recursive: true });
   await mkdir(paths.run, { recursive: true });
   const ctx: UpContext = { config, paths, deployDir: await findDeployDir(), log, packages: undefined, mavenQueue: Promise.resolve() };
 
   // All four start together; a failing one does not stop the others, so one `up` reports every problem.
-  const results = await Promise.allSettled(COMPONENTS.map((component) => ensureUp(component, ctx)));
+  const components = selected(only);
+  const results = await Promise.allSettled(components.map((component) => ensureUp(component, ctx)));
   const errors = results.flatMap((result, i) => {
     if (result.status === 'fulfilled') return [];
     const err: unknown = result.reason;
-    return [isFabricError(err) ? err : new FabricError('FABRIC_STACK_FAILED', `${COMPONENTS[i]?.name ?? 'stack'}: ${messageOf(err)}`, { cause: err })];
+    return [isFabricError(err) ? err : new FabricError('FABRIC_STACK_FAILED', `${components[i]?.name ?? 'stack'}: ${messageOf(err)}`, { cause: err })];
   });
   const [first] = errors;
   if (first !== undefined) {
@@ -700,9 +705,9 @@ export async function stackUp(config: FabricConfig, log: (line: string) => void)
 }
 
 /** Stops the components this stack started (SIGTERM, then SIGKILL after 20 s). Data is kept. */
-export async function stackDown(config: FabricConfig, log: (line: string) => void): Promise<void> {
+export async function stackDown(config: FabricConfig, log: (line: string) => void, only?: readonly ComponentName[]): Promise<void> {
   const paths = stackPaths(config);
-  await Promise.all(COMPONENTS.map(async (component) => {
+  await Promise.all(selected(only).map(async (component) => {
     const { name } = component;
     const state = await readPidState(paths, component, config);
     const pidFile = pidFileOf(paths, name);

@@ -16,10 +16,10 @@ import { packagePath } from '../../topology/paths.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { Outcome } from '../../schemas/types.generated.js';
-import { stackDown, stackStatus, stackUp } from '../../deploy/stack.js';
+import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { accountKeys } from '../../processors/features/redis-keys.js';
+import { readOnlineAccountFeatures } from '../../processors/features/processor.js';
 
 /** Prints data as JSON with --json, otherwise as the given text. */
 function out(json: boolean, data: unknown, text: () => string): void {
@@ -47,12 +47,19 @@ const program = new Command('fabric')
   .exitOverride();
 
 const stack = program.command('stack').description('the local stack (Kafka, schema registry, Redis, ClickHouse) under FABRIC_STACK_DIR');
-stack.command('up').description('install what is missing and start every component; idempotent').option('--json', 'print status as JSON').action(async (o: { json?: boolean }) => {
-  const status = await stackUp(config(), (line) => process.stderr.write(`${line}\n`));
+const COMPONENT_NAMES: readonly ComponentName[] = ['kafka', 'registry', 'redis', 'clickhouse'];
+function components(list: string | undefined): ComponentName[] | undefined {
+  if (!list) return undefined;
+  const names = list.split(',').map((s) => s.trim());
+  for (const n of names) if (!COMPONENT_NAMES.includes(n as ComponentName)) throw new FabricError('FABRIC_CLI_USAGE', `--only takes ${COMPONENT_NAMES.join(', ')}; got ${JSON.stringify(n)}`);
+  return names as ComponentName[];
+}
+stack.command('up').description('install what is missing and start every component; idempotent').option('--only <components>', `start only these (${COMPONENT_NAMES.join(',')})`).option('--json', 'print status as JSON').action(async (o: { json?: boolean; only?: string }) => {
+  const status = await stackUp(config(), (line) => process.stderr.write(`${line}\n`), components(o.only));
   out(!!o.json, status, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`).join('\n'));
 });
-stack.command('down').description('stop every component (data is kept)').action(async () => {
-  await stackDown(config(), (line) => process.stderr.write(`${line}\n`));
+stack.command('down').description('stop every component (data is kept)').option('--only <components>', `stop only these (${COMPONENT_NAMES.join(',')})`).action(async (o: { only?: string }) => {
+  await stackDown(config(), (line) => process.stderr.write(`${line}\n`), components(o.only));
 });
 stack.command('status').description('each component up/down with its address').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
   const status = await stackStatus(config());
@@ -103,6 +110,14 @@ program
       };
       process.once('SIGINT', () => onSignal('SIGINT'));
       process.once('SIGTERM', () => onSignal('SIGTERM'));
+      // A processor that spent its restart budget: stop cleanly, then exit non-zero so a supervisor restarts us.
+      void fabric.fatal.then((err) => {
+        if (stopping) return;
+        stopping = true;
+        process.exitCode = 1;
+        log.fatal({ err: messageOf(err) }, 'stopping: a processor failed for good');
+        fabric.stop().then(resolve, () => resolve());
+      });
     });
     log.info('fabric stopped');
   });
@@ -245,27 +260,73 @@ program
 
 program
   .command('status')
-  .description('stack components and processor lag')
+  .description('stack components, and the state of every running processor instance (running, paused, restarting, failed)')
   .option('--json', 'print as JSON')
   .action(async (o: { json?: boolean }) => {
-    const status = await stackStatus(config());
-    out(!!o.json, { stack: status }, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`).join('\n'));
-    if (status.some((s) => !s.up)) process.exitCode = 1;
+    const cfg = config();
+    const stack = await stackStatus(cfg);
+    let processors: { processor: string; instance: string; state: string; restarts: number; paused: string[]; lastError: string | null }[] = [];
+    if (stack.find((s) => s.name === 'redis')?.up) {
+      const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      await redis.connect();
+      try {
+        const keys: string[] = [];
+        let cursor = '0';
+        do {
+          const [next, found] = await redis.scan(cursor, 'MATCH', `${cfg.redisKeyPrefix}status:*`, 'COUNT', 500);
+          cursor = next;
+          keys.push(...found);
+        } while (cursor !== '0');
+        const values = keys.length ? await redis.mget(keys) : [];
+        processors = values.flatMap((v) => (v ? [JSON.parse(v) as (typeof processors)[number]] : [])).sort((a, b) => a.processor.localeCompare(b.processor) || a.instance.localeCompare(b.instance));
+      } finally {
+        redis.disconnect();
+      }
+    }
+    out(!!o.json, { stack, processors }, () =>
+      [
+        ...stack.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`),
+        ...(processors.length ? processors.map((p) => `${p.processor.padEnd(11)} ${p.state.padEnd(10)} ${p.instance} restarts ${p.restarts}${p.paused.length ? ` paused ${p.paused.join(',')}` : ''}${p.lastError && p.state !== 'running' ? `  ${p.lastError}` : ''}`) : ['(no processor running)']),
+      ].join('\n'),
+    );
+    if (stack.some((s) => !s.up) || processors.some((p) => p.state === 'failed' || p.state === 'restarting')) process.exitCode = 1;
   });
 
 const features = program.command('features').description('online features');
-features.command('get').description('latest online features of an entity (Redis)').requiredOption('--account <id>', 'account id').option('--json', 'print as JSON').action(async (o: { account: string; json?: boolean }) => {
-  const cfg = config();
-  const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  await redis.connect();
-  try {
-    const values = await redis.hgetall(accountKeys(cfg.redisKeyPrefix).latest(o.account));
-    if (Object.keys(values).length === 0) throw new FabricError('FABRIC_CLI_USAGE', `no features for account ${o.account}`);
-    out(!!o.json, values, () => Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === '' ? 'null' : v}`).join('\n'));
-  } finally {
-    redis.disconnect();
-  }
-});
+/** --at: epoch milliseconds or an ISO 8601 instant. */
+function instant(v: string): number {
+  const ms = /^-?\d+$/.test(v) ? Number(v) : Date.parse(v);
+  // Beyond +-8.64e15 ms a Date is invalid.
+  if (!Number.isSafeInteger(ms) || Math.abs(ms) > 8.64e15) throw new FabricError('FABRIC_CLI_USAGE', `--at must be an ISO 8601 instant or epoch milliseconds, got ${JSON.stringify(v)}`);
+  return ms;
+}
+features
+  .command('get')
+  .description('online features of an entity as of an instant (default now), computed from its window in Redis')
+  .option('--group <group>', 'feature group', 'account')
+  .option('--entity <id>', "entity id (the group's key: an account id)")
+  .option('--account <id>', 'alias of --entity')
+  .option('--at <instant>', 'ISO 8601 or epoch milliseconds (default: now)', instant)
+  .option('--json', 'print as JSON')
+  .action(async (o: { group: string; entity?: string; account?: string; at?: number; json?: boolean }) => {
+    if (o.group !== 'account') throw new FabricError('FABRIC_CLI_USAGE', `unknown feature group ${JSON.stringify(o.group)} (known: account)`);
+    if (o.entity !== undefined && o.account !== undefined && o.entity !== o.account) throw new FabricError('FABRIC_CLI_USAGE', '--entity and --account name different entities');
+    const entity = o.entity ?? o.account;
+    if (!entity) throw new FabricError('FABRIC_CLI_USAGE', '--entity <id> is required');
+    const asOf = o.at ?? Date.now();
+    const cfg = config();
+    const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+    await redis.connect();
+    try {
+      const values = await readOnlineAccountFeatures(redis, cfg.redisKeyPrefix, entity, asOf);
+      if (!values) throw new FabricError('FABRIC_CLI_USAGE', `no events for ${o.group} ${JSON.stringify(entity)}`);
+      out(!!o.json, { group: o.group, entity, as_of: new Date(asOf).toISOString(), features: values }, () =>
+        [`as of ${new Date(asOf).toISOString()}`, ...Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === null ? 'null' : v}`)].join('\n'),
+      );
+    } finally {
+      redis.disconnect();
+    }
+  });
 
 const drift = program.command('drift').description('drift metrics');
 drift.command('report').description('latest drift windows from ClickHouse').option('--model <name>', 'model', 'fraud').option('--limit <n>', 'windows', positiveInt('limit'), 20).option('--json', 'print as JSON').action(async (o: { model: string; limit: number; json?: boolean }) => {

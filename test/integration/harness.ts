@@ -17,7 +17,6 @@ export function isolatedConfig(overrides: Parameters<typeof loadConfig>[1] = {})
     gatewayPort: 0,
     logLevel: 'warn',
     clickhouseLingerMs: 200,
-    scoringFeatureWaitMs: 5000,
     ...overrides,
   });
 }
