@@ -1,4 +1,4 @@
-import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer, TopicMessages } from 'kafkajs';
+import { Partitioners, type Consumer, type EachBatchPayload, type Kafka, type KafkaMessage, type Producer, type TopicMessages } from 'kafkajs';
 import avro from 'avsc';
 import { AvroSerde, SerdeError, type AvroWriter } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
@@ -135,7 +135,7 @@ export class ProcessorRunner {
     for (const { logic } of this.links) await logic.open?.();
     this.opened = true;
     await this.startConsumer();
-    this.log.info({ inputs: this.head.inputs, group: this.group }, 'processor started');
+    this.log.info({ inputs: this.head.inputs, group: this.group, guarantee: this.deps.config.processingGuarantee }, 'processor started');
   }
 
   private async startConsumer(): Promise<void> {
@@ -228,6 +228,8 @@ export class ProcessorRunner {
     let pending = this.producers.get(key);
     if (!pending) {
       const producer = this.deps.kafka.producer({
+        // murmur2, as Java clients: outputs keyed by entity land on the partition number their input had.
+        createPartitioner: Partitioners.DefaultPartitioner,
         ...(this.exactlyOnce ? { transactionalId: `${this.group}.${physicalTopic}.${partition}`, transactionTimeout: 60_000 } : {}),
         idempotent: true,
         maxInFlightRequests: 1,

@@ -1,0 +1,196 @@
+/**
+ * Exactly-once under chaos: one seeded input, processed by real `fabric run` processes, compared
+ * effect by effect (predictions and features read_committed, Redis online features, ClickHouse
+ * through the deduplicated views, drift metrics) with a clean run of the same input, and the clean
+ * run itself compared with an independent recomputation of every feature and score.
+ * CHAOS_SCALE multiplies the input (`npm run chaos` runs a longer soak).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as ort from 'onnxruntime-node';
+import { Rng } from '../../sim/rng.js';
+import { loadConfig } from '../../topology/config.js';
+import { packagePath } from '../../topology/paths.js';
+import { stackDown, stackUp, type ComponentName } from '../../deploy/stack.js';
+import type { Transaction } from '../../schemas/types.generated.js';
+import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
+import { createNamespace, differences, Fleet, produceInput, seededTransactions, snapshot, waitSettled, type Head, type Namespace, type Snapshot } from '../chaos/harness.js';
+
+const SCALE = Number(process.env.CHAOS_SCALE ?? 1);
+const COUNT = Math.round(3000 * SCALE);
+const SEED = Number(process.env.CHAOS_SEED ?? 11);
+const events = seededTransactions(SEED, COUNT);
+const namespaces: Namespace[] = [];
+const fleets: Fleet[] = [];
+let clean: Snapshot;
+
+async function namespace(tag: string): Promise<Namespace> {
+  const ns = await createNamespace(tag);
+  namespaces.push(ns);
+  return ns;
+}
+
+function fleet(ns: Namespace, counts: Partial<Record<Head, number>>): Fleet {
+  const f = new Fleet(ns);
+  fleets.push(f);
+  for (const [head, n] of Object.entries(counts) as [Head, number][]) for (let i = 0; i < n; i++) f.spawn(head);
+  return f;
+}
+
+const wait = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Runs `hurts` at their moments (ms from now) while `work` runs. */
+async function during(work: Promise<unknown>, hurts: { at: number; run: () => Promise<unknown> }[]): Promise<void> {
+  const start = Date.now();
+  for (const h of hurts) {
+    await wait(Math.max(0, h.at - (Date.now() - start)));
+    await h.run();
+  }
+  await work;
+}
+
+beforeAll(async () => {
+  const ns = await namespace('clean');
+  const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
+  await produceInput(ns, events);
+  await waitSettled(ns, { fleet: f });
+  clean = await snapshot(ns);
+  await f.stopAll();
+}, 600_000);
+
+afterAll(async () => {
+  for (const f of fleets) await f.stopAll().catch(() => undefined);
+  const keep = process.env.CHAOS_KEEP === '1';
+  if (!keep) for (const ns of namespaces) await ns.cleanup().catch(() => undefined);
+}, 120_000);
+
+describe('the clean run against an independent recomputation', () => {
+  it('scores every event once, with features recomputed from the raw events in partition order', () => {
+    expect(clean.predictions.size).toBe(COUNT);
+    expect(clean.predictionRecords).toBe(COUNT);
+    expect(clean.features.size).toBe(COUNT);
+    const HOUR = 3_600_000;
+    const DAY = 24 * HOUR;
+    const byPartition = new Map<number, { offset: bigint; t: Transaction }[]>();
+    for (const i of clean.inputs) {
+      const list = byPartition.get(i.partition) ?? [];
+      list.push({ offset: BigInt(i.offset), t: i.value });
+      byPartition.set(i.partition, list);
+    }
+    const r6 = (x: number): number => Math.round(x * 1e6) / 1e6;
+    let checked = 0;
+    for (const list of byPartition.values()) {
+      list.sort((a, b) => (a.offset < b.offset ? -1 : 1));
+      list.forEach(({ t }, idx) => {
+        const before = list.slice(0, idx).map((x) => x.t).filter((x) => x.account_id === t.account_id && x.ts <= t.ts);
+        const in24 = [...before.filter((x) => x.ts > t.ts - DAY), t];
+        const in1 = in24.filter((x) => x.ts > t.ts - HOUR);
+        const sum = (xs: Transaction[]): number => xs.reduce((s, x) => s + x.amount, 0);
+        const last = before.reduce<number | null>((m, x) => (m === null || x.ts > m ? x.ts : m), null);
+        const expected: Record<string, number> = {
+          txn_count_1h: in1.length,
+          txn_count_24h: in24.length,
+          amount_sum_1h: r6(sum(in1)),
+          amount_sum_24h: r6(sum(in24)),
+          amount_avg_24h: r6(sum(in24) / in24.length),
+          amount_max_24h: Math.max(...in24.map((x) => x.amount)),
+          distinct_counterparties_24h: new Set(in24.map((x) => x.counterparty_id)).size,
+          seconds_since_last_txn: last === null ? -1 : (t.ts - last) / 1000,
+        };
+        const logged = (JSON.parse(clean.predictions.get(t.event_id)!) as { features: Record<string, number> }).features;
+        for (const [name, value] of Object.entries(expected)) expect(logged[name], `${t.event_id} ${name}`).toBeCloseTo(value, 6);
+        checked++;
+      });
+    }
+    expect(checked).toBe(COUNT);
+  });
+
+  it('gives every prediction the score an independent ONNX run of its logged inputs gives', async () => {
+    // The artifact's own bytes and declared input/output names, run here without the fabric's worker.
+    const model = await loadModelArtifact(packagePath('models'), 'fraud');
+    const session = await ort.InferenceSession.create(new Uint8Array(model.bytes));
+    const values = clean.predictionValues as { event_id: string; score: number | null; features: Record<string, number | null>; fallback: boolean }[];
+    const width = model.inputs.length;
+    const rows = new Float32Array(values.length * width);
+    values.forEach((v, i) => model.inputs.forEach((name, j) => (rows[i * width + j] = v.features[name] ?? -1)));
+    const out = await session.run({ [model.inputName]: new ort.Tensor('float32', rows, [values.length, width]) });
+    const probabilities = out[model.outputName]!;
+    const classes = probabilities.dims[1] ?? 1;
+    const data = probabilities.data as Float32Array;
+    values.forEach((v, i) => {
+      expect(v.fallback, v.event_id).toBe(false);
+      expect(v.score, v.event_id).toBeCloseTo(classes === 1 ? data[i]! : data[i * classes + model.positiveClassIndex]!, 5);
+    });
+  });
+
+  it('shows one row per event through the deduplicated ClickHouse views, equal to the Kafka outputs', () => {
+    expect(clean.clickhouse.v_predictions!.visible).toBe(COUNT);
+    expect(clean.clickhouse.v_events_transactions!.visible).toBe(COUNT);
+    expect(clean.clickhouse['features_account FINAL']!.visible).toBe(COUNT);
+    expect(clean.drift.length).toBeGreaterThan(0);
+    expect(clean.clickhouse['drift_metrics FINAL']!.visible).toBe(clean.drift.length);
+  });
+});
+
+describe('chaos, each compared with the clean run', () => {
+  it('kill -9 of every processor at seeded moments (10+ kills) changes nothing', async () => {
+    const ns = await namespace('kill');
+    const f = fleet(ns, { features: 2, tracking: 1, drift: 1, 'drift-merge': 1 });
+    const heads: Head[] = ['features', 'features', 'tracking', 'drift', 'drift-merge', 'features', 'tracking', 'drift', 'features', 'drift-merge', 'features', 'features'];
+    const rng = new Rng(SEED);
+    // Input arrives steadily (processors stay busy), and the kills fall at seeded moments across it.
+    const produceMs = (COUNT / 50) * 250;
+    const moments = heads.map((_, i) => Math.round(((i + 0.2 + rng.uniform() * 0.6) * produceMs) / heads.length));
+    await during(
+      produceInput(ns, events, { chunk: 50, paceMs: 250 }),
+      moments.map((at, i) => ({ at, run: () => f.killAndReplace(rng, [heads[i]!]) })),
+    );
+    expect(f.kills).toBeGreaterThanOrEqual(10);
+    await waitSettled(ns, { fleet: f });
+    expect(differences(clean, await snapshot(ns))).toEqual([]);
+  });
+
+  it('3 instances of each processor, one killed and one added mid-stream (rebalances), changes nothing', async () => {
+    const ns = await namespace('churn');
+    const f = fleet(ns, { features: 3, tracking: 3, drift: 3, 'drift-merge': 3 });
+    const rng = new Rng(SEED + 1);
+    await during(produceInput(ns, events, { chunk: 40, paceMs: 600 }), [
+      { at: 6_000, run: async () => f.kill(f.alive('features')[rng.int(0, 2)]!) },
+      { at: 8_000, run: async () => f.spawn('features') },
+      { at: 10_000, run: async () => f.kill(f.alive('drift')[rng.int(0, 2)]!) },
+      { at: 12_000, run: async () => f.spawn('tracking') },
+    ]);
+    await waitSettled(ns, { fleet: f });
+    expect(differences(clean, await snapshot(ns))).toEqual([]);
+  });
+
+  it('replaying the whole input from offset 0 into a fresh namespace gives the same effects', async () => {
+    const ns = await namespace('replay');
+    const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
+    // Copied byte for byte from the clean namespace's input, then processed from offset 0.
+    await produceInput(ns, [...clean.inputs].sort((a, b) => a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset))).map((i) => i.value));
+    await waitSettled(ns, { fleet: f });
+    expect(differences(clean, await snapshot(ns))).toEqual([]);
+  });
+
+  it('outages — registry stopped 10 s, ClickHouse stopped 30 s, Redis restarted, broker restarted — change nothing', async () => {
+    const ns = await namespace('outage');
+    const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
+    const config = loadConfig();
+    const log = (): void => undefined;
+    const outage = async (component: ComponentName, ms: number): Promise<void> => {
+      await stackDown(config, log, [component]);
+      await wait(ms);
+      await stackUp(config, log, [component]);
+    };
+    const third = Math.ceil(events.length / 3);
+    await produceInput(ns, events.slice(0, third), { chunk: 40, paceMs: 100 });
+    await outage('registry', 10_000);
+    await outage('clickhouse', 30_000);
+    await produceInput(ns, events.slice(third, 2 * third), { chunk: 40, paceMs: 100 });
+    await outage('redis', 1_000);
+    await outage('kafka', 1_000);
+    await produceInput(ns, events.slice(2 * third), { chunk: 40, paceMs: 100 });
+    await waitSettled(ns, { fleet: f, timeoutMs: 300_000 });
+    expect(differences(clean, await snapshot(ns))).toEqual([]);
+    expect(f.failures()).toEqual([]);
+  });
+});
