@@ -9,6 +9,8 @@ import { featuresProcessor, parseFeatures, readOnlineAccountFeatures } from '../
 import { accountKeys } from '../../processors/features/redis-keys.js';
 import { ACCOUNT_FEATURE_NAMES, type AccountFeatures } from '../../processors/features/account.js';
 import type { AccountFeatureUpdate, Transaction } from '../../schemas/types.generated.js';
+import { oracleAccountFeatures } from '../shared/account-oracle.js';
+import { seededUniform } from '../shared/seeded.js';
 
 /**
  * The features processor against the real Redis, through the TestDriver: every value is compared with
@@ -67,16 +69,7 @@ function txn(eventId: string, accountId: string, ts: number, amount: number, cou
   return { event_id: eventId, account_id: accountId, counterparty_id: counterparty, type: 'PAYMENT', amount, old_balance: 1000, new_balance: 1000 - amount, channel: 'web', ts };
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const seeded = seededUniform;
 
 /**
  * A seeded stream over `accounts` accounts spanning ~3 days: same-millisecond ties within an account,
@@ -85,7 +78,7 @@ function mulberry32(seed: number): () => number {
  * touches (and trims) every account's window.
  */
 function randomStream(seed: number, n = 300, accounts = 10): Transaction[] {
-  const rand = mulberry32(seed);
+  const rand = seeded(seed);
   const out: Transaction[] = [];
   let clock = T0;
   // acct-0 is sleepy (every 150th slot): its gaps outlast the retained window, so its
@@ -136,24 +129,12 @@ function recompute(txns: readonly Transaction[], arrival = ARRIVAL): Recomputed 
       const first = accepted.find((a) => a.txn.account_id === t.account_id && a.txn.event_id === t.event_id);
       let value = first?.value;
       if (!value) {
-        const before = accepted.filter((a) => a.txn.account_id === t.account_id && a.txn.ts <= t.ts);
-        const day = [...before.map((a) => a.txn), t].filter((e) => e.ts > t.ts - DAY);
-        const hour = day.filter((e) => e.ts > t.ts - HOUR);
-        const sum = (xs: Transaction[]) => xs.reduce((s, e) => s + e.amount, 0);
-        let previous: (typeof before)[number] | undefined;
-        for (const a of before) if (!previous || a.txn.ts > previous.txn.ts || (a.txn.ts === previous.txn.ts && a.offset > previous.offset)) previous = a;
+        const earlier = accepted.filter((a) => a.txn.account_id === t.account_id).map((a) => ({ ts: a.txn.ts, offset: a.offset, amount: a.txn.amount, counterparty: a.txn.counterparty_id }));
         value = {
           event_id: t.event_id,
           entity_id: t.account_id,
           ts: t.ts,
-          txn_count_1h: hour.length,
-          txn_count_24h: day.length,
-          amount_sum_1h: round6(sum(hour)),
-          amount_sum_24h: round6(sum(day)),
-          amount_avg_24h: round6(sum(day) / day.length),
-          amount_max_24h: Math.max(...day.map((e) => e.amount)),
-          distinct_counterparties_24h: new Set(day.map((e) => e.counterparty_id)).size,
-          seconds_since_last_txn: previous ? (t.ts - previous.txn.ts) / 1000 : null,
+          ...oracleAccountFeatures(earlier, { ts: t.ts, offset, amount: t.amount, counterparty: t.counterparty_id }),
           source_topic: TOPIC,
           source_partition: 0,
           source_offset: offset,
@@ -208,7 +189,7 @@ describe('features processor: exact event time against Redis', () => {
       const prefix = namespace();
       const txns = randomStream(seed);
       const driver = await open(prefix);
-      await pipeRandomly(driver, txns, mulberry32(seed * 7919));
+      await pipeRandomly(driver, txns, seeded(seed * 7919));
       const expected = recompute(txns);
       expect(byOffset(driver.outputs)).toEqual(expected.outputs);
 
@@ -246,12 +227,12 @@ describe('features processor: exact event time against Redis', () => {
 
     const cleanPrefix = namespace();
     const clean = await open(cleanPrefix);
-    await pipeRandomly(clean, head, mulberry32(5));
+    await pipeRandomly(clean, head, seeded(5));
     await clean.pipe(TOPIC, last, byAccount);
 
     const crashedPrefix = namespace();
     const crashed = await open(crashedPrefix);
-    await pipeRandomly(crashed, head, mulberry32(6), 0.3);
+    await pipeRandomly(crashed, head, seeded(6), 0.3);
     await crashed.pipe(TOPIC, last, { ...byAccount, commit: false });
     await crashed.pipe(TOPIC, last, byAccount);
 
@@ -266,13 +247,13 @@ describe('features processor: exact event time against Redis', () => {
     const prefix = namespace();
     const txns = randomStream(9);
     const first = await open(prefix);
-    await pipeRandomly(first, txns.slice(0, -10), mulberry32(10));
+    await pipeRandomly(first, txns.slice(0, -10), seeded(10));
     await first.pipe(TOPIC, txns.slice(-10), byAccount);
     const before = await dump(prefix);
 
     // Offsets reset (a new task state), Redis as the first run left it: trimmed, with every member "ahead".
     const replay = await open(prefix);
-    await pipeRandomly(replay, txns.slice(0, -10), mulberry32(11));
+    await pipeRandomly(replay, txns.slice(0, -10), seeded(11));
     await replay.pipe(TOPIC, txns.slice(-10), byAccount);
     expect(byOffset(replay.outputs)).toEqual(byOffset(first.outputs));
     expect(await dump(prefix)).toEqual(before);

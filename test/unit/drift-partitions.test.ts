@@ -7,6 +7,7 @@ import { driftMergeProcessor, driftProcessor } from '../../processors/drift/proc
 import { binOf, driftStatus, psi } from '../../processors/drift/psi.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { DriftMetric, DriftPartial, Prediction } from '../../schemas/types.generated.js';
+import { seededUniform } from '../shared/seeded.js';
 
 const reference = {
   score: { edges: [0.2, 0.4, 0.6, 0.8], proportions: [0.2, 0.2, 0.2, 0.2, 0.2] },
@@ -27,16 +28,7 @@ const TOPIC = 'predictions.fraud';
 const partialType = avro.Type.forSchema(loadAvroSchema('drift_partial') as avro.Schema);
 const metricType = avro.Type.forSchema(loadAvroSchema('drift_metric') as avro.Schema);
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededUniform;
 
 function prediction(id: string, ts: number, score: number | null, features: Record<string, number | null>): Prediction {
   return { event_id: id, entity_id: id, model: 'fraud', version: '1', score, decision: 'allow', reasons: [], fallback: score === null, provider: 'cpu', event_ts: ts, features, source_topic: 'events.transactions', source_partition: 0, source_offset: 0 };

@@ -1,34 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { DAY_MS, HOUR_MS, computeAccountFeatures, type AccountEventRef } from '../../processors/features/account.js';
+import { oracleAccountFeatures } from '../shared/account-oracle.js';
 
 const T0 = 1_700_000_000_000;
 let nextOffset = 0;
 const ev = (id: string, ts: number, amount: number, cp = 'm1', offset = nextOffset++): AccountEventRef => ({ eventId: id, ts, offset, amount, counterpartyId: cp });
 
-/**
- * The definition, written out independently: the features of `current` are over the events at smaller
- * offsets with ts in (t - W, t], plus itself; the previous event is the greatest by (ts, offset) among
- * the earlier offsets with ts <= t.
- */
-const round6 = (x: number) => Math.round(x * 1e6) / 1e6;
-
+/** The definition, written out independently (test/shared/account-oracle.ts). */
 function bruteForce(events: readonly AccountEventRef[], current: AccountEventRef) {
-  const t = current.ts;
-  const before = events.filter((e) => e.offset < current.offset && e.ts <= t);
-  const day = [...before, current].filter((e) => e.ts > t - DAY_MS);
-  const hour = day.filter((e) => e.ts > t - HOUR_MS);
-  const sum = (xs: AccountEventRef[]) => xs.reduce((s, e) => s + e.amount, 0);
-  const previous = before.sort((a, b) => b.ts - a.ts || b.offset - a.offset)[0];
-  return {
-    txn_count_1h: hour.length,
-    txn_count_24h: day.length,
-    amount_sum_1h: round6(sum(hour)),
-    amount_sum_24h: round6(sum(day)),
-    amount_avg_24h: round6(sum(day) / day.length),
-    amount_max_24h: Math.max(...day.map((e) => e.amount)),
-    distinct_counterparties_24h: new Set(day.map((e) => e.counterpartyId)).size,
-    seconds_since_last_txn: previous ? (t - previous.ts) / 1000 : null,
-  };
+  const asOracle = (e: AccountEventRef) => ({ ts: e.ts, offset: e.offset, amount: e.amount, counterparty: e.counterpartyId });
+  return oracleAccountFeatures(events.map(asOracle), asOracle(current));
 }
 
 describe('account features at an event (point in time, ordered by ts then offset)', () => {

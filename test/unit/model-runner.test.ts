@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { loadModelArtifact, type ModelArtifact } from '../../processors/scoring/model-artifact.js';
 import { ModelRunner, type ModelRunnerOptions, type RunnerState } from '../../processors/scoring/model-runner.js';
-import { FabricError } from '../../topology/errors.js';
+import { fabricFailure } from '../shared/fabric-failure.js';
 
 const MODELS = fileURLToPath(new URL('../../models', import.meta.url));
 
@@ -48,14 +48,7 @@ async function runner(options: Partial<ModelRunnerOptions> = {}): Promise<{ r: M
   return { r, states };
 }
 
-async function failure(p: Promise<unknown>): Promise<FabricError> {
-  const err = await p.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(FabricError);
-  return err as FabricError;
-}
+const failure = fabricFailure;
 
 describe('ModelRunner', () => {
   it('scores a batch in one run exactly as onnxruntime-node does directly, reporting the provider', async () => {

@@ -10,6 +10,7 @@ import { emit, reject, type ProcessorLogic, type SourceRecord } from '../../topo
 import { FabricError } from '../../topology/errors.js';
 import { sleep } from '../../topology/runtime/retry.js';
 import type { AccountFeatureUpdate, Prediction, Transaction } from '../../schemas/types.generated.js';
+import { fabricFailure } from '../shared/fabric-failure.js';
 
 const MODELS = fileURLToPath(new URL('../../models', import.meta.url));
 const T0 = Date.UTC(2024, 0, 1);
@@ -156,14 +157,7 @@ async function retried<T>(attempt: () => Promise<T>): Promise<{ value: T; errors
   }
 }
 
-async function failure(p: Promise<unknown>): Promise<FabricError> {
-  const err = await p.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(FabricError);
-  return err as FabricError;
-}
+const failure = fabricFailure;
 
 describe('scoring chained after features', () => {
   it('scores every record with the features its upstream emitted for it, one model run per batch, equal to a direct onnxruntime run', async () => {
