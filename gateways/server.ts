@@ -151,7 +151,9 @@ export class Gateway {
       }
       this.deps.ingest.ingest(stream, events).then((result) => {
         if (result.accepted === 0 && result.rejected.length > 0) {
-          finish(400, { error: { code: 'FABRIC_EVENT_INVALID' satisfies ErrorCode, message: `no event accepted: ${result.rejected[0]!.message}` }, accepted: 0, rejected: result.rejected });
+          // The first rejection's code: an all-skewed request says FABRIC_EVENT_TIME_SKEW, not a schema problem.
+          const first = result.rejected[0]!;
+          finish(400, { error: { code: first.code satisfies ErrorCode, message: `no event accepted: ${first.message}` }, accepted: 0, rejected: result.rejected });
         } else finish(202, result);
       }, fail);
     });

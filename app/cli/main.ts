@@ -19,7 +19,8 @@ import type { Outcome } from '../../schemas/types.generated.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { readOnlineAccountFeatures } from '../../processors/features/processor.js';
+import { parseFeatures, readOnlineAccountFeatures } from '../../processors/features/processor.js';
+import { accountKeys } from '../../processors/features/redis-keys.js';
 
 /** Prints data as JSON with --json, otherwise as the given text. */
 function out(json: boolean, data: unknown, text: () => string): void {
@@ -318,10 +319,12 @@ features
     const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
     await redis.connect();
     try {
-      const values = await readOnlineAccountFeatures(redis, cfg.redisKeyPrefix, entity, asOf);
+      const [values, latest] = await Promise.all([readOnlineAccountFeatures(redis, cfg.redisKeyPrefix, entity, asOf), redis.hgetall(accountKeys(cfg.redisKeyPrefix).latest(entity))]);
       if (!values) throw new FabricError('FABRIC_CLI_USAGE', `no events for ${o.group} ${JSON.stringify(entity)}`);
-      out(!!o.json, { group: o.group, entity, as_of: new Date(asOf).toISOString(), features: values }, () =>
-        [`as of ${new Date(asOf).toISOString()}`, ...Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === null ? 'null' : v}`)].join('\n'),
+      // Also the features as of the entity's latest event: what its latest offline row holds.
+      const atLatest = latest.ts ? { event_id: latest.event_id, ts: Number(latest.ts), features: parseFeatures(latest) } : null;
+      out(!!o.json, { group: o.group, entity, as_of: new Date(asOf).toISOString(), features: values, latest_event: atLatest }, () =>
+        [`as of ${new Date(asOf).toISOString()}`, ...Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === null ? 'null' : v}`), ...(atLatest ? [`(latest event ${atLatest.event_id} at ${new Date(atLatest.ts).toISOString()})`] : [])].join('\n'),
       );
     } finally {
       redis.disconnect();

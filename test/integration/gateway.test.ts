@@ -57,6 +57,10 @@ describe('gateway ingest (real Kafka and registry)', () => {
     const invalid = await post(f.url, '/v1/events/transactions', JSON.stringify({ ...transaction(20), ts: 'yesterday' }));
     expect(invalid.status).toBe(400);
     expect(invalid.body).toMatchObject({ error: { code: 'FABRIC_EVENT_INVALID' }, accepted: 0 });
+    // Microseconds sent as milliseconds: refused at the edge, never produced.
+    const skewed = await post(f.url, '/v1/events/transactions', JSON.stringify({ ...transaction(21), ts: Date.now() * 1000 }));
+    expect(skewed.status).toBe(400);
+    expect(skewed.body).toMatchObject({ error: { code: 'FABRIC_EVENT_TIME_SKEW' }, accepted: 0, rejected: [{ index: 0, code: 'FABRIC_EVENT_TIME_SKEW' }] });
     expect((await post(f.url, '/v1/events/transactions', '{}', { Authorization: '' })).body).toMatchObject({ error: { code: 'FABRIC_HTTP_UNAUTHORIZED' } });
     expect((await post(f.url, '/v1/events/transactions', '{}', { Authorization: 'Bearer wrong' })).status).toBe(401);
     const forbidden = await post(f.url, '/v1/events/interactions', '{}', { Authorization: 'Bearer tx-only' });
