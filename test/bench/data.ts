@@ -21,10 +21,15 @@ export interface BenchEvents {
   readonly batchSize: number;
 }
 
-/** `count` simulated transactions with event ids made unique to this run. */
-export function makeEvents(options: { seed: number; count: number; runId: string; batchSize: number; ratePerSec?: number }): BenchEvents {
+/**
+ * `count` simulated transactions with event ids made unique to this run. Event times start at
+ * `startTs` (default 2025-01-01, fine for rows that only write the input topic); runs through the
+ * processors pass a time just before now, so every event is within the allowed clock skew
+ * (FABRIC_MAX_CLOCK_SKEW_SEC, future only) and the windows are those of live traffic.
+ */
+export function makeEvents(options: { seed: number; count: number; runId: string; batchSize: number; ratePerSec?: number; startTs?: number }): BenchEvents {
   const events: Transaction[] = [];
-  for (const sim of generateTransactions({ seed: options.seed, startTs: Date.UTC(2025, 0, 1), ratePerSec: options.ratePerSec ?? 1000, count: options.count })) {
+  for (const sim of generateTransactions({ seed: options.seed, startTs: options.startTs ?? Date.UTC(2025, 0, 1), ratePerSec: options.ratePerSec ?? 1000, count: options.count })) {
     events.push({ ...sim.event, event_id: `${options.runId}-${sim.event.event_id}` });
   }
   const bodies: string[] = [];

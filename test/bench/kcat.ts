@@ -17,11 +17,12 @@ interface Exit {
   readonly stderr: string;
 }
 
-function run(args: readonly string[], onStdout?: (chunk: Buffer) => void, timeoutMs = 120_000): Promise<Exit> {
+function run(args: readonly string[], onStdout?: (chunk: Buffer) => void, timeoutMs = 120_000, signal?: AbortSignal): Promise<Exit> {
   return new Promise((resolve, reject) => {
     const child = spawn('kcat', args, { stdio: ['ignore', onStdout ? 'pipe' : 'ignore', 'pipe'] });
     let stderr = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    signal?.addEventListener('abort', () => child.kill('SIGKILL'), { once: true });
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (s: string) => {
       if (stderr.length < 4000) stderr += s;
@@ -95,4 +96,50 @@ export async function kcatConsume(brokers: string, topic: string, count: number)
   const elapsedMs = performance.now() - started;
   if (exit.code !== 0) throw failure('consume', exit);
   return { elapsedMs, messages };
+}
+
+export interface KcatCount {
+  /** performance.now() when kcat exited (it had seen `count` messages). */
+  readonly exitedAt: number;
+  readonly messages: number;
+}
+
+/**
+ * A read_committed kcat consumer of every partition of `topic` from the beginning, started now and
+ * exiting once it has printed `count` messages: the moment `count` records are visible to an
+ * independent read_committed reader (aborted and open transactions are never shown; commit markers
+ * are not messages). A separate process, so it does not share the event loop of the fabric it
+ * watches. Rejects if kcat fails or has not seen `count` messages within `timeoutMs`.
+ */
+export function kcatAwaitCount(brokers: string, topic: string, count: number, timeoutMs: number): { done: Promise<KcatCount>; cancel: () => void } {
+  let messages = 0;
+  const args = ['-C', '-b', brokers, '-t', topic, '-o', 'beginning', '-c', String(count), '-q', '-f', '%o\\n', '-X', 'isolation.level=read_committed', '-X', 'fetch.wait.max.ms=20'];
+  const abort = new AbortController();
+  const done = run(
+    args,
+    (chunk) => {
+      for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) messages++;
+    },
+    timeoutMs,
+    abort.signal,
+  ).then((exit) => {
+    const exitedAt = performance.now();
+    if (exit.code !== 0 || messages < count) {
+      const reason = exit.signal ? `stopped (${exit.signal}) after ${messages} of ${count} messages` : failure('consume', exit).message;
+      throw new Error(`read_committed count of ${topic}: ${reason}`);
+    }
+    return { exitedAt, messages };
+  });
+  return { done, cancel: () => abort.abort() };
+}
+
+/** How many records of `topic` a read_committed consumer sees from the beginning to the end (-e). */
+export async function kcatCommittedCount(brokers: string, topic: string): Promise<number> {
+  let messages = 0;
+  const args = ['-C', '-b', brokers, '-t', topic, '-o', 'beginning', '-e', '-q', '-f', '%o\\n', '-X', 'isolation.level=read_committed'];
+  const exit = await run(args, (chunk) => {
+    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) messages++;
+  });
+  if (exit.code !== 0) throw failure('consume', exit);
+  return messages;
 }

@@ -332,12 +332,20 @@ export class ProcessorRunner {
           this.pausedTasks.delete(slot);
           throw err instanceof Error ? err : new RestartConsumer(messageOf(err));
         }
+        this.deps.metrics.processorRetries.inc({ processor: this.head.name });
+        // The broker still writing the previous transaction's markers is routine and clears in milliseconds:
+        // retry soon without pausing; anything else (a sink, the registry) pauses the partition and backs
+        // off from FABRIC_SINK_RETRY_MS.
+        if (errorTypes(err).includes('CONCURRENT_TRANSACTIONS')) {
+          log.debug({ attempt }, 'previous transaction still completing; retrying');
+          await sleep(backoffMs(attempt, 20, 1000), this.stopping.signal);
+          continue;
+        }
         if (!resume) {
           resume = payload.pause();
           this.pausedTasks.add(slot);
         }
         this.lastError = messageOf(err);
-        this.deps.metrics.processorRetries.inc({ processor: this.head.name });
         log.warn({ err: this.lastError, attempt }, 'batch failed; partition paused, retrying with backoff (nothing committed)');
         await sleep(backoffMs(attempt, this.deps.config.sinkRetryMs), this.stopping.signal);
         await heartbeat().catch(() => undefined);
@@ -456,8 +464,17 @@ function isRetriable(err: unknown): boolean {
   return false;
 }
 
+/** The Kafka protocol error types along an error's cause chain (kafkajs wraps retried errors). */
+function errorTypes(err: unknown): string[] {
+  const types: string[] = [];
+  for (let e: unknown = err; e && typeof e === 'object'; e = (e as { cause?: unknown }).cause) {
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string') types.push(type);
+  }
+  return types;
+}
+
 /** A producer that another instance fenced (it owns the task now) or whose epoch is gone. */
 function isFenced(err: unknown): boolean {
-  const type = (err as { type?: string }).type ?? '';
-  return /PRODUCER_FENCED|INVALID_PRODUCER_EPOCH|TRANSACTIONAL_ID_AUTHORIZATION|INVALID_TXN_STATE/.test(type) || /fenced/i.test(messageOf(err));
+  return errorTypes(err).some((t) => /PRODUCER_FENCED|INVALID_PRODUCER_EPOCH|TRANSACTIONAL_ID_AUTHORIZATION|INVALID_TXN_STATE/.test(t)) || /fenced/i.test(messageOf(err));
 }
