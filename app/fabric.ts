@@ -89,6 +89,16 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       redis() {
         redis ??= (async () => {
           const r = new Redis(config.redisUrl, { maxRetriesPerRequest: 5, enableOfflineQueue: true, lazyConnect: true });
+          // ioredis reconnects by itself; commands failing meanwhile make batches retry. Say so once per outage.
+          let down = false;
+          r.on('error', (err: Error) => {
+            if (!down) log.warn({ err: err.message }, 'Redis unreachable; reconnecting');
+            down = true;
+          });
+          r.on('ready', () => {
+            if (down) log.info('Redis reachable again');
+            down = false;
+          });
           closers.push({ name: 'redis', close: () => r.quit() });
           await r.connect();
           return r;

@@ -70,6 +70,8 @@ export async function createNamespace(tag: string): Promise<Namespace> {
   const serde = new AvroSerde({ url: config.registryUrl });
   await applyTopology(fabricTopology(), config, kafka, serde);
   const redis = new Redis(config.redisUrl);
+  // Outage scenarios stop Redis: the harness's reads wait for it, its connection errors are expected.
+  redis.on('error', () => undefined);
   const clickhouse = createClickHouse(config);
   const logDir = join(tmpdir(), 'fabric-chaos', id);
   mkdirSync(logDir, { recursive: true });

@@ -16,6 +16,8 @@ export function createKafka(config: Pick<FabricConfig, 'kafkaBrokers' | 'kafkaCl
       const { message, ...extra } = entry;
       // Task producers bound their retries on purpose (stream.ts: a failed send aborts the transaction).
       if (message.startsWith('Limiting retries for the idempotent producer')) return;
+      // The broker still completing the previous transaction: routine, retried by kafkajs or the runtime.
+      if (/another concurrent operation on the same transaction/.test(String((extra as { error?: unknown }).error ?? message))) return;
       if (level <= KafkaLogLevel.ERROR) kafkaLog.error(extra, message);
       else if (level === KafkaLogLevel.WARN) kafkaLog.warn(extra, message);
       else kafkaLog.debug(extra, message);
