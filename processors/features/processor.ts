@@ -83,12 +83,12 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
       const accounts = await readAccounts(redis, keys.window, [...new Set(admitted.map((a) => a.txn.account_id))], firstOffset);
       for (const { record, txn } of admitted) {
         const account = accounts.get(txn.account_id)!;
-        // A record whose event id the account already has is a redelivery (a client retry): it counts
-        // once, and gets the very features the first occurrence got, so both emits are identical.
-        const firstOccurrence = account.byId.get(txn.event_id);
-        const event = firstOccurrence ?? account.admit({ eventId: txn.event_id, ts: txn.ts, offset: Number(record.offset), amount: txn.amount, counterpartyId: txn.counterparty_id });
+        // A record whose event id the account already has is a redelivery (a client retry): a no-op.
+        // Its first occurrence's outputs stand; emitting again would show the event twice downstream.
+        if (account.byId.has(txn.event_id)) continue;
+        const event = account.admit({ eventId: txn.event_id, ts: txn.ts, offset: Number(record.offset), amount: txn.amount, counterpartyId: txn.counterparty_id });
         const features = computeAccountFeatures(account.events.values(), event.ts, event);
-        if (!firstOccurrence && (!account.newest || compareEvents(event, account.newest.event) > 0)) account.newest = { event, features };
+        if (!account.newest || compareEvents(event, account.newest.event) > 0) account.newest = { event, features };
         const update: AccountFeatureUpdate = {
           event_id: event.eventId,
           entity_id: txn.account_id,

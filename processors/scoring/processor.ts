@@ -39,12 +39,15 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     throw new Error(`model ${model.name} ${model.version} inputs [${model.inputs.join(', ')}] differ from the serving inputs [${FRAUD_INPUT_NAMES.join(', ')}]`);
   }
 
-  /** The features emitted for this record, or null when features sent it to late.<stream> or emitted none. */
-  function featuresOf(record: SourceRecord, eventId: string, upstream: ReadonlyMap<string, readonly Output[]>): AccountFeatures | null {
+  /**
+   * The features emitted for this record; 'late' when features sent it to late.<stream>; 'duplicate'
+   * when features emitted nothing for it (a redelivered event id, already scored at its first offset).
+   */
+  function featuresOf(record: SourceRecord, eventId: string, upstream: ReadonlyMap<string, readonly Output[]>): AccountFeatures | 'late' | 'duplicate' {
     const outputs = upstream.get(record.offset) ?? [];
-    if (outputs.some((o) => o.kind === 'emit' && o.topic.startsWith('late.'))) return null;
+    if (outputs.some((o) => o.kind === 'emit' && o.topic.startsWith('late.'))) return 'late';
     const update = outputs.find((o): o is Extract<Output, { kind: 'emit' }> => o.kind === 'emit' && o.topic === featuresTopic)?.value as AccountFeatureUpdate | undefined;
-    if (!update) return null;
+    if (!update) return 'duplicate';
     if (update.event_id !== eventId) {
       throw new FabricError('FABRIC_PROCESSOR_FAILED', `scoring: upstream features for ${record.topic}/${record.partition}@${record.offset} belong to event ${update.event_id}, not ${eventId}`);
     }
@@ -57,15 +60,17 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     const upstream = ctx.upstream;
     if (!upstream) throw new FabricError('FABRIC_CONFIG_INVALID', 'scoring must be chained after the features processor (after: features); it got no upstream outputs');
     // Features already dead-letters invalid events; the check stays so scoring never scores garbage.
-    const { valid, rejects: outputs } = splitTransactions(records);
-    if (valid.length === 0) return outputs;
+    const split = splitTransactions(records);
+    const outputs = split.rejects;
     const rows: number[][] = [];
-    const rowOf = valid.map(({ record, txn }) => {
+    const rowOf: number[] = [];
+    const valid = split.valid.filter(({ record, txn }) => {
       const f = featuresOf(record, txn.event_id, upstream);
-      if (!f) return -1;
-      rows.push(fraudInputRow(txn, f));
-      return rows.length - 1;
+      if (f === 'duplicate') return false;
+      rowOf.push(f === 'late' ? -1 : rows.push(fraudInputRow(txn, f)) - 1);
+      return true;
     });
+    if (valid.length === 0) return outputs;
     let scores: Float32Array | null = null;
     let provider = 'none';
     let modelFailure: FallbackReason | undefined;
