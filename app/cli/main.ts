@@ -242,7 +242,8 @@ program
     await admin.connect();
     try {
       const rows: { processor: string; topic: string; partition: number; committed: string; end: string; lag: number }[] = [];
-      for (const p of fabricTopology().processors) {
+      // One row set per consumer group: a processor chained in another's task shares its group and offsets.
+      for (const p of fabricTopology().processors.filter((d) => d.after === undefined)) {
         for (const input of p.inputs) {
           const topic = prefixed(cfg, input);
           const ends = await admin.fetchTopicOffsets(topic);
