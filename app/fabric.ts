@@ -10,7 +10,7 @@ import { createKafka } from '../topology/runtime/kafka.js';
 import type { Logger } from '../topology/runtime/log.js';
 import { Metrics } from '../topology/runtime/metrics.js';
 import { BatchingProducer } from '../topology/runtime/producer.js';
-import { ProcessorRunner, type ProcessorStatus, type StreamDeps } from '../topology/runtime/stream.js';
+import { ProcessorRunner, type ChainLink, type ProcessorStatus, type StreamDeps } from '../topology/runtime/stream.js';
 import { RedisStateStore } from '../topology/runtime/state-store.js';
 import { HealthMonitor } from '../topology/runtime/health.js';
 import { createClickHouse, type ClickHouseClient } from '../topology/runtime/clickhouse.js';
@@ -156,10 +156,16 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         },
       };
       for (const head of heads) {
-        const links = [];
-        for (const def of topology.chain(head)) {
-          if (!def.create) throw new FabricError('FABRIC_CONFIG_INVALID', `processor ${def.name} has no logic bound to its node`);
-          links.push({ def, logic: await def.create(resources) });
+        const links: ChainLink[] = [];
+        try {
+          for (const def of topology.chain(head)) {
+            if (!def.create) throw new FabricError('FABRIC_CONFIG_INVALID', `processor ${def.name} has no logic bound to its node`);
+            links.push({ def, logic: await def.create(resources) });
+          }
+        } catch (err) {
+          // Until a runner owns them, the links built so far (a model worker, a sink) are ours to close.
+          for (const { logic } of links.reverse()) await logic.close?.().catch(() => undefined);
+          throw err;
         }
         const runner = new ProcessorRunner(links, deps);
         runners.push(runner);

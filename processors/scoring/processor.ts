@@ -122,7 +122,7 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     process: wholeBatch(handle),
     readiness() {
       const state = options.runner.state;
-      return { ready: state === 'ready', state: `model ${state}` };
+      return { ready: state === 'ready', state, detail: `model ${model.name} worker` };
     },
     close: () => options.runner.close(),
   };

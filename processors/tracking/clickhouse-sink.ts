@@ -63,8 +63,9 @@ export class ClickHouseSink {
   }
 
   /**
-   * Rows added and not yet settled (buffered or being inserted): the backpressure signal. A runtime
-   * pauses its partitions while this stays above a few rounds' worth (flushRows).
+   * Rows added and not yet settled (buffered or being inserted). Bounded without a separate signal:
+   * every task awaits flush(task) before its next batch, so the sink holds at most one batch per task
+   * (the runtime pauses a task's partition while its flush keeps failing).
    */
   get pending(): number {
     return this.pendingRows;

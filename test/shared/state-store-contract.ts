@@ -32,6 +32,26 @@ export function stateStoreContract(name: string, make: () => Promise<PartitionSt
     expect(await store.load('p', task, '5')).toBe('owner');
   });
 
+  it('redoes an aborted first batch from the empty state, and knows nothing before it', async () => {
+    const store = await make();
+    const claim = await store.claim('p', task);
+    await store.save('p', task, claim, '100', '110', 'aborted first batch');
+    expect(await store.load('p', task, '100')).toBeNull();
+    await store.save('p', task, claim, '100', '105', 'redo');
+    expect(await store.load('p', task, '105')).toBe('redo');
+    await expect(store.load('p', task, '99')).rejects.toThrow(/but the batch starts at 99/);
+  });
+
+  it('refuses to load when every version lies ahead of the batch (offsets went back, or the store lost writes)', async () => {
+    const store = await make();
+    const claim = await store.claim('p', task);
+    await store.save('p', task, claim, '0', '10', 'a');
+    await store.save('p', task, claim, '10', '20', 'b');
+    const err = await store.load('p', task, '5').catch((e: unknown) => e);
+    expect(isFabricError(err, 'FABRIC_STATE_MISMATCH')).toBe(true);
+    expect((err as Error).message).toMatch(/covers offsets up to 20 \(previous version 10\), but the batch starts at 5/);
+  });
+
   it('refuses a save whose base is neither version', async () => {
     const store = await make();
     const claim = await store.claim('p', task);

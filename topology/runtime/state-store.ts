@@ -29,11 +29,17 @@ interface Versions {
   prev: string | null;
 }
 
-function pick(v: Versions, firstOffset: string): string | null {
+/**
+ * The version a batch starting at `firstOffset` builds on. No version at all is a fresh task; versions
+ * that all lie ahead of the batch mean the input position went backwards (an offset reset, expired
+ * offsets) or the store lost writes: computing from nothing would be silently wrong, so it is an error.
+ */
+function pick(v: Versions, firstOffset: string, owner: string, task: TaskId): string | null {
   const first = BigInt(firstOffset);
   if (v.curNext !== null && v.curNext <= first) return v.cur;
   if (v.prevNext !== null && v.prevNext <= first) return v.prev;
-  return null;
+  if (v.curNext === null) return null;
+  throw new FabricError('FABRIC_STATE_MISMATCH', `state of ${owner} ${task.topic}[${task.partition}] covers offsets up to ${v.curNext}${v.prevNext === null ? '' : ` (previous version ${v.prevNext})`}, but the batch starts at ${firstOffset}`);
 }
 
 function refused(owner: string, task: TaskId, why: string): FabricError {
@@ -59,14 +65,18 @@ export class MemoryStateStore implements PartitionStateStore {
   }
 
   async load(owner: string, task: TaskId, firstOffset: string): Promise<string | null> {
-    return pick(this.entry(owner, task), firstOffset);
+    return pick(this.entry(owner, task), firstOffset, owner, task);
   }
 
   async save(owner: string, task: TaskId, claim: number, firstOffset: string, nextOffset: string, state: string): Promise<void> {
     const v = this.entry(owner, task);
     if (v.gen !== claim) throw refused(owner, task, `claim ${claim} was superseded by ${v.gen} (another instance owns the partition)`);
     const first = BigInt(firstOffset);
-    if (v.curNext === null || v.curNext <= first) {
+    if (v.curNext === null) {
+      // The first save: the state before this batch was empty (a redo of it must start from nothing).
+      v.prevNext = first;
+      v.prev = null;
+    } else if (v.curNext <= first) {
       v.prevNext = v.curNext;
       v.prev = v.cur;
     } else if (!(v.prevNext === null || v.prevNext <= first)) {
@@ -81,15 +91,20 @@ export class MemoryStateStore implements PartitionStateStore {
   }
 }
 
-// KEYS[1] the task's hash; ARGV: claim, firstOffset, nextOffset, state. Offsets stay below 2^53.
+// KEYS[1] the task's hash; ARGV: claim, firstOffset, nextOffset, state (never empty: states are JSON).
+// Offsets stay below 2^53.
 const SAVE = `
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if gen ~= tonumber(ARGV[1]) then return -1 end
 local first = tonumber(ARGV[2])
 local curNext = redis.call('HGET', KEYS[1], 'cur_next')
-if (not curNext) or tonumber(curNext) <= first then
-  if curNext then redis.call('HSET', KEYS[1], 'prev_next', curNext, 'prev', redis.call('HGET', KEYS[1], 'cur')) end
-  redis.call('HSET', KEYS[1], 'cur_next', ARGV[3], 'cur', ARGV[4])
+if not curNext then
+  -- The first save: the state before this batch was empty ('' stands for none).
+  redis.call('HSET', KEYS[1], 'prev_next', ARGV[2], 'prev', '', 'cur_next', ARGV[3], 'cur', ARGV[4])
+  return 1
+end
+if tonumber(curNext) <= first then
+  redis.call('HSET', KEYS[1], 'prev_next', curNext, 'prev', redis.call('HGET', KEYS[1], 'cur'), 'cur_next', ARGV[3], 'cur', ARGV[4])
   return 1
 end
 local prevNext = redis.call('HGET', KEYS[1], 'prev_next')
@@ -114,7 +129,7 @@ export class RedisStateStore implements PartitionStateStore {
 
   async load(owner: string, task: TaskId, firstOffset: string): Promise<string | null> {
     const [gen, curNext, cur, prevNext, prev] = (await this.redis.hmget(this.key(owner, task), 'gen', 'cur_next', 'cur', 'prev_next', 'prev')).map((v) => v ?? null);
-    return pick({ gen: Number(gen ?? 0), curNext: curNext ? BigInt(curNext) : null, cur: cur ?? null, prevNext: prevNext ? BigInt(prevNext) : null, prev: prev ?? null }, firstOffset);
+    return pick({ gen: Number(gen ?? 0), curNext: curNext ? BigInt(curNext) : null, cur: cur ?? null, prevNext: prevNext ? BigInt(prevNext) : null, prev: prev ? prev : null }, firstOffset, owner, task);
   }
 
   async save(owner: string, task: TaskId, claim: number, firstOffset: string, nextOffset: string, state: string): Promise<void> {

@@ -1,4 +1,4 @@
-import { Partitioners, type Consumer, type EachBatchPayload, type Kafka, type KafkaMessage, type Producer, type TopicMessages } from 'kafkajs';
+import { Partitioners, type Admin, type Consumer, type EachBatchPayload, type Kafka, type KafkaMessage, type Producer, type TopicMessages } from 'kafkajs';
 import avro from 'avsc';
 import { AvroSerde, SerdeError, type AvroWriter } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
@@ -45,9 +45,18 @@ export interface ChainLink {
   readonly logic: ProcessorLogic;
 }
 
-/** A failure that leaves the batch's outcome unknown (commit) or the task lost (fenced): re-read committed offsets. */
+/**
+ * Thrown out of eachBatch when the consumer must start again from what Kafka committed: the batch's
+ * outcome is unknown (the commit itself failed), the task is lost (fenced) or something unexpected
+ * happened. Not retriable, so kafkajs does not redo the batch from its in-memory position (which knows
+ * nothing of a commit that landed) but crashes the consumer, and the runner's supervisor restarts it.
+ */
 class RestartConsumer extends Error {
   override readonly name = 'RestartConsumer';
+  readonly retriable = false;
+  constructor(cause: unknown) {
+    super(messageOf(cause), { cause });
+  }
 }
 
 /**
@@ -73,6 +82,10 @@ export class ProcessorRunner {
   private readonly physicalToLogical = new Map<string, string>();
   private readonly producers = new Map<string, Promise<Producer>>();
   private readonly claims = new Map<string, number[]>();
+  /** Tasks whose committed offset was checked against the fetch position in this group generation. */
+  private readonly verified = new Set<string>();
+  private admin: Admin | null = null;
+  private restarting: Promise<void> | null = null;
   private readonly pausedTasks = new Set<string>();
   private readonly log: Logger;
   private readonly stopping = new AbortController();
@@ -154,8 +167,9 @@ export class ProcessorRunner {
     });
     this.consumer = consumer;
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
-      // A new generation: every task is claimed anew on its next batch; producers of tasks we lost are closed.
+      // A new generation: every task is claimed and checked anew on its next batch; producers of tasks we lost are closed.
       this.claims.clear();
+      this.verified.clear();
       const assigned = new Set<string>();
       for (const [topic, partitions] of Object.entries(e.payload.memberAssignment)) for (const p of partitions) assigned.add(`${topic}/${p}`);
       for (const key of [...this.producers.keys()]) if (!assigned.has(key)) void this.closeProducer(key);
@@ -174,7 +188,8 @@ export class ProcessorRunner {
       partitionsConsumedConcurrently: partitions * this.head.inputs.length,
       eachBatch: (payload) => this.track(this.handleBatch(payload)),
     });
-    this.state = 'running';
+    // Unless the first join already crashed (a restart is scheduled) or we are stopping.
+    if (this.consumer === consumer && this.restartTimer === null && this.state !== 'failed' && !this.stopping.signal.aborted) this.state = 'running';
   }
 
   private track(work: Promise<void>): Promise<void> {
@@ -200,7 +215,7 @@ export class ProcessorRunner {
     this.log.error({ err: this.lastError, attempt: this.consecutiveFailures, delayMs: delay }, 'processor failed; restarting its consumer from the committed offsets');
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
-      void this.restartConsumer();
+      this.restarting = this.restartConsumer().finally(() => (this.restarting = null));
     }, delay);
   }
 
@@ -211,11 +226,24 @@ export class ProcessorRunner {
     await old?.disconnect().catch(() => undefined);
     await this.closeProducers();
     this.pausedTasks.clear();
+    if (this.stopping.signal.aborted) return;
     try {
       await this.startConsumer();
     } catch (err) {
-      this.scheduleRestart(err as Error);
+      if (!this.stopping.signal.aborted) this.scheduleRestart(err as Error);
     }
+  }
+
+  /** The group's committed offset for a partition (null when none), read after the task's producer fenced earlier owners. */
+  private async committedOffset(physicalTopic: string, partition: number): Promise<string | null> {
+    if (!this.admin) {
+      const admin = this.deps.kafka.admin();
+      await admin.connect();
+      this.admin = admin;
+    }
+    const [topic] = await this.admin.fetchOffsets({ groupId: this.group, topics: [physicalTopic] });
+    const offset = topic?.partitions.find((p) => p.partition === partition)?.offset;
+    return offset === undefined || offset === '-1' ? null : offset;
   }
 
   private taskOf(physicalTopic: string, partition: number): TaskId {
@@ -278,13 +306,35 @@ export class ProcessorRunner {
     const rawByOffset = new Map(batch.messages.map((m) => [m.offset, m]));
     let resume: (() => void) | null = null;
 
+    const unpause = (): void => {
+      resume?.();
+      resume = null;
+      this.pausedTasks.delete(slot);
+    };
     for (let attempt = 0; ; attempt++) {
-      if (!isRunning() || isStale() || this.stopping.signal.aborted) return;
+      if (!isRunning() || isStale() || this.stopping.signal.aborted) return unpause();
       let producer: Producer | null = null;
       let transaction: Awaited<ReturnType<Producer['transaction']>> | null = null;
       let committing = false;
       try {
         const claims = await this.claimsFor(task, slot);
+        producer = await this.producerFor(batch.topic, batch.partition);
+        // The task's first transaction initialises its transactional id: the broker first completes or
+        // aborts whatever an earlier owner (or our own commit whose answer was lost) left open, so the
+        // committed offset read below is final.
+        if (this.exactlyOnce) transaction = await producer.transaction();
+        if (!this.verified.has(slot)) {
+          const committed = await this.committedOffset(batch.topic, batch.partition);
+          if (committed !== null && BigInt(committed) > BigInt(firstOffset)) {
+            // Our fetch position predates a commit that covers this batch: skip to it, never redo it.
+            log.info({ committed }, 'offsets committed past the fetch position; seeking');
+            await transaction?.abort();
+            transaction = null;
+            this.consumer?.seek({ topic: batch.topic, partition: batch.partition, offset: committed });
+            return unpause();
+          }
+          this.verified.add(slot);
+        }
         // The registry being unreachable is retriable: nothing is dead-lettered for it.
         await this.deps.serde.prefetch(batch.messages.map((m) => m.value));
         const { records, rejects } = this.decode(task.topic, batch.partition, batch.messages);
@@ -302,11 +352,9 @@ export class ProcessorRunner {
           }),
         );
         const messages = this.toMessages(outputs, rejects, rawByOffset, batch.topic, batch.partition, log);
-        producer = await this.producerFor(batch.topic, batch.partition);
         const chunks = chunkByBytes(messages, this.deps.config.producerMaxRequestBytes);
         const send = (p: Pick<Producer, 'sendBatch'>, chunk: OutMessage[]) => p.sendBatch({ topicMessages: byTopic(chunk), acks: -1, timeout: this.deps.config.kafkaAckTimeoutMs });
-        if (this.exactlyOnce) {
-          transaction = await producer.transaction();
+        if (transaction) {
           for (const chunk of chunks) await send(transaction, chunk);
           await transaction.sendOffsets({ consumerGroupId: this.group, topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: nextOffset }] }] });
           for (const { logic } of this.links) await logic.flush?.(task);
@@ -323,14 +371,14 @@ export class ProcessorRunner {
         break;
       } catch (err) {
         if (transaction) await transaction.abort().catch(() => undefined);
-        const retriable = isRetriable(err);
-        if (committing || !retriable || isFabricError(err, 'FABRIC_STATE_FENCED') || isFenced(err)) {
-          // Unknown outcome (the commit may have landed), lost partition or a bug: start again from what Kafka committed.
-          log.error({ err: messageOf(err), committing }, 'batch failed; restarting from the committed offsets');
+        const failedLink = this.links.find((l) => l.logic.readiness?.().state === 'failed');
+        if (committing || !isRetriable(err) || isFenced(err) || failedLink || isFabricError(err, 'FABRIC_STATE_FENCED')) {
+          // Unknown outcome (the commit may have landed), lost partition, a dependency that gave up, or a
+          // bug: start again from what Kafka committed (see RestartConsumer).
+          log.error({ err: messageOf(err), committing, ...(failedLink ? { failed: failedLink.def.name } : {}) }, 'batch failed; restarting from the committed offsets');
           await this.closeProducer(slot);
-          resume?.();
-          this.pausedTasks.delete(slot);
-          throw err instanceof Error ? err : new RestartConsumer(messageOf(err));
+          unpause();
+          throw new RestartConsumer(err);
         }
         this.deps.metrics.processorRetries.inc({ processor: this.head.name });
         // The broker still writing the previous transaction's markers is routine and clears in milliseconds:
@@ -348,13 +396,17 @@ export class ProcessorRunner {
         this.lastError = messageOf(err);
         log.warn({ err: this.lastError, attempt }, 'batch failed; partition paused, retrying with backoff (nothing committed)');
         await sleep(backoffMs(attempt, this.deps.config.sinkRetryMs), this.stopping.signal);
-        await heartbeat().catch(() => undefined);
+        try {
+          await heartbeat();
+        } catch (rebalance) {
+          // The group is rebalancing (or lost us): give the batch up so kafkajs rejoins now instead of
+          // holding the rebalance up while we retry; whoever gets the partition redoes it.
+          unpause();
+          throw rebalance;
+        }
       }
     }
-    if (resume) {
-      resume();
-      this.pausedTasks.delete(slot);
-    }
+    unpause();
     this.consecutiveFailures = 0;
     payload.resolveOffset(batch.lastOffset());
     await heartbeat().catch(() => undefined);
@@ -418,6 +470,7 @@ export class ProcessorRunner {
   async stop(): Promise<void> {
     this.stopping.abort();
     if (this.restartTimer) clearTimeout(this.restartTimer);
+    await this.restarting;
     const consumer = this.consumer;
     this.consumer = null;
     if (consumer) await consumer.stop().catch((err: unknown) => this.log.warn({ err: messageOf(err) }, 'consumer stop failed'));
@@ -425,9 +478,12 @@ export class ProcessorRunner {
     if (this.opened) {
       this.opened = false;
       for (const { logic } of this.links) await logic.flush?.().catch((err: unknown) => this.log.error({ err: messageOf(err) }, 'final flush failed'));
-      for (const { logic } of [...this.links].reverse()) await logic.close?.().catch((err: unknown) => this.log.error({ err: messageOf(err) }, 'close failed'));
     }
+    // The runner owns its links' logic from construction on, started or not (a model worker, a sink).
+    for (const { logic } of [...this.links].reverse()) await logic.close?.().catch((err: unknown) => this.log.error({ err: messageOf(err) }, 'close failed'));
     await this.closeProducers();
+    await this.admin?.disconnect().catch(() => undefined);
+    this.admin = null;
     await consumer?.disconnect().catch(() => undefined);
     this.state = 'stopped';
     this.log.info('processor stopped');

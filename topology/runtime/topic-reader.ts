@@ -57,19 +57,23 @@ export async function readToEnd(kafka: Kafka, topic: string, options: { groupPre
     await consumer.subscribe({ topic, fromBeginning: true });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`reading ${topic} to its end timed out after ${timeoutMs} ms`)), timeoutMs);
+      const reached = (partition: number, lastOffset: string): void => {
+        const end = remaining.get(partition);
+        if (end !== undefined && BigInt(lastOffset) + 1n >= end) remaining.delete(partition);
+        if (remaining.size === 0) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      // A transactional topic ends with commit or abort markers, and a tail of aborted records is filtered
+      // out before eachBatch: such a batch never reaches eachBatch, but END_BATCH_PROCESS reports its end.
+      consumer.on(consumer.events.END_BATCH_PROCESS, (e) => reached(e.payload.partition, e.payload.lastOffset));
       void consumer.run({
         autoCommit: false,
-        // Batches, not messages: a transactional topic ends with commit markers that are never
-        // delivered as messages, but a batch's last offset covers them.
         eachBatch: async ({ batch }) => {
           const end = remaining.get(batch.partition);
           if (end === undefined) return;
           for (const message of batch.messages) if (BigInt(message.offset) < end) records.push(toReadRecord(batch.partition, message));
-          if (BigInt(batch.lastOffset()) + 1n >= end) remaining.delete(batch.partition);
-          if (remaining.size === 0) {
-            clearTimeout(timer);
-            resolve();
-          }
         },
       });
     });
