@@ -30,18 +30,27 @@ interface PartitionState {
  *
  * Per batch of one partition: the partition's event-time watermark comes from the task state (which
  * the runtime versions by input position, so a retried batch starts from exactly the state its first
- * attempt started from). Events too far in the future are dead-lettered (FABRIC_EVENT_TIME_SKEW), events
- * older than watermark - lateness go to the late topic, the others are admitted. Each account's events
+ * attempt started from). Each record, in offset order: a ts too far in the future is dead-lettered
+ * (FABRIC_EVENT_TIME_SKEW); then an event id its account already holds (a client retry or redelivery:
+ * a member before the batch's first offset, or admitted earlier in the batch) is a no-op, whatever its
+ * lateness: no output, no write, the watermark unchanged (its first occurrence's outputs stand, so
+ * scoring never scores the event twice); then a ts at or below watermark - lateness goes to the late
+ * topic, unchanged; the others are admitted, and only they move the watermark. Each account's events
  * live in one Redis sorted set (score = ts, member = offset, id, amount, counterparty); the features of
  * an event are computed from the members at smaller offsets only, by the pure function the offline
  * training set uses, and emitted with the record as source (what a chained scoring processor reads).
- * One pipelined read of every touched account's set, one MULTI with every write, then the state save.
+ * One pipelined read of the set of the account of every record not dead-lettered (late ones included:
+ * the redelivery check comes first), one MULTI with the writes of the accounts the batch admitted
+ * events to (none when it admits nothing), then the state save.
  *
  * What makes a batch's effect a pure function of the partition's records, whatever crashed before:
  * - members carry their offset, so members written by an attempt whose transaction aborted (at or past
  *   this batch's first offset) are ignored and re-derived; re-adding them writes the same member, as
- *   an attempt's decisions depend only on the records, the loaded watermark and the configuration
- *   (changing the skew or lateness settings while a batch is in doubt is the one way to diverge);
+ *   the events an attempt admits depend only on the records, the loaded watermark and the configuration
+ *   (changing the skew or lateness settings while a batch is in doubt is the one way to diverge). The
+ *   redelivery check also reads the members before the batch, but a redelivery whose first occurrence
+ *   they no longer hold (trimmed: see trimBound()) is late, so it is admitted in neither case; only
+ *   whether it goes to the late topic or nowhere can differ, and neither writes anything;
  * - the latest hash is only overwritten by a greater (ts, offset) (a Lua compare-and-set), so late,
  *   replayed or zombie writes never regress it, and the values written for an event never differ;
  * - trimming is relative to the watermark the batch loaded, never to the batch's contents (see trim()).
@@ -51,67 +60,73 @@ interface PartitionState {
  * The sets have no TTL. A wall-clock TTL would be unsafe: after an outage or a lag longer than it, or
  * for an account idle longer than it, the next event would find its window or its previous event
  * (seconds_since_last_txn has no horizon) gone and differ from the offline recomputation. Memory stays
- * bounded per account instead: a set holds the events above trimBound() of the watermark of its last
- * update (about 24 h + 2 x lateness + 1 h of them), plus one anchor, and memory grows with the number
- * of accounts, as it does for the latest hashes.
+ * bounded per account instead: a set holds the events from trimBound() of the watermark loaded by the
+ * last batch that admitted an event of the account (max(24 h, lateness) + lateness + 1 h behind it) on,
+ * plus one anchor, and memory grows with the number of accounts, as it does for the latest hashes.
  */
 export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorLogic {
   const keys = accountKeys(options.keyPrefix);
   const outputTopic = options.outputTopic ?? 'features.account';
   const lateTopic = options.lateTopic ?? 'late.transactions';
   const { redis, maxClockSkewMs, latenessMs } = options;
+  const tooFarAhead = ({ record, txn }: { record: SourceRecord; txn: Transaction }): boolean => txn.ts > record.timestamp + maxClockSkewMs;
 
   async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {
     const startWatermark = parseState(await ctx.state.load()).watermark ?? -Infinity;
     const { valid, rejects: outputs } = splitTransactions(records);
+    const timely = valid.filter((v) => !tooFarAhead(v));
 
-    // Admission depends only on the records and the watermark, so it needs no Redis.
+    // Every account a timely record names is read, late ones included: a record is recognised as a
+    // redelivery before it is judged late (the decision below needs the account's event ids).
+    const firstOffset = Number(ctx.firstOffset);
+    const accounts = timely.length > 0 ? await readAccounts(redis, keys.window, [...new Set(timely.map((v) => v.txn.account_id))], firstOffset) : new Map<string, AccountWindow>();
+
+    // In offset order: too far ahead -> DLQ; an event id the account already holds -> nothing at all;
+    // at or below watermark - lateness -> late topic; else admitted (it alone moves the watermark).
     let watermark = startWatermark;
-    const admitted: { record: SourceRecord; txn: Transaction }[] = [];
     for (const v of valid) {
       const { record, txn } = v;
-      if (txn.ts > record.timestamp + maxClockSkewMs) outputs.push(reject(record, skewError(txn.ts, record.timestamp, maxClockSkewMs)));
-      else if (txn.ts <= watermark - latenessMs) outputs.push(emit(lateTopic, txn.account_id, txn, record));
-      else {
-        watermark = Math.max(watermark, txn.ts);
-        admitted.push(v);
+      if (tooFarAhead(v)) {
+        outputs.push(reject(record, skewError(txn.ts, record.timestamp, maxClockSkewMs)));
+        continue;
       }
+      const account = accounts.get(txn.account_id)!;
+      // A redelivery (a client retry) whatever its lateness: its first occurrence's outputs stand;
+      // routing it late would make scoring emit a second (fallback) prediction for the event.
+      if (account.byId.has(txn.event_id)) continue;
+      if (txn.ts <= watermark - latenessMs) {
+        outputs.push(emit(lateTopic, txn.account_id, txn, record));
+        continue;
+      }
+      watermark = Math.max(watermark, txn.ts);
+      const event = account.admit({ eventId: txn.event_id, ts: txn.ts, offset: Number(record.offset), amount: txn.amount, counterpartyId: txn.counterparty_id });
+      const features = computeAccountFeatures(account.events.values(), event.ts, event);
+      if (!account.newest || compareEvents(event, account.newest.event) > 0) account.newest = { event, features };
+      const update: AccountFeatureUpdate = {
+        event_id: event.eventId,
+        entity_id: txn.account_id,
+        ts: event.ts,
+        ...features,
+        source_topic: record.topic,
+        source_partition: record.partition,
+        source_offset: event.offset,
+      };
+      outputs.push(emit(outputTopic, txn.account_id, update, record));
     }
 
-    if (admitted.length > 0) {
-      const firstOffset = Number(ctx.firstOffset);
-      const accounts = await readAccounts(redis, keys.window, [...new Set(admitted.map((a) => a.txn.account_id))], firstOffset);
-      for (const { record, txn } of admitted) {
-        const account = accounts.get(txn.account_id)!;
-        // A record whose event id the account already has is a redelivery (a client retry): a no-op.
-        // Its first occurrence's outputs stand; emitting again would show the event twice downstream.
-        if (account.byId.has(txn.event_id)) continue;
-        const event = account.admit({ eventId: txn.event_id, ts: txn.ts, offset: Number(record.offset), amount: txn.amount, counterpartyId: txn.counterparty_id });
-        const features = computeAccountFeatures(account.events.values(), event.ts, event);
-        if (!account.newest || compareEvents(event, account.newest.event) > 0) account.newest = { event, features };
-        const update: AccountFeatureUpdate = {
-          event_id: event.eventId,
-          entity_id: txn.account_id,
-          ts: event.ts,
-          ...features,
-          source_topic: record.topic,
-          source_partition: record.partition,
-          source_offset: event.offset,
-        };
-        outputs.push(emit(outputTopic, txn.account_id, update, record));
-      }
-
+    // Only the accounts the batch admitted to are written (and trimmed): a late or redelivered record
+    // changes nothing in Redis, and a batch that admits nothing writes nothing.
+    const touched = [...accounts].filter(([, account]) => account.added.length > 0);
+    if (touched.length > 0) {
       const write = redis.multi();
       const bound = trimBound(startWatermark, latenessMs);
-      for (const [accountId, account] of accounts) {
+      for (const [accountId, account] of touched) {
         const key = keys.window(accountId);
-        if (account.added.length > 0) write.zadd(key, ...account.added.flatMap((e) => [e.ts, encodeMember(e)]));
+        write.zadd(key, ...account.added.flatMap((e) => [e.ts, encodeMember(e)]));
         const trimmed = trim(account.events.values(), bound);
         if (trimmed.length > 0) write.zrem(key, ...trimmed.map(encodeMember));
-        if (account.newest) {
-          const { event, features } = account.newest;
-          write.eval(SET_LATEST, 1, keys.latest(accountId), event.ts, event.offset, ...Object.entries({ ...stringify(features), ts: String(event.ts), offset: String(event.offset), event_id: event.eventId }).flat());
-        }
+        const { event, features } = account.newest!;
+        write.eval(SET_LATEST, 1, keys.latest(accountId), event.ts, event.offset, ...Object.entries({ ...stringify(features), ts: String(event.ts), offset: String(event.offset), event_id: event.eventId }).flat());
       }
       // Every write is idempotent (same members, compare-and-set hash), so a failed MULTI is retried whole.
       const written = await write.exec();
@@ -205,9 +220,13 @@ function decodeMembers(flat: readonly string[]): AccountEventRef[] {
  *   below it, which is the anchor kept: no event admitted later can sit below the bound (it too is
  *   not late), so the anchor stays the greatest member below every later bound, until a greater one
  *   takes its place.
- * - A redelivered duplicate gets its first occurrence's features: that occurrence (same ts) is not late
- *   either, and every event admitted after it has ts > t1 - L, so with max(24 h, L) in the bound none of
- *   them can be mistaken for its anchor.
+ * - A redelivery (same event id, same ts t1) is recognised by its first occurrence's member. Every trim
+ *   so far used a bound <= this one, so a first occurrence with t1 >= the bound is always still there:
+ *   its redeliveries produce nothing, late or not. Below that horizon, max(24 h, L) + L + 1 h behind W
+ *   (25 h + L for L <= 24 h), the member may be gone (it stays if it is the anchor, or if no batch
+ *   has written its account since a bound passed it): a redelivery is then no longer recognised and,
+ *   being late (t1 < W - L), goes to the late topic, where scoring gives the event a second (fallback)
+ *   prediction. It changes no state either way.
  * A late event (a replay of old data included) never reaches the window, so it needs nothing below
  * the bound. A replay from an earlier offset (a reset) re-adds every member it needs from its own
  * records; what the first run left at those offsets is the same members, or below its anchors. So is

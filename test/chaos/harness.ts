@@ -214,6 +214,22 @@ export async function totalLag(ns: Namespace): Promise<number> {
   }
 }
 
+/** Waits until `count` instances publish a running processor state (each instance publishes its own). */
+export async function waitRunning(ns: Namespace, fleet: Fleet, options: { timeoutMs?: number } = {}): Promise<void> {
+  const deadline = Date.now() + (options.timeoutMs ?? 120_000);
+  for (;;) {
+    const keys = await ns.redis.keys(`${ns.config.redisKeyPrefix}status:*`);
+    const values = keys.length ? await ns.redis.mget(keys) : [];
+    const running = values.filter((v) => v !== null && ['running', 'paused'].includes((JSON.parse(v) as { state: string }).state)).length;
+    const expected = fleet.alive().length;
+    if (running >= expected) return;
+    const failures = fleet.failures();
+    if (failures.length) throw new Error(`processes failed while starting: ${failures.join('; ')}`);
+    if (Date.now() > deadline) throw new Error(`${running} of ${expected} instances running after ${options.timeoutMs ?? 120_000} ms; logs in ${ns.logDir}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** Waits until every group has consumed everything (no sleeps: polls). */
 export async function waitSettled(ns: Namespace, options: { timeoutMs?: number; fleet?: Fleet } = {}): Promise<void> {
   const deadline = Date.now() + (options.timeoutMs ?? 240_000);

@@ -14,7 +14,7 @@ import { stackDown, stackUp, type ComponentName } from '../../deploy/stack.js';
 import type { Transaction } from '../../schemas/types.generated.js';
 import { oracleAccountFeatures } from '../shared/account-oracle.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { createNamespace, differences, Fleet, produceInput, seededTransactions, snapshot, waitSettled, type Head, type Namespace, type Snapshot } from '../chaos/harness.js';
+import { createNamespace, differences, Fleet, produceInput, seededTransactions, snapshot, waitRunning, waitSettled, type Head, type Namespace, type Snapshot } from '../chaos/harness.js';
 
 const SCALE = Number(process.env.CHAOS_SCALE ?? 1);
 const COUNT = Math.round(3000 * SCALE);
@@ -162,6 +162,8 @@ describe('chaos, each compared with the clean run', () => {
   it('outages — registry stopped 10 s, ClickHouse stopped 30 s, Redis restarted, broker restarted — change nothing', async () => {
     const ns = await namespace('outage');
     const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
+    // Every instance must be up before the registry goes: a process starting without it exits (its supervisor would restart it).
+    await waitRunning(ns, f);
     const config = loadConfig();
     const log = (): void => undefined;
     /** Stops a component for at least `ms` while `work` (input arriving) goes on, then starts it again. */

@@ -111,40 +111,46 @@ interface Recomputed {
   outputs: Record<string, Normalized>;
   /** The events that entered the windows (first occurrences, neither late nor skewed), with their features. */
   accepted: { txn: Transaction; offset: number; value: AccountFeatureUpdate }[];
+  /** Offsets of the redeliveries (no output) that arrived past watermark - lateness, i.e. a late check first would have routed late. */
+  lateRedeliveries: number[];
   watermark: number | null;
 }
 
 const round6 = (x: number) => Math.round(x * 1e6) / 1e6;
 
-/** The group's definition applied to the records in offset order, from scratch. */
+/**
+ * The group's definition applied to the records in offset order, from scratch: a far-future ts is
+ * rejected; then an event id the account already accepted (a redelivery) is a no-op, whatever its
+ * lateness (no output: its first occurrence's stand); then an event at or below watermark - lateness
+ * goes late; the others are accepted. Only accepted events move the watermark.
+ */
 function recompute(txns: readonly Transaction[], arrival = ARRIVAL): Recomputed {
   const outputs: Record<string, Normalized> = {};
   const accepted: Recomputed['accepted'] = [];
+  const lateRedeliveries: number[] = [];
   let watermark = -Infinity;
   txns.forEach((t, offset) => {
     if (t.ts > arrival + SKEW_MS) outputs[offset] = { reject: 'FABRIC_EVENT_TIME_SKEW' };
-    else if (t.ts <= watermark - LATENESS_MS) outputs[offset] = { topic: 'late.transactions', key: t.account_id, value: t };
+    else if (accepted.some((a) => a.txn.account_id === t.account_id && a.txn.event_id === t.event_id)) {
+      if (t.ts <= watermark - LATENESS_MS) lateRedeliveries.push(offset);
+    } else if (t.ts <= watermark - LATENESS_MS) outputs[offset] = { topic: 'late.transactions', key: t.account_id, value: t };
     else {
       watermark = Math.max(watermark, t.ts);
-      // A redelivered event id is a no-op: no output at all (its first occurrence's stands).
-      if (accepted.some((a) => a.txn.account_id === t.account_id && a.txn.event_id === t.event_id)) return;
-      {
-        const earlier = accepted.filter((a) => a.txn.account_id === t.account_id).map((a) => ({ ts: a.txn.ts, offset: a.offset, amount: a.txn.amount, counterparty: a.txn.counterparty_id }));
-        const value = {
-          event_id: t.event_id,
-          entity_id: t.account_id,
-          ts: t.ts,
-          ...oracleAccountFeatures(earlier, { ts: t.ts, offset, amount: t.amount, counterparty: t.counterparty_id }),
-          source_topic: TOPIC,
-          source_partition: 0,
-          source_offset: offset,
-        };
-        accepted.push({ txn: t, offset, value });
-        outputs[offset] = { topic: 'features.account', key: t.account_id, value };
-      }
+      const earlier = accepted.filter((a) => a.txn.account_id === t.account_id).map((a) => ({ ts: a.txn.ts, offset: a.offset, amount: a.txn.amount, counterparty: a.txn.counterparty_id }));
+      const value = {
+        event_id: t.event_id,
+        entity_id: t.account_id,
+        ts: t.ts,
+        ...oracleAccountFeatures(earlier, { ts: t.ts, offset, amount: t.amount, counterparty: t.counterparty_id }),
+        source_topic: TOPIC,
+        source_partition: 0,
+        source_offset: offset,
+      };
+      accepted.push({ txn: t, offset, value });
+      outputs[offset] = { topic: 'features.account', key: t.account_id, value };
     }
   });
-  return { outputs, accepted, watermark: Number.isFinite(watermark) ? watermark : null };
+  return { outputs, accepted, lateRedeliveries, watermark: Number.isFinite(watermark) ? watermark : null };
 }
 
 /** The processor's outputs by source offset (at most one per record; none for a redelivered event id). */
@@ -198,6 +204,7 @@ describe('features processor: exact event time against Redis', () => {
       expect(kinds.filter((o) => 'reject' in o).length).toBeGreaterThan(0);
       expect(kinds.filter((o) => 'topic' in o && o.topic === 'late.transactions').length).toBeGreaterThan(0);
       expect(txns.length - kinds.length).toBeGreaterThan(0); // duplicates (no output)
+      expect(expected.lateRedeliveries.length).toBeGreaterThan(0); // some of them past watermark - lateness
       expect(expected.accepted.some((a, i) => i > 0 && a.txn.ts === expected.accepted[i - 1]!.txn.ts && a.txn.account_id === expected.accepted[i - 1]!.txn.account_id)).toBe(true);
       expect(expected.accepted.some((a, i) => i > 0 && a.txn.ts < expected.accepted[i - 1]!.txn.ts)).toBe(true);
       expect(expected.accepted.some((a) => (a.value.seconds_since_last_txn ?? 0) > (DAY + 2 * HOUR + LATENESS_MS) / 1000)).toBe(true);
@@ -353,6 +360,47 @@ describe('features processor: exact event time against Redis', () => {
     expect(emitted[2]).toMatchObject({ event_id: 'z', txn_count_1h: 3, amount_sum_1h: 70, seconds_since_last_txn: 60, source_offset: 3 });
     expect(byOffset(driver.outputs)).toEqual(recompute([x, y, x, z, y]).outputs);
     expect(await redis.zcard(accountKeys(prefix).window('acct-d'))).toBe(3);
+  });
+
+  it('a redelivery past watermark - lateness is still a no-op (no late.transactions), a late new event id still goes late', async () => {
+    const prefix = namespace();
+    const driver = await open(prefix);
+    const x = txn('x', 'acct-rl', T0, 10, 'm-1');
+    const y = txn('y', 'acct-rl', T0 + 3 * HOUR, 20, 'm-2');
+    await driver.pipe(TOPIC, [x, y], byAccount);
+    const before = await dump(prefix);
+    expect(x.ts).toBeLessThanOrEqual((await watermarkAfter(driver, 'features', 2))! - LATENESS_MS);
+
+    // x redelivered after the watermark moved past x.ts + lateness: nothing at all. w is late and new: late.
+    const w = txn('w', 'acct-rl', T0 + MIN, 30, 'm-3');
+    const out = await driver.pipe(TOPIC, [x, w], byAccount);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatchObject({ kind: 'emit', topic: 'late.transactions', key: 'acct-rl', value: w, source: { offset: '3' } });
+    expect(await dump(prefix)).toEqual(before);
+    expect(await watermarkAfter(driver, 'features', 4)).toBe(y.ts);
+
+    // Within one batch too: v is admitted, moves the watermark by 3 h, and its copy right after is a
+    // no-op; so is a copy of y; u (new, late) goes late; only t (new, in time) is admitted.
+    const v = txn('v', 'acct-rl', T0 + 4 * HOUR, 40, 'm-1');
+    const z = txn('z', 'acct-rl', T0 + 7 * HOUR, 50, 'm-2');
+    const u = txn('u', 'acct-rl', T0 + 4 * HOUR, 60, 'm-3');
+    const t = txn('t', 'acct-rl', T0 + 6 * HOUR + 1, 70, 'm-4');
+    await driver.pipe(TOPIC, [v, z, v, y, u, t], byAccount);
+    const all = [x, y, x, w, v, z, v, y, u, t];
+    const expected = recompute(all);
+    expect(expected.lateRedeliveries).toEqual([2, 6, 7]);
+    expect(byOffset(driver.outputs)).toEqual(expected.outputs);
+    expect(Object.keys(expected.outputs).map(Number)).toEqual([0, 1, 3, 4, 5, 8, 9]);
+    expect(driver.emitted<Transaction>('late.transactions').map((e) => e.event_id)).toEqual(['w', 'u']);
+    expect(driver.emitted<AccountFeatureUpdate>('features.account').map((e) => [e.event_id, e.txn_count_24h])).toEqual([
+      ['x', 1],
+      ['y', 2],
+      ['v', 3],
+      ['z', 4],
+      ['t', 4], // x, y, v and itself: z is at a later ts
+    ]);
+    expect(await redis.zcard(accountKeys(prefix).window('acct-rl'))).toBe(5);
+    expect(await watermarkAfter(driver, 'features', all.length)).toBe(z.ts);
   });
 
   it('orders a same-millisecond tie by offset, and never regresses the latest hash on a retry', async () => {
