@@ -25,6 +25,9 @@ export interface FabricResources {
   runner(name: string): Promise<ModelRunner>;
 }
 
+/** Every topic the tracking processor writes to ClickHouse (its inputs). */
+const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
+
 /** The fabric's graph: the two demo streams, their features, model, tracking and drift, each processor bound to its logic here. */
 export function fabricTopology(): Topology<FabricResources> {
   const predictionsPartitions = 3;
@@ -65,13 +68,13 @@ export function fabricTopology(): Topology<FabricResources> {
       processor({
         name: 'tracking',
         group: 'fabric.tracking',
-        inputs: ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'],
+        inputs: TRACKED,
         outputs: [],
         sinks: ['clickhouse'],
         doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (one row per event through the deduplicated views).',
         create: (r) => {
           const sink = new ClickHouseSink(r.clickhouse(), { database: r.config.clickhouseDatabase, flushRows: r.config.clickhouseFlushRows, lingerMs: r.config.clickhouseLingerMs, metrics: r.metrics });
-          return trackingProcessor({ sink, topics: ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'] });
+          return trackingProcessor({ sink, topics: TRACKED });
         },
       }),
       processor({

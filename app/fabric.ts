@@ -1,4 +1,3 @@
-import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import type { Kafka } from 'kafkajs';
 import { AvroSerde } from '../schemas/serde.js';
@@ -17,14 +16,12 @@ import { createClickHouse, type ClickHouseClient } from '../topology/runtime/cli
 import { packagePath } from '../topology/paths.js';
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { publishModel, registrationFor } from './control-plane.js';
+import { publishStatus } from './processor-status.js';
 import { loadModelArtifact, type ModelArtifact } from '../processors/scoring/model-artifact.js';
 import { ModelRunner } from '../processors/scoring/model-runner.js';
 import { Gateway } from '../gateways/server.js';
 import { IngestService, type BoundStream } from '../gateways/ingest/ingest.js';
 import { ApiKeys } from '../gateways/ingest/auth.js';
-
-/** How long an instance's published processor state lives without a refresh. */
-export const STATUS_TTL_MS = 6000;
 
 export interface FabricOptions {
   /** Processors to run (default: all in the topology). A processor chained in another's task runs with its whole chain. */
@@ -175,19 +172,8 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     }
     const processors = (): ProcessorStatus[] => runners.map((r) => r.status());
     if (runners.length > 0) {
-      // Each instance publishes its processors' state with a short expiry, so `fabric status` run
-      // anywhere sees every instance (and a killed one disappears within seconds).
-      const r = await resources.redis();
-      const instance = `${hostname()}:${process.pid}`;
-      const publish = (): void => {
-        const pipeline = r.pipeline();
-        for (const p of processors()) pipeline.set(`${config.redisKeyPrefix}status:${p.processor}:${instance}`, JSON.stringify({ ...p, instance, at: Date.now() }), 'PX', STATUS_TTL_MS);
-        pipeline.exec().catch(() => undefined);
-      };
-      publish();
-      const timer = setInterval(publish, STATUS_TTL_MS / 3);
-      timer.unref();
-      closers.push({ name: 'status', close: async () => clearInterval(timer) });
+      const stopPublishing = publishStatus(await resources.redis(), config.redisKeyPrefix, processors);
+      closers.push({ name: 'status', close: stopPublishing });
     }
 
     let gatewayPort: number | null = null;

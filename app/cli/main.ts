@@ -11,7 +11,9 @@ import { applyTopology } from '../../topology/apply.js';
 import { DLQ_HEADERS } from '../../topology/runtime/dlq.js';
 import { startFabric } from '../fabric.js';
 import { publishModel, readCompacted, registrationFor } from '../control-plane.js';
+import { readStatuses, type PublishedStatus } from '../processor-status.js';
 import { readUntilIdle, type ReadRecord } from '../../topology/runtime/topic-reader.js';
+import { consumerLag } from '../../topology/runtime/lag.js';
 import { packagePath } from '../../topology/paths.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
@@ -241,19 +243,7 @@ program
     const admin = createKafka(cfg, cliLog(cfg, true), 'cli').admin();
     await admin.connect();
     try {
-      const rows: { processor: string; topic: string; partition: number; committed: string; end: string; lag: number }[] = [];
-      // One row set per consumer group: a processor chained in another's task shares its group and offsets.
-      for (const p of fabricTopology().processors.filter((d) => d.after === undefined)) {
-        for (const input of p.inputs) {
-          const topic = prefixed(cfg, input);
-          const ends = await admin.fetchTopicOffsets(topic);
-          const [committed] = await admin.fetchOffsets({ groupId: prefixed(cfg, p.group), topics: [topic] });
-          for (const e of ends) {
-            const c = committed?.partitions.find((x) => x.partition === e.partition)?.offset ?? '-1';
-            rows.push({ processor: p.name, topic: input, partition: e.partition, committed: c, end: e.high, lag: Number(BigInt(e.high) - (c === '-1' ? BigInt(e.low) : BigInt(c))) });
-          }
-        }
-      }
+      const rows = await consumerLag(admin, cfg, fabricTopology().processors);
       out(!!o.json, rows, () => rows.map((r) => `${r.processor.padEnd(9)} ${`${r.topic}[${r.partition}]`.padEnd(28)} committed ${r.committed.padStart(8)} end ${r.end.padStart(8)} lag ${r.lag}`).join('\n'));
     } finally {
       await admin.disconnect();
@@ -267,20 +257,12 @@ program
   .action(async (o: { json?: boolean }) => {
     const cfg = config();
     const stack = await stackStatus(cfg);
-    let processors: { processor: string; instance: string; state: string; restarts: number; paused: string[]; lastError: string | null }[] = [];
+    let processors: PublishedStatus[] = [];
     if (stack.find((s) => s.name === 'redis')?.up) {
       const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
       await redis.connect();
       try {
-        const keys: string[] = [];
-        let cursor = '0';
-        do {
-          const [next, found] = await redis.scan(cursor, 'MATCH', `${cfg.redisKeyPrefix}status:*`, 'COUNT', 500);
-          cursor = next;
-          keys.push(...found);
-        } while (cursor !== '0');
-        const values = keys.length ? await redis.mget(keys) : [];
-        processors = values.flatMap((v) => (v ? [JSON.parse(v) as (typeof processors)[number]] : [])).sort((a, b) => a.processor.localeCompare(b.processor) || a.instance.localeCompare(b.instance));
+        processors = await readStatuses(redis, cfg.redisKeyPrefix);
       } finally {
         redis.disconnect();
       }

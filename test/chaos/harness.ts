@@ -16,12 +16,15 @@ import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import { applyTopology } from '../../topology/apply.js';
 import { readToEnd, type ReadRecord } from '../../topology/runtime/topic-reader.js';
+import { consumerLag } from '../../topology/runtime/lag.js';
 import { createClickHouse, type ClickHouseClient } from '../../topology/runtime/clickhouse.js';
 import { packagePath } from '../../topology/paths.js';
 import { Rng } from '../../sim/rng.js';
 import { generateTransactions } from '../../sim/transactions.js';
 import type { Transaction } from '../../schemas/types.generated.js';
 import { fabricTopology } from '../../app/fabric-topology.js';
+import { dropNamespace } from '../integration/harness.js';
+import { readStatuses } from '../../app/processor-status.js';
 
 export const HEADS = ['features', 'tracking', 'drift', 'drift-merge'] as const;
 export type Head = (typeof HEADS)[number];
@@ -78,21 +81,8 @@ export async function createNamespace(tag: string): Promise<Namespace> {
   return {
     id, config, env, kafka, serde, redis, clickhouse, logDir,
     async cleanup() {
-      const admin = kafka.admin();
-      await admin.connect();
-      const topics = (await admin.listTopics()).filter((t) => t.startsWith(config.topicPrefix));
-      if (topics.length) await admin.deleteTopics({ topics }).catch(() => undefined);
-      const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(config.topicPrefix));
-      if (groups.length) await admin.deleteGroups(groups).catch(() => undefined);
-      await admin.disconnect();
-      await clickhouse.command({ query: `DROP DATABASE IF EXISTS ${config.clickhouseDatabase}` }).catch(() => undefined);
+      await dropNamespace(config, { kafka, redis, clickhouse });
       await clickhouse.close();
-      let cursor = '0';
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${config.redisKeyPrefix}*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length) await redis.del(...keys);
-      } while (cursor !== '0');
       redis.disconnect();
     },
   };
@@ -190,25 +180,12 @@ async function decodeAll(ns: Namespace, topic: string): Promise<{ records: ReadR
   return { records, values };
 }
 
-/** Committed offsets of every processor group against the ends of its inputs (lag 0 = caught up). */
+/** Committed offsets of every processor group against the ends of its inputs (0 = caught up). */
 export async function totalLag(ns: Namespace): Promise<number> {
   const admin = ns.kafka.admin();
   await admin.connect();
   try {
-    let lag = 0;
-    for (const p of fabricTopology().processors.filter((d) => d.after === undefined)) {
-      for (const input of p.inputs) {
-        const topic = prefixed(ns.config, input);
-        const ends = await admin.fetchTopicOffsets(topic);
-        const [committed] = await admin.fetchOffsets({ groupId: prefixed(ns.config, p.group), topics: [topic] });
-        for (const e of ends) {
-          const c = committed?.partitions.find((x) => x.partition === e.partition)?.offset ?? '-1';
-          const from = c === '-1' ? BigInt(e.low) : BigInt(c);
-          lag += Number(BigInt(e.high) - from);
-        }
-      }
-    }
-    return lag;
+    return (await consumerLag(admin, ns.config, fabricTopology().processors)).reduce((sum, r) => sum + r.lag, 0);
   } finally {
     await admin.disconnect();
   }
@@ -218,9 +195,7 @@ export async function totalLag(ns: Namespace): Promise<number> {
 export async function waitRunning(ns: Namespace, fleet: Fleet, options: { timeoutMs?: number } = {}): Promise<void> {
   const deadline = Date.now() + (options.timeoutMs ?? 120_000);
   for (;;) {
-    const keys = await ns.redis.keys(`${ns.config.redisKeyPrefix}status:*`);
-    const values = keys.length ? await ns.redis.mget(keys) : [];
-    const running = values.filter((v) => v !== null && ['running', 'paused'].includes((JSON.parse(v) as { state: string }).state)).length;
+    const running = (await readStatuses(ns.redis, ns.config.redisKeyPrefix)).filter((p) => p.state === 'running' || p.state === 'paused').length;
     const expected = fleet.alive().length;
     if (running >= expected) return;
     const failures = fleet.failures();

@@ -48,18 +48,35 @@ export async function startTestFabric(config: FabricConfig, options: FabricOptio
     async cleanup() {
       if (!stopped) await handle.stop();
       stopped = true;
-      const admin = kafka.admin();
-      await admin.connect();
-      const topics = (await admin.listTopics()).filter((t) => t.startsWith(config.topicPrefix));
-      if (topics.length) await admin.deleteTopics({ topics }).catch(() => undefined);
-      await admin.disconnect();
-      await clickhouse.command({ query: `DROP DATABASE IF EXISTS ${config.clickhouseDatabase}` }).catch(() => undefined);
+      await dropNamespace(config, { kafka, redis, clickhouse });
       await clickhouse.close();
-      const keys = await redis.keys(`${config.redisKeyPrefix}*`);
-      for (let i = 0; i < keys.length; i += 500) await redis.del(...keys.slice(i, i + 500));
       redis.disconnect();
     },
   };
+}
+
+/**
+ * Deletes everything a run created under its namespace: topics and consumer groups with its prefix,
+ * its Redis keys and its ClickHouse database. The clients stay open (their owner closes them).
+ */
+export async function dropNamespace(config: FabricConfig, clients: { kafka: Kafka; redis: Redis; clickhouse?: ClickHouseClient }): Promise<void> {
+  const admin = clients.kafka.admin();
+  await admin.connect();
+  try {
+    const topics = (await admin.listTopics()).filter((t) => t.startsWith(config.topicPrefix));
+    if (topics.length) await admin.deleteTopics({ topics }).catch(() => undefined);
+    const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(config.topicPrefix));
+    if (groups.length) await admin.deleteGroups(groups).catch(() => undefined);
+  } finally {
+    await admin.disconnect();
+  }
+  await clients.clickhouse?.command({ query: `DROP DATABASE IF EXISTS ${config.clickhouseDatabase}` }).catch(() => undefined);
+  let cursor = '0';
+  do {
+    const [next, keys] = await clients.redis.scan(cursor, 'MATCH', `${config.redisKeyPrefix}*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await clients.redis.del(...keys);
+  } while (cursor !== '0');
 }
 
 /** Polls `probe` until it returns a value that `done` accepts; no sleeps in tests. */

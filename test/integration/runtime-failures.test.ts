@@ -20,7 +20,7 @@ import { emit, wholeBatch, type ProcessorLogic } from '../../topology/runtime/pr
 import { ProcessorRunner, type ProcessorStatus } from '../../topology/runtime/stream.js';
 import { RedisStateStore } from '../../topology/runtime/state-store.js';
 import { readToEnd } from '../../topology/runtime/topic-reader.js';
-import { isolatedConfig, waitFor } from './harness.js';
+import { dropNamespace, isolatedConfig, waitFor } from './harness.js';
 
 const topology = buildTopology({
   streams: [stream('x', 'transaction', 'account_id')],
@@ -52,13 +52,7 @@ async function env(overrides: Parameters<typeof isolatedConfig>[0] = {}): Promis
   const runners: ProcessorRunner[] = [];
   cleanups.push(async () => {
     for (const r of runners) await r.stop();
-    const admin = kafka.admin();
-    await admin.connect();
-    const topics = (await admin.listTopics()).filter((t) => t.startsWith(config.topicPrefix));
-    if (topics.length) await admin.deleteTopics({ topics });
-    await admin.disconnect();
-    const keys = await redis.keys(`${config.redisKeyPrefix}*`);
-    if (keys.length) await redis.del(...keys);
+    await dropNamespace(config, { kafka, redis });
     redis.disconnect();
   });
   let seq = 0;
