@@ -22,7 +22,7 @@ export interface ScoringProcessorOptions {
  * Scores transactions with the fraud model, chained after the features processor in the same task
  * (`after: 'features'`): the features of each event are the ones features emitted for that very
  * record (`ctx.upstream`), so they are decided by the event's position in its partition, never by
- * when another consumer wrote Redis. The whole batch is one model run in the worker thread and the
+ * when another consumer wrote Redis. The whole batch is one model run in the model worker process and the
  * rules turn scores into decisions.
  *
  * Deterministic outcomes only: an event features routed to `late.<stream>` (or emitted no features

@@ -19,6 +19,9 @@ import { createNamespace, differences, Fleet, produceInput, seededTransactions, 
 const SCALE = Number(process.env.CHAOS_SCALE ?? 1);
 const COUNT = Math.round(3000 * SCALE);
 const SEED = Number(process.env.CHAOS_SEED ?? 11);
+/** Each scenario's budget grows with the input (`npm run chaos` runs 5x). */
+const SCENARIO_MS = 300_000 * SCALE;
+const SETTLE_MS = 240_000 * SCALE;
 const events = seededTransactions(SEED, COUNT);
 const namespaces: Namespace[] = [];
 const fleets: Fleet[] = [];
@@ -52,10 +55,10 @@ beforeAll(async () => {
   const ns = await namespace('clean');
   const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
   await produceInput(ns, events);
-  await waitSettled(ns, { fleet: f });
+  await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
   clean = await snapshot(ns);
   await f.stopAll();
-}, 600_000);
+}, 600_000 * SCALE);
 
 afterAll(async () => {
   for (const f of fleets) await f.stopAll().catch(() => undefined);
@@ -132,9 +135,9 @@ describe('chaos, each compared with the clean run', () => {
       moments.map((at, i) => ({ at, run: () => f.killAndReplace(rng, [heads[i]!]) })),
     );
     expect(f.kills).toBeGreaterThanOrEqual(10);
-    await waitSettled(ns, { fleet: f });
+    await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
     expect(differences(clean, await snapshot(ns))).toEqual([]);
-  });
+  }, SCENARIO_MS);
 
   it('3 instances of each processor, one killed and one added mid-stream (rebalances), changes nothing', async () => {
     const ns = await namespace('churn');
@@ -146,18 +149,18 @@ describe('chaos, each compared with the clean run', () => {
       { at: 10_000, run: async () => f.kill(f.alive('drift')[rng.int(0, 2)]!) },
       { at: 12_000, run: async () => f.spawn('tracking') },
     ]);
-    await waitSettled(ns, { fleet: f });
+    await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
     expect(differences(clean, await snapshot(ns))).toEqual([]);
-  });
+  }, SCENARIO_MS);
 
   it('replaying the whole input from offset 0 into a fresh namespace gives the same effects', async () => {
     const ns = await namespace('replay');
     const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
     // Copied byte for byte from the clean namespace's input, then processed from offset 0.
     await produceInput(ns, [...clean.inputs].sort((a, b) => a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset))).map((i) => i.value));
-    await waitSettled(ns, { fleet: f });
+    await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
     expect(differences(clean, await snapshot(ns))).toEqual([]);
-  });
+  }, SCENARIO_MS);
 
   it('outages — registry stopped 10 s, ClickHouse stopped 30 s, Redis restarted, broker restarted — change nothing', async () => {
     const ns = await namespace('outage');
@@ -183,8 +186,8 @@ describe('chaos, each compared with the clean run', () => {
     await outage('redis', 2_000, feed(3));
     await outage('kafka', 1_000);
     await feed(4)();
-    await waitSettled(ns, { fleet: f, timeoutMs: 300_000 });
+    await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
     expect(differences(clean, await snapshot(ns))).toEqual([]);
     expect(f.failures()).toEqual([]);
-  });
+  }, SCENARIO_MS);
 });
