@@ -1,7 +1,11 @@
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../../sim/rng.js';
 import { generateInteractions } from '../../sim/interactions.js';
 import { generateTransactions, outcomeFor, type SimulatedTransaction } from '../../sim/transactions.js';
+import { runSimulation } from '../../sim/run.js';
+import type { Outcome, Transaction } from '../../schemas/types.generated.js';
 
 const START = Date.UTC(2024, 0, 1);
 
@@ -205,4 +209,168 @@ describe('generateInteractions', () => {
     const overlap = [...top(base)].filter((k) => drifted.has(k)).length;
     expect(overlap).toBeLessThan(10);
   });
+});
+
+/** A stand-in gateway: answers 202 to every request, except `answer` says otherwise; records accepted events in order. */
+async function fakeGateway(answer: (n: number) => { status: number; retryAfter?: string } | null = () => null) {
+  const accepted: Record<string, unknown>[] = [];
+  /** Wall-clock arrival of each accepted event, by id. */
+  const arrivedAt = new Map<string, number>();
+  let requests = 0;
+  let refused = 0;
+  const readBody = async (req: IncomingMessage): Promise<string> => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    return Buffer.concat(chunks).toString();
+  };
+  const server = createServer((req, res) => {
+    void readBody(req).then((text) => {
+      const n = ++requests;
+      const batch = JSON.parse(text) as Record<string, unknown>[];
+      const a = answer(n);
+      if (a) {
+        refused++;
+        res.writeHead(a.status, { 'Content-Type': 'application/json', ...(a.retryAfter !== undefined ? { 'Retry-After': a.retryAfter } : {}) });
+        res.end(JSON.stringify({ error: { code: 'FAKE', message: 'try again' } }));
+        return;
+      }
+      accepted.push(...batch);
+      const now = Date.now();
+      for (const e of batch) arrivedAt.set(e.event_id as string, now);
+      res.writeHead(202, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ accepted: batch.length, rejected: [] }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    accepted,
+    arrivedAt,
+    get requests() {
+      return requests;
+    },
+    get refused() {
+      return refused;
+    },
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Event ids in the order they appear, per entity. */
+const idsByEntity = (events: readonly object[], key: string): Map<string, string[]> => {
+  const m = new Map<string, string[]>();
+  for (const e of events as readonly Record<string, unknown>[]) {
+    const k = e[key] as string;
+    const list = m.get(k) ?? [];
+    list.push(e.event_id as string);
+    m.set(k, list);
+  }
+  return m;
+};
+
+describe('runSimulation', () => {
+  it('sends the history first, as fast as the gateway takes it, then live; every event once, per-entity in order, 429s retried', async () => {
+    // Every third request is refused with 429 (Retry-After: 0): retried in place, never lost.
+    const gw = await fakeGateway((n) => (n % 3 === 0 ? { status: 429, retryAfter: '0' } : null));
+    const outcomes: Outcome[] = [];
+    const historyMs = 30 * 60_000;
+    const start = Date.now();
+    const t0 = Date.now();
+    try {
+      const summary = await runSimulation({
+        stream: 'transactions', gatewayUrl: gw.url, apiKey: 'k', ratePerSec: 20, durationSec: 1, seed: 3, drift: false, runId: 'h',
+        historyMs, startTs: start, tickMs: 20, maxInFlight: 4, maxBatch: 500, outcomeDelayMs: 100,
+        publishOutcomes: async (o) => void outcomes.push(...o),
+      });
+      const elapsed = Date.now() - t0;
+      // All the events of the past half hour, then rate x duration = 20 live ones.
+      const expected: Transaction[] = [];
+      let live = 0;
+      for (const s of generateTransactions({ seed: 3, startTs: start - historyMs, ratePerSec: 20 })) {
+        if (s.event.ts > start && ++live > 20) break;
+        expected.push({ ...s.event, event_id: `h-${s.event.event_id}` });
+      }
+      const total = expected.length;
+      // Half an hour of event time went out in far less than half an hour (generous bound).
+      expect(elapsed).toBeLessThan(60_000);
+
+      // Every generated event reached the gateway exactly once, unchanged.
+      expect(gw.accepted).toHaveLength(total);
+      expect(new Set(gw.accepted.map((e) => e.event_id)).size).toBe(total);
+      const byId = new Map(gw.accepted.map((e) => [e.event_id as string, e]));
+      for (const e of expected) expect(byId.get(e.event_id)).toEqual(e);
+
+      // History (ts <= start) strictly before live, and every account's events in generation (= ts) order.
+      const nHistory = expected.filter((e) => e.ts <= start).length;
+      expect(nHistory).toBeGreaterThan(30_000);
+      expect(nHistory).toBe(total - 20);
+      const firstLive = gw.accepted.findIndex((e) => (e.ts as number) > start);
+      expect(firstLive).toBe(nHistory);
+      expect(gw.accepted.slice(0, nHistory).every((e) => (e.ts as number) <= start)).toBe(true);
+      for (const e of gw.accepted.slice(nHistory)) expect(gw.arrivedAt.get(e.event_id as string)).toBeGreaterThanOrEqual(e.ts as number);
+      expect(idsByEntity(gw.accepted, 'account_id')).toEqual(idsByEntity(expected, 'account_id'));
+      for (const ids of idsByEntity(gw.accepted, 'account_id').values()) {
+        const ts = ids.map((id) => byId.get(id)!.ts as number);
+        for (let i = 1; i < ts.length; i++) expect(ts[i]).toBeGreaterThanOrEqual(ts[i - 1]!);
+      }
+
+      // The 429s were retried: no loss, no failed request.
+      expect(gw.refused).toBeGreaterThan(0);
+      expect(summary.retries).toBe(gw.refused);
+      expect(summary).toMatchObject({ sent: total, history: nHistory, accepted: total, rejected: 0, failedRequests: 0, errors: [] });
+      expect(new Set(summary.acceptedIds)).toEqual(new Set(expected.map((e) => e.event_id)));
+
+      // One label per event, stamped outcome-delay after the event time.
+      expect(summary.outcomes).toBe(total);
+      expect(outcomes).toHaveLength(total);
+      const tsById = new Map(expected.map((e) => [e.event_id, e.ts]));
+      for (const o of outcomes) expect(o.ts).toBe(tsById.get(o.event_id)! + 100);
+      expect(new Set(outcomes.map((o) => o.event_id)).size).toBe(total);
+      expect(summary.fraud).toBe(outcomes.filter((o) => o.label === 'fraud').length);
+    } finally {
+      await gw.close();
+    }
+  }, 120_000);
+
+  it('keeps per-user order for interactions and sends nothing early without history', async () => {
+    const gw = await fakeGateway((n) => (n % 4 === 0 ? { status: 503 } : null));
+    try {
+      const start = Date.now();
+      const summary = await runSimulation({
+        stream: 'interactions', gatewayUrl: gw.url, apiKey: 'k', ratePerSec: 200, durationSec: 1, seed: 4, drift: false, runId: 'i',
+        startTs: start, tickMs: 20, maxInFlight: 3, maxBatch: 7, retryBaseMs: 1,
+      });
+      const expected = [...generateInteractions({ seed: 4, startTs: start, ratePerSec: 200, count: 200 })].map((e) => ({ ...e, event_id: `i-${e.event_id}` }));
+      expect(summary).toMatchObject({ sent: 200, history: 0, accepted: 200, failedRequests: 0, outcomes: 0 });
+      expect(summary.retries).toBe(gw.refused);
+      expect(gw.accepted).toHaveLength(200);
+      expect(idsByEntity(gw.accepted, 'user_id')).toEqual(idsByEntity(expected, 'user_id'));
+      // Real time: no event left before its event time.
+      for (const e of gw.accepted) expect(gw.arrivedAt.get(e.event_id as string)).toBeGreaterThanOrEqual(e.ts as number);
+    } finally {
+      await gw.close();
+    }
+  }, 30_000);
+
+  it('gives a batch up after maxAttempts and counts it as a failed request, never silently', async () => {
+    const gw = await fakeGateway(() => ({ status: 503 }));
+    try {
+      const summary = await runSimulation({
+        stream: 'transactions', gatewayUrl: gw.url, apiKey: 'k', ratePerSec: 20, durationSec: 1, seed: 5, drift: false, runId: 'f',
+        historyMs: 60_000, tickMs: 20, maxInFlight: 2, maxBatch: 500, maxAttempts: 3, retryBaseMs: 1,
+      });
+      expect(summary.sent).toBe(summary.history + 20);
+      expect(summary.history).toBeGreaterThan(1000);
+      expect(summary.accepted).toBe(0);
+      expect(summary.failedRequests).toBeGreaterThanOrEqual(3);
+      expect(gw.requests).toBe(3 * summary.failedRequests);
+      expect(summary.retries).toBe(2 * summary.failedRequests);
+      expect(summary.errors[0]).toMatch(/^503 FAKE try again \(after 3 attempts\)$/);
+    } finally {
+      await gw.close();
+    }
+  }, 30_000);
 });
