@@ -32,6 +32,7 @@ export const ERRORS = {
   FABRIC_MODEL_TIMEOUT: { status: 504, retriable: true, docs: 'The model worker did not answer within FABRIC_SCORING_TIMEOUT_MS; the worker is recycled and the stream batch retried (nothing is committed meanwhile).' },
   FABRIC_STACK_FAILED: { status: 500, retriable: false, docs: 'A local stack component did not become healthy; the message carries its log tail.' },
   FABRIC_CLI_USAGE: { status: 400, retriable: false, docs: 'A command was called with missing or invalid arguments.' },
+  FABRIC_LABELS_INVALID: { status: 400, retriable: false, docs: 'A labels file for a training set is malformed: the message names the file, line and column.' },
   FABRIC_STATE_FENCED: { status: 409, retriable: true, docs: 'A task\'s state write came from an instance that no longer owns the partition (a zombie after a rebalance); it is refused and the batch is abandoned.' },
   FABRIC_STATE_MISMATCH: { status: 500, retriable: false, docs: 'A task\'s saved state is from a later input position than the batch starts at (offsets were reset or expired, or the state store lost writes); processing stops rather than compute from the wrong state. Clear the task state to start over.' },
   FABRIC_PROCESSOR_FAILED: { status: 500, retriable: false, docs: 'A processor failed unexpectedly more often than its restart budget allows; the process exits non-zero so a supervisor restarts it.' },
