@@ -1,5 +1,8 @@
 import type { Redis } from 'ioredis';
-import { buildTopology, processor, stream, topic, DAY_MS, type Topology } from '../topology/graph.js';
+import { buildTopology, processor, stream, topic, DAY_MS, type ProcessorSpec, type Topology } from '../topology/graph.js';
+import { accountGroup, itemGroup, userGroup } from '../topology/features/groups.js';
+import type { FeatureGroup } from '../topology/features/definition.js';
+import { featureTopic } from '../topology/features/rows.js';
 import type { FabricConfig } from '../topology/config.js';
 import type { Metrics } from '../topology/runtime/metrics.js';
 import type { ClickHouseClient } from '../topology/runtime/clickhouse.js';
@@ -26,7 +29,32 @@ export interface FabricResources {
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
-const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
+const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
+
+/** Interactions re-keyed by item, so each item's events are in one partition of the item group's input. */
+export const ITEM_REPARTITION_TOPIC = 'repartition.interactions.item';
+
+/** The processor keeping a feature group online (Redis) and emitting its rows. */
+function featuresNode(group: FeatureGroup, spec: { name: string; group: string; input: string; repartition?: { topic: string; by: string }; doc: string }): ProcessorSpec<FabricResources> {
+  return processor<FabricResources>({
+    name: spec.name,
+    group: spec.group,
+    inputs: [spec.input],
+    outputs: [featureTopic(group), `late.${group.stream}`, ...(spec.repartition ? [spec.repartition.topic] : [])],
+    sinks: ['redis'],
+    doc: spec.doc,
+    create: async (r) =>
+      featuresProcessor({
+        group,
+        redis: await r.redis(),
+        keyPrefix: r.config.redisKeyPrefix,
+        maxClockSkewMs: r.config.maxClockSkewSec * 1000,
+        latenessMs: group.latenessMs ?? r.config.featuresLatenessSec * 1000,
+        metrics: r.metrics,
+        ...(spec.repartition ? { repartition: spec.repartition } : {}),
+      }),
+  });
+}
 
 /** The fabric's graph: the two demo streams, their features, model, tracking and drift, each processor bound to its logic here. */
 export function fabricTopology(): Topology<FabricResources> {
@@ -34,7 +62,10 @@ export function fabricTopology(): Topology<FabricResources> {
   return buildTopology<FabricResources>({
     streams: [stream('transactions', 'transaction', 'account_id', { outcomes: true }), stream('interactions', 'interaction', 'user_id', { outcomes: true })],
     topics: [
-      topic('features.account', { schema: 'account_features', doc: 'Point-in-time features of an account after each of its transactions.' }),
+      topic('features.account', { schema: 'account_features', doc: 'Features of an account as of each of its transactions (rows corrected by late events follow with a greater version).' }),
+      topic('features.user', { schema: 'user_features', doc: 'Features of a user as of each of their interactions.' }),
+      topic('features.item', { schema: 'item_features', doc: 'Features of an item as of each interaction with it.' }),
+      topic(ITEM_REPARTITION_TOPIC, { schema: 'interaction', doc: 'Interactions keyed by item_id (written by features-user in its transaction): the item group\'s input.' }),
       topic('predictions.fraud', { partitions: predictionsPartitions, schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction.' }),
       topic('drift.partials', { partitions: 1, schema: 'drift_partial', doc: 'Per-partition drift window aggregates, merged into drift.metrics once every partition passed a window.' }),
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
@@ -44,15 +75,11 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, doc: 'Entity metadata for enrichment.' }),
     ],
     processors: [
-      processor({
+      featuresNode(accountGroup, {
         name: 'features',
         group: 'fabric.features',
-        inputs: ['events.transactions'],
-        outputs: ['features.account', 'late.transactions'],
-        sinks: ['redis'],
-        doc: 'Keeps account windows in Redis (exact event time), writes point-in-time feature updates; late events go to late.transactions.',
-        create: async (r) =>
-          featuresProcessor({ redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, maxClockSkewMs: r.config.maxClockSkewSec * 1000, latenessMs: r.config.featuresLatenessSec * 1000 }),
+        input: 'events.transactions',
+        doc: 'The account feature group: event windows in Redis (exact event time), a row per event to features.account (corrections for late events); events beyond the lateness go to late.transactions.',
       }),
       processor({
         name: 'scoring',
@@ -64,6 +91,19 @@ export function fabricTopology(): Topology<FabricResources> {
           const runner = await r.runner('fraud');
           return scoringProcessor({ runner, rules: { ...runner.model.thresholds, fallbackDecision: 'review' }, metrics: r.metrics });
         },
+      }),
+      featuresNode(userGroup, {
+        name: 'features-user',
+        group: 'fabric.features-user',
+        input: 'events.interactions',
+        repartition: { topic: ITEM_REPARTITION_TOPIC, by: 'item_id' },
+        doc: 'The user feature group over interactions; forwards every valid interaction, keyed by item, to the item group in the same transaction.',
+      }),
+      featuresNode(itemGroup, {
+        name: 'features-item',
+        group: 'fabric.features-item',
+        input: ITEM_REPARTITION_TOPIC,
+        doc: 'The item feature group over interactions re-keyed by item.',
       }),
       processor({
         name: 'tracking',

@@ -7,6 +7,8 @@ export const SCHEMA_FILES = {
   transaction: 'transaction.avsc',
   interaction: 'interaction.avsc',
   account_features: 'account_features.avsc',
+  user_features: 'user_features.avsc',
+  item_features: 'item_features.avsc',
   prediction: 'prediction.avsc',
   outcome: 'outcome.avsc',
   drift_metric: 'drift_metric.avsc',

@@ -30,9 +30,9 @@ export interface Interaction {
   ts: number;
 }
 
-/** Features of one account as of one event (point in time). Topic features.account, key: account_id. */
+/** Features of one account_id as of one event of transactions (generated from the account feature group; do not edit). Topic features.account, key: account_id. */
 export interface AccountFeatureUpdate {
-  /** The event whose arrival produced this update. */
+  /** The event the features are as of. */
   event_id: string;
   entity_id: string;
   /** Event time the features are computed as of, epoch ms. */
@@ -45,9 +45,72 @@ export interface AccountFeatureUpdate {
   amount_max_24h: number;
   distinct_counterparties_24h: number;
   seconds_since_last_txn: null | number;
+  /** The event's amount (stored so the offline engine can recompute any instant). */
+  amount: number;
+  /** The event's counterparty_id (stored so the offline engine can recompute any instant). */
+  counterparty_id: string;
   source_topic: string;
   source_partition: number;
+  /** The event's offset in the group's input partition. */
   source_offset: number;
+  /** Input offset whose processing produced this row; greater than source_offset for a row corrected by a late event. */
+  version: number;
+}
+
+/** Features of one user_id as of one event of interactions (generated from the user feature group; do not edit). Topic features.user, key: user_id. */
+export interface UserFeatureUpdate {
+  /** The event the features are as of. */
+  event_id: string;
+  entity_id: string;
+  /** Event time the features are computed as of, epoch ms. */
+  ts: number;
+  user_views_1h: number;
+  user_views_24h: number;
+  user_clicks_1h: number;
+  user_clicks_24h: number;
+  user_purchases_1h: number;
+  user_purchases_24h: number;
+  user_ctr_24h: null | number;
+  user_distinct_items_24h: number;
+  user_seconds_since_last_interaction: null | number;
+  /** The event's action (stored so the offline engine can recompute any instant). */
+  action: string;
+  /** The event's item_id (stored so the offline engine can recompute any instant). */
+  item_id: string;
+  source_topic: string;
+  source_partition: number;
+  /** The event's offset in the group's input partition. */
+  source_offset: number;
+  /** Input offset whose processing produced this row; greater than source_offset for a row corrected by a late event. */
+  version: number;
+}
+
+/** Features of one item_id as of one event of interactions (generated from the item feature group; do not edit). Topic features.item, key: item_id. */
+export interface ItemFeatureUpdate {
+  /** The event the features are as of. */
+  event_id: string;
+  entity_id: string;
+  /** Event time the features are computed as of, epoch ms. */
+  ts: number;
+  item_views_1h: number;
+  item_views_24h: number;
+  item_clicks_1h: number;
+  item_clicks_24h: number;
+  item_purchases_1h: number;
+  item_purchases_24h: number;
+  item_ctr_24h: null | number;
+  item_distinct_users_24h: number;
+  item_seconds_since_last_interaction: null | number;
+  /** The event's action (stored so the offline engine can recompute any instant). */
+  action: string;
+  /** The event's user_id (stored so the offline engine can recompute any instant). */
+  user_id: string;
+  source_topic: string;
+  source_partition: number;
+  /** The event's offset in the group's input partition. */
+  source_offset: number;
+  /** Input offset whose processing produced this row; greater than source_offset for a row corrected by a late event. */
+  version: number;
 }
 
 /** A model's score and the serving decision for one event. Topic predictions.<model>, key: entity id. */
@@ -145,6 +208,8 @@ export interface SchemaTypes {
   transaction: Transaction;
   interaction: Interaction;
   account_features: AccountFeatureUpdate;
+  user_features: UserFeatureUpdate;
+  item_features: ItemFeatureUpdate;
   prediction: Prediction;
   outcome: Outcome;
   drift_metric: DriftMetric;

@@ -2,8 +2,8 @@
  * The fraud model's offline training set: simulated transactions with point-in-time features.
  *
  * Each row is the model input vector (fraudInputRow, the same function online scoring uses) of one
- * event, with the account features computed as of that event's time from that account's own events
- * with ts <= t only. Events get increasing offsets in generation order, as if read from one
+ * event, with the account features computed by the feature engine as of that event, from that
+ * account's own events with ts <= t only. Events get increasing offsets in generation order, as if read from one
  * partition, so ties in the same millisecond are ordered as online. Per account only the last 24 h
  * of events are kept, plus the account's latest earlier event, which seconds_since_last_txn needs
  * however old it is (events are generated in event-time order, so that is the oldest one kept).
@@ -14,7 +14,8 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ACCOUNT_HISTORY_MS, computeAccountFeatures, type AccountEventRef } from '../processors/features/account.js';
+import { accountGroup } from '../topology/features/groups.js';
+import { evaluate, featureEvent, type FeatureEvent } from '../topology/features/engine.js';
 import { FRAUD_INPUT_NAMES, fraudInputRow } from '../processors/scoring/fraud-inputs.js';
 import { generateTransactions, type TransactionSimOptions } from '../sim/transactions.js';
 
@@ -54,7 +55,7 @@ export function trainingSimOptions(opts: FraudTrainingSetOptions): TransactionSi
 }
 
 export function buildFraudTrainingSet(opts: FraudTrainingSetOptions): FraudTrainingSet {
-  const histories = new Map<string, AccountEventRef[]>();
+  const histories = new Map<string, FeatureEvent[]>();
   const rows: number[][] = [];
   const labels: number[] = [];
   const amounts: number[] = [];
@@ -65,11 +66,12 @@ export function buildFraudTrainingSet(opts: FraudTrainingSetOptions): FraudTrain
       history = [];
       histories.set(event.account_id, history);
     }
-    const ref: AccountEventRef = { eventId: event.event_id, ts: event.ts, offset: offset++, amount: event.amount, counterpartyId: event.counterparty_id };
+    // Events come in event-time order with increasing offsets: appending keeps the history sorted.
+    const ref = featureEvent(accountGroup, event.event_id, event.ts, offset++, event as unknown as Record<string, unknown>);
     history.push(ref);
     // Expire events outside the longest window, but keep the latest event before this one.
-    while (history.length > 2 && (history[0] as AccountEventRef).ts <= event.ts - ACCOUNT_HISTORY_MS) history.shift();
-    const features = computeAccountFeatures(history, event.ts, ref);
+    while (history.length > 2 && history[0]!.ts <= event.ts - accountGroup.maxWindowMs) history.shift();
+    const features = evaluate(accountGroup, history, { event: ref })!;
     rows.push(fraudInputRow(event, features));
     labels.push(isFraud ? 1 : 0);
     amounts.push(event.amount);

@@ -5,8 +5,10 @@ import { AvroSerde } from '../schemas/serde.js';
 import { loadAvroSchema } from '../schemas/catalog.js';
 import { prefixed, type FabricConfig } from './config.js';
 import type { Topology, TopicDef } from './graph.js';
-import { createClickHouse, sqlIdentifier } from './runtime/clickhouse.js';
+import { createClickHouse, sqlIdentifier, sqlLiteral } from './runtime/clickhouse.js';
 import { FabricError, messageOf } from './errors.js';
+import { FEATURE_GROUPS } from './features/groups.js';
+import { featureColumns, featureTable, featureTableStatements } from './features/rows.js';
 
 export interface ApplyReport {
   readonly topicsCreated: string[];
@@ -68,7 +70,36 @@ export async function clickhouseStatements(database: string): Promise<string[]> 
     .split(/;\s*(?:\n|$)/)
     .map((s) => s.trim())
     .filter(Boolean)
-    .map((s) => s.replaceAll('{db}', sqlIdentifier(database)));
+    .map((s) => s.replaceAll('{db}', sqlIdentifier(database)))
+    .concat(FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, sqlIdentifier(database))));
+}
+
+/**
+ * Brings existing features_<group> tables up to their definitions: a feature added to a definition
+ * becomes a new column (fill it with `fabric features backfill`). A table with another engine (from
+ * before rows were versioned) is refused with how to rebuild it, never silently kept.
+ */
+async function migrateFeatureTables(client: ReturnType<typeof createClickHouse>, database: string): Promise<number> {
+  let altered = 0;
+  for (const g of FEATURE_GROUPS) {
+    const table = featureTable(g);
+    const rs = await client.query({ query: `SELECT name, type FROM system.columns WHERE database = ${sqlLiteral(database)} AND table = ${sqlLiteral(table)}`, format: 'JSONEachRow' });
+    const present = new Map((await rs.json<{ name: string; type: string }>()).map((c) => [c.name, c.type]));
+    const engine = await client.query({ query: `SELECT engine_full FROM system.tables WHERE database = ${sqlLiteral(database)} AND name = ${sqlLiteral(table)}`, format: 'JSONEachRow' });
+    const [row] = await engine.json<{ engine_full: string }>();
+    if (row && !row.engine_full.startsWith('ReplacingMergeTree(version)')) {
+      throw new FabricError('FABRIC_CONFIG_INVALID', `${database}.${table} has engine ${row.engine_full.split(' ')[0]}, not ReplacingMergeTree(version): drop it (DROP TABLE ${database}.${table}; DROP TABLE ${database}.v_${table}), apply again and run fabric features backfill --group ${g.name}`);
+    }
+    let after = 'ts_ms';
+    for (const c of featureColumns(g)) {
+      if (!present.has(c.name)) {
+        await client.command({ query: `ALTER TABLE ${sqlIdentifier(database)}.${table} ADD COLUMN ${c.name} ${c.type} AFTER ${after}` });
+        altered++;
+      }
+      after = c.name;
+    }
+  }
+  return altered;
 }
 
 async function applyClickHouse(config: FabricConfig): Promise<number> {
@@ -76,7 +107,7 @@ async function applyClickHouse(config: FabricConfig): Promise<number> {
   try {
     const statements = await clickhouseStatements(config.clickhouseDatabase);
     for (const query of statements) await client.command({ query });
-    return statements.length;
+    return statements.length + (await migrateFeatureTables(client, config.clickhouseDatabase));
   } catch (err) {
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });
   } finally {

@@ -69,7 +69,7 @@ export const SETTINGS = {
   scoringThreads: s('FABRIC_SCORING_THREADS', positive, '1', 'Intra-op threads of the ONNX session (spinning is disabled).'),
 
   maxClockSkewSec: s('FABRIC_MAX_CLOCK_SKEW_SEC', positive, '300', 'How far in the future (event time vs. arrival) an event may be: beyond it the gateway refuses it and processors dead-letter it (FABRIC_EVENT_TIME_SKEW).'),
-  featuresLatenessSec: s('FABRIC_FEATURES_LATENESS_SEC', ms, '3600', 'How far behind its partition\'s event-time watermark an event may arrive and still update features; later events go to late.<stream>.'),
+  featuresLatenessSec: s('FABRIC_FEATURES_LATENESS_SEC', ms, '600', 'How far behind its entity\'s newest event (in event time) an event may arrive and still update features, for groups that declare no lateness; it corrects the rows it changes. Later events go to late.<stream> with the reason.'),
   processorRestarts: s('FABRIC_PROCESSOR_MAX_RESTARTS', positive, '10', 'Consecutive unexpected failures a processor restarts its consumer for (with backoff) before the process exits non-zero.'),
   driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Tumbling drift window length in event time.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),

@@ -1,8 +1,8 @@
 import { Command, Option } from 'commander';
 import { Redis } from 'ioredis';
-import { loadConfig, prefixed, type FabricConfig } from '../../topology/config.js';
+import { prefixed, type FabricConfig } from '../../topology/config.js';
+import { createLogger } from '../../topology/runtime/log.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
-import { createLogger, type Logger } from '../../topology/runtime/log.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { BatchingProducer } from '../../topology/runtime/producer.js';
@@ -21,29 +21,8 @@ import type { Outcome } from '../../schemas/types.generated.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { parseFeatures, readOnlineAccountFeatures } from '../../processors/features/processor.js';
-import { accountKeys } from '../../processors/features/redis-keys.js';
-
-/** Prints data as JSON with --json, otherwise as the given text. */
-function out(json: boolean, data: unknown, text: () => string): void {
-  process.stdout.write(`${json ? JSON.stringify(data, null, 2) : text()}\n`);
-}
-
-function config(): FabricConfig {
-  return loadConfig();
-}
-
-function cliLog(cfg: FabricConfig, quiet = false): Logger {
-  return createLogger({ logLevel: quiet ? 'warn' : cfg.logLevel });
-}
-
-function positiveInt(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new FabricError('FABRIC_CLI_USAGE', `--${name} must be a positive number, got ${JSON.stringify(v)}`);
-    return n;
-  };
-}
+import { cliLog, config, out, positiveInt } from './common.js';
+import { registerFeatureCommands } from './features.js';
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
@@ -131,6 +110,11 @@ program
   .addOption(new Option('--stream <name>', 'stream').choices(['transactions', 'interactions']).default('transactions'))
   .requiredOption('--rate <n>', 'events per second', positiveInt('rate'))
   .requiredOption('--duration <sec>', 'seconds to run', positiveInt('duration'))
+  .option('--history <duration>', 'first send this much past event time (e.g. 24h, 90m, 3600s, 1d) as fast as the gateway takes it, so windows are warm', (v: string): number => {
+    const m = /^(\d+(?:\.\d+)?)([smhd])$/.exec(v.trim());
+    if (!m) throw new FabricError('FABRIC_CLI_USAGE', `--history takes a duration such as 24h, 90m, 3600s or 1d; got ${JSON.stringify(v)}`);
+    return Math.round(Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 's' | 'm' | 'h' | 'd']);
+  }, 0)
   .option('--seed <k>', 'random seed', (v) => Number.parseInt(v, 10), 1)
   .option('--drift', 'shift the distributions (exercises drift detection)', false)
   .option('--run-id <id>', 'event id prefix (default: derived from the start time)')
@@ -139,7 +123,7 @@ program
   .option('--outcome-delay <ms>', 'delay before labels are published', (v) => Number.parseInt(v, 10), 5000)
   .option('--no-outcomes', 'do not publish labels')
   .option('--json', 'print the summary as JSON (with accepted event ids)')
-  .action(async (o: { stream: 'transactions' | 'interactions'; rate: number; duration: number; seed: number; drift: boolean; runId?: string; gateway?: string; apiKey?: string; outcomeDelay: number; outcomes: boolean; json?: boolean }) => {
+  .action(async (o: { stream: 'transactions' | 'interactions'; rate: number; duration: number; history: number; seed: number; drift: boolean; runId?: string; gateway?: string; apiKey?: string; outcomeDelay: number; outcomes: boolean; json?: boolean }) => {
     const cfg = config();
     const log = cliLog(cfg, true);
     if (!Number.isInteger(o.seed)) throw new FabricError('FABRIC_CLI_USAGE', '--seed must be an integer');
@@ -155,6 +139,23 @@ program
       producer = p;
       publishOutcomes = (outcomes) => p.send(outcomes.map((x) => ({ topic, key: x.entity_id, value: writer.encode(x) })));
     }
+    // Progress on stderr (stdout is the summary's): one updated line on a TTY, else a JSON line every ~2 s.
+    const total = Math.round(o.rate * (o.history / 1000 + o.duration));
+    const tty = !!process.stderr.isTTY;
+    let progressLine = false;
+    let last = { at: Date.now(), accepted: 0 };
+    const onProgress = (s: { sent: number; history: number; accepted: number }): void => {
+      const now = Date.now();
+      if (now - last.at < (tty ? 250 : 2000)) return;
+      const ratePerSec = Math.round(((s.accepted - last.accepted) * 1000) / (now - last.at));
+      last = { at: now, accepted: s.accepted };
+      if (tty) {
+        process.stderr.write(`\r\x1b[Ksimulate: sent ${s.sent}/${total} (history ${s.history}), accepted ${s.accepted}, ${ratePerSec}/s`);
+        progressLine = true;
+      } else {
+        process.stderr.write(`${JSON.stringify({ progress: { sent: s.sent, total, history: s.history, accepted: s.accepted, ratePerSec } })}\n`);
+      }
+    };
     try {
       const summary = await runSimulation({
         stream: o.stream,
@@ -166,12 +167,17 @@ program
         drift: o.drift,
         runId: o.runId ?? `r${Date.now().toString(36)}`,
         outcomeDelayMs: o.outcomeDelay,
+        historyMs: o.history,
+        onProgress,
         ...(publishOutcomes ? { publishOutcomes } : {}),
       });
+      if (progressLine) process.stderr.write('\n');
+      progressLine = false;
       const { acceptedIds, ...counts } = summary;
-      out(!!o.json, { ...counts, acceptedIds }, () => `sent ${counts.sent}, accepted ${counts.accepted}, rejected ${counts.rejected}, failed requests ${counts.failedRequests}, fraud ${counts.fraud}, outcomes ${counts.outcomes}${counts.errors.length ? `\nerrors: ${counts.errors.slice(0, 5).join(' | ')}` : ''}`);
+      out(!!o.json, { ...counts, acceptedIds }, () => `sent ${counts.sent} (history ${counts.history}), accepted ${counts.accepted}, rejected ${counts.rejected}, failed requests ${counts.failedRequests}, fraud ${counts.fraud}, outcomes ${counts.outcomes}${counts.errors.length ? `\nerrors: ${counts.errors.slice(0, 5).join(' | ')}` : ''}`);
       if (counts.accepted < counts.sent) process.exitCode = 1;
     } finally {
+      if (progressLine) process.stderr.write('\n');
       await producer?.close();
     }
   });
@@ -276,43 +282,7 @@ program
     if (stack.some((s) => !s.up) || processors.some((p) => p.state === 'failed' || p.state === 'restarting')) process.exitCode = 1;
   });
 
-const features = program.command('features').description('online features');
-/** --at: epoch milliseconds or an ISO 8601 instant. */
-function instant(v: string): number {
-  const ms = /^-?\d+$/.test(v) ? Number(v) : Date.parse(v);
-  // Beyond +-8.64e15 ms a Date is invalid.
-  if (!Number.isSafeInteger(ms) || Math.abs(ms) > 8.64e15) throw new FabricError('FABRIC_CLI_USAGE', `--at must be an ISO 8601 instant or epoch milliseconds, got ${JSON.stringify(v)}`);
-  return ms;
-}
-features
-  .command('get')
-  .description('online features of an entity as of an instant (default now), computed from its window in Redis')
-  .option('--group <group>', 'feature group', 'account')
-  .option('--entity <id>', "entity id (the group's key: an account id)")
-  .option('--account <id>', 'alias of --entity')
-  .option('--at <instant>', 'ISO 8601 or epoch milliseconds (default: now)', instant)
-  .option('--json', 'print as JSON')
-  .action(async (o: { group: string; entity?: string; account?: string; at?: number; json?: boolean }) => {
-    if (o.group !== 'account') throw new FabricError('FABRIC_CLI_USAGE', `unknown feature group ${JSON.stringify(o.group)} (known: account)`);
-    if (o.entity !== undefined && o.account !== undefined && o.entity !== o.account) throw new FabricError('FABRIC_CLI_USAGE', '--entity and --account name different entities');
-    const entity = o.entity ?? o.account;
-    if (!entity) throw new FabricError('FABRIC_CLI_USAGE', '--entity <id> is required');
-    const asOf = o.at ?? Date.now();
-    const cfg = config();
-    const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    await redis.connect();
-    try {
-      const [values, latest] = await Promise.all([readOnlineAccountFeatures(redis, cfg.redisKeyPrefix, entity, asOf), redis.hgetall(accountKeys(cfg.redisKeyPrefix).latest(entity))]);
-      if (!values) throw new FabricError('FABRIC_CLI_USAGE', `no events for ${o.group} ${JSON.stringify(entity)}`);
-      // Also the features as of the entity's latest event: what its latest offline row holds.
-      const atLatest = latest.ts ? { event_id: latest.event_id, ts: Number(latest.ts), features: parseFeatures(latest) } : null;
-      out(!!o.json, { group: o.group, entity, as_of: new Date(asOf).toISOString(), features: values, latest_event: atLatest }, () =>
-        [`as of ${new Date(asOf).toISOString()}`, ...Object.entries(values).map(([k, v]) => `${k.padEnd(28)} ${v === null ? 'null' : v}`), ...(atLatest ? [`(latest event ${atLatest.event_id} at ${new Date(atLatest.ts).toISOString()})`] : [])].join('\n'),
-      );
-    } finally {
-      redis.disconnect();
-    }
-  });
+registerFeatureCommands(program);
 
 const drift = program.command('drift').description('drift metrics');
 drift.command('report').description('latest drift windows from ClickHouse').option('--model <name>', 'model', 'fraud').option('--limit <n>', 'windows', positiveInt('limit'), 20).option('--json', 'print as JSON').action(async (o: { model: string; limit: number; json?: boolean }) => {

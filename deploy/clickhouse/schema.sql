@@ -48,25 +48,8 @@ CREATE TABLE IF NOT EXISTS {db}.events_interactions (
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (user_id, event_id);
 
-CREATE TABLE IF NOT EXISTS {db}.features_account (
-  event_id String,
-  entity_id String,
-  ts_ms UInt64,
-  ts DateTime MATERIALIZED toDateTime(intDiv(ts_ms, 1000)),
-  txn_count_1h UInt64,
-  txn_count_24h UInt64,
-  amount_sum_1h Float64,
-  amount_sum_24h Float64,
-  amount_avg_24h Nullable(Float64),
-  amount_max_24h Float64,
-  distinct_counterparties_24h UInt64,
-  seconds_since_last_txn Nullable(Float64),
-  source_topic String,
-  source_partition Int32,
-  source_offset UInt64
-) ENGINE = ReplacingMergeTree(source_offset)
-PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
-ORDER BY (entity_id, ts_ms, event_id);
+-- features_<group> tables and their v_ views are generated from the feature definitions
+-- (topology/features/rows.ts) when the topology is applied.
 
 CREATE TABLE IF NOT EXISTS {db}.predictions (
   event_id String,
@@ -136,8 +119,6 @@ ORDER BY (kind, ts_ms, source_partition, source_offset);
 CREATE VIEW IF NOT EXISTS {db}.v_events_transactions AS SELECT * FROM {db}.events_transactions FINAL;
 
 CREATE VIEW IF NOT EXISTS {db}.v_events_interactions AS SELECT * FROM {db}.events_interactions FINAL;
-
-CREATE VIEW IF NOT EXISTS {db}.v_features_account AS SELECT * FROM {db}.features_account FINAL;
 
 CREATE VIEW IF NOT EXISTS {db}.v_predictions AS SELECT * FROM {db}.predictions FINAL;
 

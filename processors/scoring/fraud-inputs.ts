@@ -1,6 +1,10 @@
 import type { Transaction } from '../../schemas/types.generated.js';
 import { TransactionTypeSymbols } from '../../schemas/types.generated.js';
-import { ACCOUNT_FEATURE_NAMES, type AccountFeatures } from '../features/account.js';
+import { accountGroup } from '../../topology/features/groups.js';
+import type { FeatureValues } from '../../topology/features/engine.js';
+
+/** The account features the model reads, in the definition's order. */
+export const ACCOUNT_FEATURE_NAMES = accountGroup.featureNames;
 
 /**
  * The fraud model's input vector: one definition used by the training-set builder and by online
@@ -19,7 +23,7 @@ export const FRAUD_INPUT_NAMES = [
 
 export const MISSING = -1;
 
-export function fraudInputRow(txn: Transaction, f: AccountFeatures): number[] {
+export function fraudInputRow(txn: Transaction, f: Readonly<FeatureValues>): number[] {
   return [
     txn.amount,
     txn.old_balance,
@@ -27,6 +31,9 @@ export function fraudInputRow(txn: Transaction, f: AccountFeatures): number[] {
     // Money that appears or vanishes: PaySim fraud empties accounts without the balance adding up.
     Math.round((txn.old_balance - txn.amount - txn.new_balance) * 100) / 100,
     ...TransactionTypeSymbols.map((t) => (txn.type === t ? 1 : 0)),
-    ...ACCOUNT_FEATURE_NAMES.map((name) => f[name] ?? MISSING),
+    ...ACCOUNT_FEATURE_NAMES.map((name) => {
+      const v = f[name];
+      return typeof v === 'number' ? v : MISSING;
+    }),
   ];
 }

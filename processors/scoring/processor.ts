@@ -1,12 +1,13 @@
 import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
-import type { AccountFeatureUpdate, Prediction } from '../../schemas/types.generated.js';
+import type { Prediction } from '../../schemas/types.generated.js';
+import type { FeatureRow } from '../../topology/features/rows.js';
+import type { FeatureValues } from '../../topology/features/engine.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
-import { ACCOUNT_FEATURE_NAMES, type AccountFeatures } from '../features/account.js';
 import { splitTransactions } from '../shared/validate.js';
 import { decide, type FallbackReason, type ThresholdRules } from '../rules/threshold-rules.js';
-import { FRAUD_INPUT_NAMES, fraudInputRow } from './fraud-inputs.js';
+import { ACCOUNT_FEATURE_NAMES, FRAUD_INPUT_NAMES, fraudInputRow } from './fraud-inputs.js';
 import type { ModelRunner } from './model-runner.js';
 
 export interface ScoringProcessorOptions {
@@ -43,17 +44,17 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
    * The features emitted for this record; 'late' when features sent it to late.<stream>; 'duplicate'
    * when features emitted nothing for it (a redelivered event id, already scored at its first offset).
    */
-  function featuresOf(record: SourceRecord, eventId: string, upstream: ReadonlyMap<string, readonly Output[]>): AccountFeatures | 'late' | 'duplicate' {
+  function featuresOf(record: SourceRecord, eventId: string, upstream: ReadonlyMap<string, readonly Output[]>): FeatureValues | 'late' | 'duplicate' {
     const outputs = upstream.get(record.offset) ?? [];
     if (outputs.some((o) => o.kind === 'emit' && o.topic.startsWith('late.'))) return 'late';
-    const update = outputs.find((o): o is Extract<Output, { kind: 'emit' }> => o.kind === 'emit' && o.topic === featuresTopic)?.value as AccountFeatureUpdate | undefined;
-    if (!update) return 'duplicate';
-    if (update.event_id !== eventId) {
-      throw new FabricError('FABRIC_PROCESSOR_FAILED', `scoring: upstream features for ${record.topic}/${record.partition}@${record.offset} belong to event ${update.event_id}, not ${eventId}`);
-    }
-    const features: Record<string, number | null> = {};
-    for (const name of ACCOUNT_FEATURE_NAMES) features[name] = update[name] ?? null;
-    return features as unknown as AccountFeatures;
+    // The record's outputs hold its own row, then the rows it corrected (other events' ids).
+    const rows = outputs.flatMap((o) => (o.kind === 'emit' && o.topic === featuresTopic ? [o.value as FeatureRow] : []));
+    if (rows.length === 0) return 'duplicate';
+    const own = rows.find((r) => r.event_id === eventId && r.source_offset === Number(record.offset));
+    if (!own) throw new FabricError('FABRIC_PROCESSOR_FAILED', `scoring: upstream features for ${record.topic}/${record.partition}@${record.offset} hold no row for its event ${eventId}`);
+    const features: FeatureValues = {};
+    for (const name of ACCOUNT_FEATURE_NAMES) features[name] = own[name] ?? null;
+    return features;
   }
 
   async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {

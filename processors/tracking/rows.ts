@@ -1,6 +1,8 @@
-import type { AccountFeatureUpdate, DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
+import type { DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
 import type { SourceRecord } from '../../topology/runtime/processor.js';
 import type { Row } from './clickhouse-sink.js';
+import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
+import { featureGroupNamed } from '../../topology/features/groups.js';
 
 /** How each tracked topic becomes rows of a ClickHouse table. Every row carries its source position. */
 export interface TableMapping {
@@ -27,14 +29,13 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       return { event_id: i.event_id, user_id: i.user_id, item_id: i.item_id, action: i.action, ts_ms: i.ts, ...source(r) };
     },
   }),
-  'features.account': () => ({
-    table: 'features_account',
-    row(r) {
-      const f = r.value as AccountFeatureUpdate;
-      const { ts, source_topic: _t, source_partition: _p, source_offset: _o, ...rest } = f;
-      return { ...rest, ts_ms: ts, ...source(r) };
-    },
-  }),
+  // A feature row carries its event's own source position and its version (the input offset that
+  // computed it): corrected rows replace earlier ones in ReplacingMergeTree(version).
+  'features.': (topic) => {
+    const group = featureGroupNamed(topic.slice('features.'.length));
+    if (!group) throw new Error(`no feature group writes ${topic}`);
+    return { table: featureTable(group), row: (r) => featureTableRow(group, r.value as FeatureRow) };
+  },
   'predictions.': () => ({
     table: 'predictions',
     row(r) {
@@ -62,7 +63,7 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
   }),
 };
 
-/** The mapping for a logical topic: exact name first, then its family prefix (predictions.*, outcomes.*). */
+/** The mapping for a logical topic: exact name first, then its family prefix (features.*, predictions.*, outcomes.*). */
 export function mappingFor(topic: string): TableMapping | null {
   const exact = mappings[topic];
   if (exact) return exact(topic);

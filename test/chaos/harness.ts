@@ -224,8 +224,11 @@ export interface Snapshot {
   /** event_id -> prediction value (JSON), from a read_committed read of predictions.fraud. */
   readonly predictions: Map<string, string>;
   readonly predictionRecords: number;
+  /** event_id -> its feature row of the greatest version. */
   readonly features: Map<string, string>;
   readonly featureRecords: number;
+  /** Distinct (event_id, version) pairs among the feature records: fewer than featureRecords means duplicates. */
+  readonly featureVersions: number;
   readonly drift: string[];
   readonly dlq: number;
   readonly late: number;
@@ -248,6 +251,18 @@ function byEventId(values: Record<string, unknown>[]): Map<string, string> {
   return out;
 }
 
+/** Feature rows by event id, the greatest version of each (a late event's corrections follow the first row). */
+function latestVersions(values: Record<string, unknown>[]): { rows: Map<string, string>; distinct: number } {
+  const best = new Map<string, Record<string, unknown>>();
+  const seen = new Set<string>();
+  for (const v of values) {
+    seen.add(`${String(v.event_id)}@${String(v.version)}`);
+    const cur = best.get(String(v.event_id));
+    if (!cur || Number(v.version) > Number(cur.version)) best.set(String(v.event_id), v);
+  }
+  return { rows: new Map([...best].map(([k, v]) => [k, sortedJson(v)])), distinct: seen.size };
+}
+
 export async function snapshot(ns: Namespace): Promise<Snapshot> {
   const [inputs, predictions, features, drift] = await Promise.all([decodeAll(ns, 'events.transactions'), decodeAll(ns, 'predictions.fraud'), decodeAll(ns, 'features.account'), decodeAll(ns, 'drift.metrics')]);
   const [dlq, late] = await Promise.all([readToEnd(ns.kafka, prefixed(ns.config, 'dlq.events.transactions'), { groupPrefix: `${ns.config.topicPrefix}reader` }), readToEnd(ns.kafka, prefixed(ns.config, 'late.transactions'), { groupPrefix: `${ns.config.topicPrefix}reader` })]);
@@ -262,7 +277,7 @@ export async function snapshot(ns: Namespace): Promise<Snapshot> {
   for (const [table, columns] of [
     ['v_predictions', 'event_id, score, decision, version, fallback'],
     ['v_events_transactions', 'event_id, account_id, amount, ts_ms'],
-    ['features_account FINAL', 'event_id, entity_id, ts_ms, txn_count_1h, txn_count_24h, amount_sum_1h, amount_sum_24h, amount_avg_24h, amount_max_24h, distinct_counterparties_24h, seconds_since_last_txn'],
+    ['features_account FINAL', 'event_id, entity_id, ts_ms, txn_count_1h, txn_count_24h, amount_sum_1h, amount_sum_24h, amount_avg_24h, amount_max_24h, distinct_counterparties_24h, seconds_since_last_txn, amount_exact, source_offset, version'],
     ['drift_metrics FINAL', 'model, variable, window_start_ms, count, psi, status'],
   ] as const) {
     const rs = await ns.clickhouse.query({ query: `SELECT ${columns} FROM ${db}.${table}`, format: 'JSONEachRow' });
@@ -272,8 +287,9 @@ export async function snapshot(ns: Namespace): Promise<Snapshot> {
   return {
     predictions: byEventId(predictions.values),
     predictionRecords: predictions.records.length,
-    features: byEventId(features.values),
+    features: latestVersions(features.values).rows,
     featureRecords: features.records.length,
+    featureVersions: latestVersions(features.values).distinct,
     drift: drift.values.map(sortedJson).sort(),
     dlq: dlq.length,
     late: late.length,
@@ -299,7 +315,7 @@ export function differences(clean: Snapshot, other: Snapshot): string[] {
   maps('features.account', clean.features, other.features);
   maps('redis online features', clean.online, other.online);
   if (other.predictionRecords !== other.predictions.size) diffs.push(`predictions.fraud: ${other.predictionRecords - other.predictions.size} duplicates visible read_committed`);
-  if (other.featureRecords !== other.features.size) diffs.push(`features.account: ${other.featureRecords - other.features.size} duplicates visible read_committed`);
+  if (other.featureRecords !== other.featureVersions) diffs.push(`features.account: ${other.featureRecords - other.featureVersions} duplicates visible read_committed`);
   if (sortedJson(clean.drift) !== sortedJson(other.drift)) diffs.push(`drift.metrics differ: ${clean.drift.length} vs ${other.drift.length} records`);
   if (clean.dlq !== other.dlq) diffs.push(`dlq: ${clean.dlq} vs ${other.dlq}`);
   if (clean.late !== other.late) diffs.push(`late: ${clean.late} vs ${other.late}`);

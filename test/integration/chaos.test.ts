@@ -12,8 +12,10 @@ import { loadConfig } from '../../topology/config.js';
 import { packagePath } from '../../topology/paths.js';
 import { stackDown, stackUp, type ComponentName } from '../../deploy/stack.js';
 import type { Transaction } from '../../schemas/types.generated.js';
-import { oracleAccountFeatures } from '../shared/account-oracle.js';
+import { oracleFeaturesAtEvent } from '../shared/feature-oracle.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
+import { checkFeatures } from '../../processors/features/check.js';
+import { accountGroup } from '../../topology/features/groups.js';
 import { createNamespace, differences, Fleet, produceInput, seededTransactions, snapshot, waitRunning, waitSettled, type Head, type Namespace, type Snapshot } from '../chaos/harness.js';
 
 const SCALE = Number(process.env.CHAOS_SCALE ?? 1);
@@ -80,10 +82,11 @@ describe('the clean run against an independent recomputation', () => {
     let checked = 0;
     for (const list of byPartition.values()) {
       list.sort((a, b) => a.offset - b.offset);
-      const asOracle = ({ offset, t }: { offset: number; t: Transaction }) => ({ ts: t.ts, offset, amount: t.amount, counterparty: t.counterparty_id });
+      const asOracle = ({ offset, t }: { offset: number; t: Transaction }) => ({ ts: t.ts, offset, value: { ...t } });
       list.forEach((entry, idx) => {
         const { t } = entry;
-        const f = oracleAccountFeatures(list.slice(0, idx).filter((x) => x.t.account_id === t.account_id).map(asOracle), asOracle(entry));
+        // Scoring gets the event's own row as admitted: over the account's events up to it in the partition.
+        const f = oracleFeaturesAtEvent('account', list.slice(0, idx + 1).filter((x) => x.t.account_id === t.account_id).map(asOracle), asOracle(entry));
         // The model's inputs log a missing value as -1.
         const expected = { ...f, amount_avg_24h: f.amount_avg_24h ?? -1, seconds_since_last_txn: f.seconds_since_last_txn ?? -1 };
         const logged = (JSON.parse(clean.predictions.get(t.event_id)!) as { features: Record<string, number> }).features;
@@ -137,6 +140,13 @@ describe('chaos, each compared with the clean run', () => {
     expect(f.kills).toBeGreaterThanOrEqual(10);
     await waitSettled(ns, { fleet: f, timeoutMs: SETTLE_MS });
     expect(differences(clean, await snapshot(ns))).toEqual([]);
+    // And the consistency check a user runs finds online equal to offline, at the stream's end and before it.
+    const end = Math.max(...events.map((e) => e.ts));
+    for (const asOf of [end, end - 20 * 60_000]) {
+      const report = await checkFeatures({ redis: ns.redis, keyPrefix: ns.config.redisKeyPrefix, ch: ns.clickhouse, database: ns.config.clickhouseDatabase, group: accountGroup, sample: 1_000_000, asOf, seed: 1, waitMs: 30_000 });
+      expect(report.differences).toEqual([]);
+      expect(report.checked).toBe(new Set(events.map((e) => e.account_id)).size);
+    }
   }, SCENARIO_MS);
 
   it('3 instances of each processor, one killed and one added mid-stream (rebalances), changes nothing', async () => {

@@ -25,7 +25,7 @@ const samples: Record<string, (n: number) => unknown> = {
   'events.interactions': (n): Interaction => ({ event_id: 'e-1', user_id: 'u-1', item_id: `item-${n}`, action: 'click', ts: TS }),
   'features.account': (n): AccountFeatureUpdate => ({
     event_id: 'e-1', entity_id: 'acc-1', ts: TS, txn_count_1h: n, txn_count_24h: n, amount_sum_1h: 1, amount_sum_24h: 1, amount_avg_24h: null, amount_max_24h: 1,
-    distinct_counterparties_24h: 1, seconds_since_last_txn: null, source_topic: 'events.transactions', source_partition: 0, source_offset: 1,
+    distinct_counterparties_24h: 1, seconds_since_last_txn: null, amount: 1, counterparty_id: 'cp-1', source_topic: 'events.transactions', source_partition: 0, source_offset: 1, version: n,
   }),
   'predictions.fraud': (n): Prediction => ({
     event_id: 'e-1', entity_id: 'acc-1', model: 'fraud', version: '1', score: n / 100, decision: 'review', reasons: ['r'], fallback: false, provider: 'cpu', event_ts: TS,
@@ -66,11 +66,14 @@ afterAll(async () => {
   await client.close();
 });
 
-describe('ClickHouse tables versioned by source offset', () => {
-  it('every table is a ReplacingMergeTree versioned by source_offset', async () => {
+/** The version column of each table: feature rows carry their own (the offset that computed them). */
+const versionOf = (table: string): string => (table.startsWith('features_') ? 'version' : 'source_offset');
+
+describe('ClickHouse tables versioned by source offset (feature rows by version)', () => {
+  it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version', async () => {
     const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' ORDER BY name`);
-    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'outcomes', 'predictions']);
-    for (const t of tables) expect(t.engine_full, t.name).toMatch(/^ReplacingMergeTree\(source_offset\)/);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions']);
+    for (const t of tables) expect(t.engine_full, t.name).toMatch(new RegExp(`^ReplacingMergeTree\\(${versionOf(t.name)}\\)`));
   });
 
   it('an event written again (same offset, older and newer offsets, in separate inserts) shows once through its v_* view, at the highest offset', async () => {
@@ -86,16 +89,17 @@ describe('ClickHouse tables versioned by source offset', () => {
     }
     await sink.close();
     for (const [table, column] of Object.entries(marker)) {
-      expect(await rows(`SELECT source_offset, ${column} AS n FROM ${db}.v_${table}`), table).toEqual([{ source_offset: '9', n: '9' }]);
+      const version = versionOf(table);
+      expect(await rows(`SELECT ${version} AS v, ${column} AS n FROM ${db}.v_${table}`), table).toEqual([{ v: '9', n: '9' }]);
       // A merge keeps the same single row as FINAL does.
       await client.command({ query: `OPTIMIZE TABLE ${db}.${table} FINAL` });
-      expect(await rows(`SELECT source_offset FROM ${db}.${table}`), table).toEqual([{ source_offset: '9' }]);
+      expect(await rows(`SELECT ${version} AS v FROM ${db}.${table}`), table).toEqual([{ v: '9' }]);
     }
   });
 
   it('the analyst views answer, joined on deduplicated rows', async () => {
     const views = await rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine = 'View' ORDER BY name`);
-    expect(views.map((v) => v.name)).toEqual(['v_alerts', 'v_drift_metrics', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_fraud_performance', 'v_outcomes', 'v_predictions']);
+    expect(views.map((v) => v.name)).toEqual(['v_alerts', 'v_drift_metrics', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_features_item', 'v_features_user', 'v_fraud_performance', 'v_outcomes', 'v_predictions']);
     for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);
     expect(await rows(`SELECT event_id, entity_id, version, score, decision, label, label_value FROM ${db}.v_fraud_performance`)).toEqual([
       { event_id: 'e-1', entity_id: 'acc-1', version: '1', score: 0.09, decision: 'review', label: 'fraud', label_value: 9 },

@@ -8,7 +8,9 @@ import { BatchingProducer } from '../../topology/runtime/producer.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
 import { createLogger } from '../../topology/runtime/log.js';
 import { prefixed } from '../../topology/config.js';
-import { ACCOUNT_FEATURE_NAMES } from '../../processors/features/account.js';
+import { accountGroup } from '../../topology/features/groups.js';
+
+const ACCOUNT_FEATURE_NAMES = accountGroup.featureNames;
 import type { Outcome } from '../../schemas/types.generated.js';
 
 let f: TestFabric;
@@ -93,8 +95,8 @@ describe('one event the whole way: gateway, Kafka, features, scoring, rules, Cli
 
   it('keeps online equal to offline: the latest ClickHouse feature row equals the Redis value for every account', async () => {
     const db = f.config.clickhouseDatabase;
-    const cols = ACCOUNT_FEATURE_NAMES.map((c) => `argMax(${c}, (ts_ms, event_id)) AS ${c}`).join(', ');
-    const offline = await chRows<Record<string, string | number | null>>(f.clickhouse, `SELECT entity_id, ${cols} FROM ${db}.features_account GROUP BY entity_id`);
+    const cols = ACCOUNT_FEATURE_NAMES.map((c) => `argMax(${c}, (ts_ms, source_offset, version)) AS ${c}`).join(', ');
+    const offline = await chRows<Record<string, string | number | null>>(f.clickhouse, `SELECT entity_id, ${cols} FROM ${db}.v_features_account GROUP BY entity_id`);
     expect(offline.length).toBeGreaterThan(10);
     for (const row of offline) {
       const online = await f.redis.hgetall(`${f.config.redisKeyPrefix}feat:account:${row.entity_id}`);

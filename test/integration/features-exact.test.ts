@@ -3,30 +3,42 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { loadConfig } from '../../topology/config.js';
 import { TestDriver } from '../../topology/runtime/test-driver.js';
-import { RedisStateStore } from '../../topology/runtime/state-store.js';
 import type { Output } from '../../topology/runtime/processor.js';
-import { featuresProcessor, parseFeatures, readOnlineAccountFeatures } from '../../processors/features/processor.js';
-import { accountKeys } from '../../processors/features/redis-keys.js';
-import { ACCOUNT_FEATURE_NAMES, type AccountFeatures } from '../../processors/features/account.js';
-import type { AccountFeatureUpdate, Transaction } from '../../schemas/types.generated.js';
-import { oracleAccountFeatures } from '../shared/account-oracle.js';
+import type { FeatureGroup } from '../../topology/features/definition.js';
+import { accountGroup, userGroup } from '../../topology/features/groups.js';
+import { featureRowSchema } from '../../topology/features/rows.js';
+import { featuresProcessor } from '../../processors/features/processor.js';
+import { readLatestRow, readOnlineFeatures } from '../../processors/features/online.js';
+import { decodeMembers, groupKeys } from '../../processors/features/redis-keys.js';
+import {
+  DAY_MS,
+  HOUR_MS,
+  LATE_GROUP_HEADER,
+  LATE_NEWEST_HEADER,
+  LATE_REASON_HEADER,
+  ORACLE_GROUPS,
+  before,
+  randomEvents,
+  runOracle,
+  type ExpectedOutput,
+  type OracleRun,
+} from '../shared/feature-oracle.js';
 import { seededUniform } from '../shared/seeded.js';
 
 /**
- * The features processor against the real Redis, through the TestDriver: every value is compared with
- * an independent brute-force recomputation from the raw records in offset order (the definition of the
- * group written out again, not the processor's code), and crashes and replays with a clean run.
+ * The features processor against the real Redis, through the TestDriver: every output, every latest
+ * hash, every window member and online reads at many instants are compared with an independent
+ * brute-force recomputation from the raw records in offset order (test/shared/feature-oracle.ts, the
+ * specification written out again, not the engine), and crashes and replays with a clean run.
  */
 const MIN = 60_000;
-const HOUR = 60 * MIN;
-const DAY = 24 * HOUR;
 const SKEW_MS = 5 * MIN;
-const LATENESS_MS = HOUR;
+const LATENESS_MS = HOUR_MS;
 const T0 = Date.UTC(2024, 4, 1);
 /** Kafka timestamp of every record unless a test says otherwise: after every event time of the streams. */
-const ARRIVAL = T0 + 30 * DAY;
-const TOPIC = 'events.transactions';
-const TASK = { group: 'features', topic: TOPIC, partition: 0 };
+const ARRIVAL = T0 + 30 * DAY_MS;
+const TOPICS: Record<'account' | 'user', string> = { account: 'events.transactions', user: 'events.interactions' };
+const GROUPS: Record<'account' | 'user', FeatureGroup> = { account: accountGroup, user: userGroup };
 
 const redis = new Redis(loadConfig().redisUrl);
 const prefixes: string[] = [];
@@ -57,119 +69,54 @@ function namespace(): string {
   return prefix;
 }
 
-/** A driver over the real processor; its task state lives in Redis under its own prefix. */
-async function open(prefix: string, statePrefix = `${prefix}run-${randomBytes(2).toString('hex')}:`): Promise<TestDriver> {
-  const logic = featuresProcessor({ redis, keyPrefix: prefix, maxClockSkewMs: SKEW_MS, latenessMs: LATENESS_MS });
-  return new TestDriver(logic, { store: new RedisStateStore(redis, statePrefix), startTime: ARRIVAL }).open();
+async function open(prefix: string, group: 'account' | 'user' = 'account'): Promise<TestDriver> {
+  const logic = featuresProcessor({ group: GROUPS[group], redis, keyPrefix: prefix, maxClockSkewMs: SKEW_MS, latenessMs: LATENESS_MS });
+  return new TestDriver(logic, { startTime: ARRIVAL }).open();
 }
 
-const byAccount = { key: (v: unknown) => (v as Transaction).account_id };
+type Raw = Record<string, unknown>;
+const keyed = (group: 'account' | 'user') => ({ key: (v: unknown) => String((v as Raw)[ORACLE_GROUPS[group].entity]) });
+const byAccount = keyed('account');
 
-function txn(eventId: string, accountId: string, ts: number, amount: number, counterparty = 'm-1'): Transaction {
+function txn(eventId: string, accountId: string, ts: number, amount: number, counterparty = 'm-1'): Raw {
   return { event_id: eventId, account_id: accountId, counterparty_id: counterparty, type: 'PAYMENT', amount, old_balance: 1000, new_balance: 1000 - amount, channel: 'web', ts };
 }
 
-const seeded = seededUniform;
+/** The oracle over records piped with Kafka timestamp `arrival`. */
+function recompute(values: readonly unknown[], group: 'account' | 'user' = 'account', arrival = ARRIVAL): OracleRun {
+  return runOracle(group, values.map((value) => ({ value, timestamp: arrival })), { latenessMs: LATENESS_MS, maxClockSkewMs: SKEW_MS, topic: TOPICS[group] });
+}
 
 /**
- * A seeded stream over `accounts` accounts spanning ~3 days: same-millisecond ties within an account,
- * mild out-of-order timestamps (within the lateness), late events, client retries (duplicate event
- * ids), timestamps in microseconds and one sleepy account. It ends with one event per account, so that one final batch
- * touches (and trims) every account's window.
+ * The processor's outputs by the offset of the record that produced them, in order, normalized like
+ * the oracle's: rejects by code; late records with their group and newest_ts headers (the reason,
+ * free text, is checked to be there and dropped).
  */
-function randomStream(seed: number, n = 300, accounts = 10): Transaction[] {
-  const rand = seeded(seed);
-  const out: Transaction[] = [];
-  let clock = T0;
-  // acct-0 is sleepy (every 150th slot): its gaps outlast the retained window, so its
-  // seconds_since_last_txn needs the anchor a trim keeps.
-  const account = (i: number): string => (i % 150 === 0 ? 'acct-0' : `acct-${1 + Math.floor(rand() * (accounts - 1))}`);
-  const amount = () => Math.floor(rand() * 4000) / 4; // quarters: sums are exact in any order
-  for (let i = 0; i < n; i++) {
-    const r = rand();
-    const previous = out.at(-1);
-    if (previous && r < 0.04) {
-      out.push(out[Math.max(0, out.length - 1 - Math.floor(rand() * 20))]!);
-      continue;
-    }
-    clock += Math.floor(rand() * 30 * MIN);
-    const cp = `m-${Math.floor(rand() * 5)}`;
-    if (previous && r < 0.16) out.push(txn(`e${seed}-${i}`, previous.account_id, previous.ts, amount(), cp));
-    else if (r < 0.32) out.push(txn(`e${seed}-${i}`, account(i), clock - Math.floor(rand() * 50 * MIN), amount(), cp));
-    else if (r < 0.36) out.push(txn(`e${seed}-${i}`, account(i), clock - 2 * HOUR - Math.floor(rand() * DAY), amount(), cp));
-    else if (r < 0.38) out.push(txn(`e${seed}-${i}`, account(i), clock * 1000, amount(), cp));
-    else out.push(txn(`e${seed}-${i}`, account(i), clock, amount(), cp));
-  }
-  for (let a = 0; a < accounts; a++) out.push(txn(`e${seed}-end-${a}`, `acct-${a}`, (clock += MIN), amount(), 'm-0'));
-  return out;
-}
-
-type Normalized = { topic: string; key: string; value: unknown } | { reject: string };
-
-interface Recomputed {
-  /** What the processor must output for each record, by offset. */
-  outputs: Record<string, Normalized>;
-  /** The events that entered the windows (first occurrences, neither late nor skewed), with their features. */
-  accepted: { txn: Transaction; offset: number; value: AccountFeatureUpdate }[];
-  /** Offsets of the redeliveries (no output) that arrived past watermark - lateness, i.e. a late check first would have routed late. */
-  lateRedeliveries: number[];
-  watermark: number | null;
-}
-
-const round6 = (x: number) => Math.round(x * 1e6) / 1e6;
-
-/**
- * The group's definition applied to the records in offset order, from scratch: a far-future ts is
- * rejected; then an event id the account already accepted (a redelivery) is a no-op, whatever its
- * lateness (no output: its first occurrence's stand); then an event at or below watermark - lateness
- * goes late; the others are accepted. Only accepted events move the watermark.
- */
-function recompute(txns: readonly Transaction[], arrival = ARRIVAL): Recomputed {
-  const outputs: Record<string, Normalized> = {};
-  const accepted: Recomputed['accepted'] = [];
-  const lateRedeliveries: number[] = [];
-  let watermark = -Infinity;
-  txns.forEach((t, offset) => {
-    if (t.ts > arrival + SKEW_MS) outputs[offset] = { reject: 'FABRIC_EVENT_TIME_SKEW' };
-    else if (accepted.some((a) => a.txn.account_id === t.account_id && a.txn.event_id === t.event_id)) {
-      if (t.ts <= watermark - LATENESS_MS) lateRedeliveries.push(offset);
-    } else if (t.ts <= watermark - LATENESS_MS) outputs[offset] = { topic: 'late.transactions', key: t.account_id, value: t };
-    else {
-      watermark = Math.max(watermark, t.ts);
-      const earlier = accepted.filter((a) => a.txn.account_id === t.account_id).map((a) => ({ ts: a.txn.ts, offset: a.offset, amount: a.txn.amount, counterparty: a.txn.counterparty_id }));
-      const value = {
-        event_id: t.event_id,
-        entity_id: t.account_id,
-        ts: t.ts,
-        ...oracleAccountFeatures(earlier, { ts: t.ts, offset, amount: t.amount, counterparty: t.counterparty_id }),
-        source_topic: TOPIC,
-        source_partition: 0,
-        source_offset: offset,
-      };
-      accepted.push({ txn: t, offset, value });
-      outputs[offset] = { topic: 'features.account', key: t.account_id, value };
-    }
-  });
-  return { outputs, accepted, lateRedeliveries, watermark: Number.isFinite(watermark) ? watermark : null };
-}
-
-/** The processor's outputs by source offset (at most one per record; none for a redelivered event id). */
-function byOffset(outputs: readonly Output[]): Record<string, Normalized> {
-  const out: Record<string, Normalized> = {};
+function byOffset(outputs: readonly Output[]): Record<number, ExpectedOutput[]> {
+  const out: Record<number, ExpectedOutput[]> = {};
   for (const o of outputs) {
-    const offset = o.kind === 'emit' ? o.source!.offset : o.record.offset;
-    expect(out[offset], `two outputs for offset ${offset}`).toBeUndefined();
-    out[offset] = o.kind === 'emit' ? { topic: o.topic, key: o.key, value: o.value } : { reject: o.error.code };
+    const offset = Number(o.kind === 'emit' ? o.source!.offset : o.record.offset);
+    let normalized: ExpectedOutput;
+    if (o.kind === 'reject') normalized = { reject: o.error.code as 'FABRIC_RECORD_REJECTED' };
+    else if (o.topic.startsWith('late.')) {
+      const { [LATE_REASON_HEADER]: reason, ...headers } = o.headers ?? {};
+      expect(typeof reason === 'string' && reason.length > 0, `late record at ${offset} has a reason`).toBe(true);
+      normalized = { topic: o.topic, key: o.key, value: o.value, headers };
+    } else {
+      expect(o.headers, `features row at ${offset} has no headers`).toBeUndefined();
+      normalized = { topic: o.topic, key: o.key, value: o.value };
+    }
+    (out[offset] ??= []).push(normalized);
   }
   return out;
 }
 
-/** Pipes `txns` in random batch sizes; with `crashRate`, some batches first run with commit: false (a crash) and are re-piped with other boundaries. */
-async function pipeRandomly(driver: TestDriver, txns: readonly Transaction[], rand: () => number, crashRate = 0): Promise<void> {
-  for (let i = 0; i < txns.length; ) {
-    while (rand() < crashRate) await driver.pipe(TOPIC, txns.slice(i, i + 1 + Math.floor(rand() * 60)), { ...byAccount, commit: false });
+/** Pipes `values` in random batch sizes; with `crashRate`, some batches first run with commit: false (a crash) and are re-piped with other boundaries. */
+async function pipeRandomly(driver: TestDriver, group: 'account' | 'user', values: readonly unknown[], rand: () => number, crashRate = 0): Promise<void> {
+  for (let i = 0; i < values.length; ) {
+    while (rand() < crashRate) await driver.pipe(TOPICS[group], values.slice(i, i + 1 + Math.floor(rand() * 60)), { ...keyed(group), commit: false });
     const n = 1 + Math.floor(rand() * 40);
-    await driver.pipe(TOPIC, txns.slice(i, i + n), byAccount);
+    await driver.pipe(TOPICS[group], values.slice(i, i + n), keyed(group));
     i += n;
   }
 }
@@ -182,168 +129,267 @@ async function dump(prefix: string): Promise<Record<string, unknown>> {
   return out;
 }
 
-async function watermarkAfter(driver: TestDriver, owner: string, offset: number): Promise<number | null> {
-  const raw = await driver.store.load(owner, TASK, String(offset));
-  return raw === null ? null : (JSON.parse(raw) as { watermark: number | null }).watermark;
+const pick = (values: Record<string, unknown> | null, names: readonly string[]) => (values ? Object.fromEntries(names.map((n) => [n, values[n]])) : null);
+
+/**
+ * Redis against the oracle, per entity: the latest hash is the newest row of the greatest event; the
+ * window holds admitted events only, every one at or above the trim bound and the greatest below it.
+ * Returns how many entities were trimmed.
+ */
+async function checkRedis(prefix: string, oracle: OracleRun): Promise<number> {
+  const name = oracle.group as 'account' | 'user';
+  const group = GROUPS[name];
+  const keys = groupKeys(prefix, group);
+  let trimmed = 0;
+  for (const entity of oracle.entities()) {
+    const row = oracle.latestRow(entity)!;
+    expect(await readLatestRow(redis, prefix, group, entity), `latest hash of ${entity}`).toEqual({ event_id: row.event_id, ts: row.ts, offset: row.source_offset, version: row.version, values: pick(row, ORACLE_GROUPS[name].features) });
+    const hash = await redis.hgetall(keys.latest(entity));
+    const bound = hash.trim_bound === undefined ? -Infinity : Number(hash.trim_bound);
+    const newest = oracle.newestTs(entity)!;
+    expect(bound, `trim bound of ${entity} leaves 25 h behind its newest event`).toBeLessThanOrEqual(newest - DAY_MS - HOUR_MS);
+    const admitted = oracle.eventsOf(entity);
+    const below = admitted.filter((e) => e.ts < bound);
+    const anchor = below.reduce<(typeof below)[number] | undefined>((g, e) => (!g || before(g, e) ? e : g), undefined);
+    const expected = admitted.filter((e) => e.ts >= bound || e === anchor).map((e) => [e.offset, e.value.event_id, e.ts, pick(e.value as Raw, ORACLE_GROUPS[name].stored)]);
+    const members = decodeMembers(group, await redis.zrange(keys.window(entity), 0, -1, 'WITHSCORES')).map((e) => [e.offset, e.eventId, e.ts, pick(e.fields, ORACLE_GROUPS[name].stored)]);
+    const order = (a: unknown[], b: unknown[]) => (a[0] as number) - (b[0] as number);
+    expect(members.sort(order), `window members of ${entity}`).toEqual(expected.sort(order));
+    if (members.length < admitted.length) trimmed++;
+  }
+  return trimmed;
 }
 
-const featuresOf = (u: AccountFeatureUpdate): AccountFeatures => Object.fromEntries(ACCOUNT_FEATURE_NAMES.map((n) => [n, u[n]])) as unknown as AccountFeatures;
-
-describe('features processor: exact event time against Redis', () => {
-  it('equals a brute-force recomputation on seeded random streams in random batch sizes', async () => {
-    for (const seed of [1, 2, 3]) {
-      const prefix = namespace();
-      const txns = randomStream(seed);
-      const driver = await open(prefix);
-      await pipeRandomly(driver, txns, seeded(seed * 7919));
-      const expected = recompute(txns);
-      expect(byOffset(driver.outputs)).toEqual(expected.outputs);
-
-      // The stream exercised what it is meant to (ties, disorder, late, retries, skew, trims).
-      const kinds = Object.values(expected.outputs);
-      expect(kinds.filter((o) => 'reject' in o).length).toBeGreaterThan(0);
-      expect(kinds.filter((o) => 'topic' in o && o.topic === 'late.transactions').length).toBeGreaterThan(0);
-      expect(txns.length - kinds.length).toBeGreaterThan(0); // duplicates (no output)
-      expect(expected.lateRedeliveries.length).toBeGreaterThan(0); // some of them past watermark - lateness
-      expect(expected.accepted.some((a, i) => i > 0 && a.txn.ts === expected.accepted[i - 1]!.txn.ts && a.txn.account_id === expected.accepted[i - 1]!.txn.account_id)).toBe(true);
-      expect(expected.accepted.some((a, i) => i > 0 && a.txn.ts < expected.accepted[i - 1]!.txn.ts)).toBe(true);
-      expect(expected.accepted.some((a) => (a.value.seconds_since_last_txn ?? 0) > (DAY + 2 * HOUR + LATENESS_MS) / 1000)).toBe(true);
-
-      const keys = accountKeys(prefix);
-      let trimmed = 0;
-      for (const accountId of new Set(expected.accepted.map((a) => a.txn.account_id))) {
-        const mine = expected.accepted.filter((a) => a.txn.account_id === accountId);
-        // The latest hash holds the features of the account's greatest event by (ts, offset).
-        const greatest = mine.reduce((g, a) => (a.txn.ts > g.txn.ts || (a.txn.ts === g.txn.ts && a.offset > g.offset) ? a : g));
-        const hash = await redis.hgetall(keys.latest(accountId));
-        expect(parseFeatures(hash)).toEqual(featuresOf(greatest.value));
-        expect({ ts: hash.ts, offset: hash.offset, event_id: hash.event_id }).toEqual({ ts: String(greatest.txn.ts), offset: String(greatest.offset), event_id: greatest.txn.event_id });
-        if ((await redis.zcard(keys.window(accountId))) < mine.length) trimmed++;
+/**
+ * Online reads at many instants per entity against the oracle's instant features (over every admitted
+ * event): equal whenever the read says it is exact, exact from newest - 1 h on; 1 h after the newest
+ * event the 1 h counts are 0. Returns the counts of inexact reads and of exact reads answered by the
+ * anchor only (empty 24 h window, a previous event).
+ */
+async function checkOnline(prefix: string, oracle: OracleRun, rand: () => number, randomInstants = 25): Promise<{ inexact: number; anchorOnly: number }> {
+  const name = oracle.group as 'account' | 'user';
+  const group = GROUPS[name];
+  let inexact = 0;
+  let anchorOnly = 0;
+  for (const entity of oracle.entities()) {
+    const events = oracle.eventsOf(entity);
+    const newest = oracle.newestTs(entity)!;
+    const first = Math.min(...events.map((e) => e.ts));
+    const instants = [first - 1, first, newest - HOUR_MS, newest - 1, newest, newest + HOUR_MS, newest + DAY_MS, ...events.flatMap((e) => [e.ts - 1, e.ts, e.ts + HOUR_MS, e.ts + DAY_MS + 1])];
+    for (let k = 0; k < randomInstants; k++) instants.push(Math.floor(first - 2 * HOUR_MS + rand() * (newest - first + 2 * DAY_MS)));
+    for (const t of instants) {
+      const [read] = await readOnlineFeatures(redis, prefix, group, [entity], t);
+      expect(read!.entity).toBe(entity);
+      const want = oracle.atInstant(entity, t);
+      if (t >= newest - HOUR_MS) expect(read!.exact, `${entity} at ${t} (newest ${newest}) is exact`).toBe(true);
+      if (!read!.exact) {
+        inexact++;
+        continue;
       }
-      expect(trimmed).toBeGreaterThan(0);
-      expect(await watermarkAfter(driver, 'features', txns.length)).toBe(expected.watermark);
+      expect(read!.values, `${entity} at ${t}`).toEqual(want);
+      const countDay = name === 'account' ? want!.txn_count_24h : (want!.user_views_24h as number) + (want!.user_clicks_24h as number) + (want!.user_purchases_24h as number);
+      const since = name === 'account' ? want!.seconds_since_last_txn : want!.user_seconds_since_last_interaction;
+      if (countDay === 0 && since !== null) anchorOnly++;
     }
+    // Decay: an hour after the newest event, no new event, the 1 h windows are empty.
+    const [decayed] = await readOnlineFeatures(redis, prefix, group, [entity], newest + HOUR_MS);
+    if (name === 'account') expect(decayed!.values).toMatchObject({ txn_count_1h: 0, amount_sum_1h: 0 });
+    else expect(decayed!.values).toMatchObject({ user_views_1h: 0, user_clicks_1h: 0, user_purchases_1h: 0 });
+  }
+  // An entity without any event: no values (exact: nothing was ever trimmed for it).
+  expect(await readOnlineFeatures(redis, prefix, group, ['nobody'], T0)).toEqual([{ entity: 'nobody', values: null, exact: true }]);
+  return { inexact, anchorOnly };
+}
+
+/** Rows carry exactly the specified columns; the record schema of features.<group> has them in the specified order. */
+function checkColumns(name: 'account' | 'user', rows: readonly Raw[]): void {
+  const shape = ORACLE_GROUPS[name];
+  const columns = ['event_id', 'entity_id', 'ts', ...shape.features, ...shape.stored, 'source_topic', 'source_partition', 'source_offset', 'version'];
+  expect(featureRowSchema(GROUPS[name]).fields.map((f) => f.name)).toEqual(columns);
+  for (const row of rows) expect(Object.keys(row).sort()).toEqual([...columns].sort());
+}
+
+/** The stream exercised what it is meant to. */
+function checkCoverage(oracle: OracleRun, options: { sleepy?: string } = {}): void {
+  const o = oracle.outcomes;
+  expect(o.filter((x) => x.kind === 'reject' && x.code === 'FABRIC_RECORD_REJECTED').length, 'invalid records').toBeGreaterThan(0);
+  expect(o.filter((x) => x.kind === 'reject' && x.code === 'FABRIC_EVENT_TIME_SKEW').length, 'microsecond timestamps').toBeGreaterThan(0);
+  expect(o.filter((x) => x.kind === 'late').length, 'late events').toBeGreaterThan(0);
+  expect(o.filter((x) => x.kind === 'duplicate').length, 'client retries').toBeGreaterThan(0);
+  // Some retries arrive when their event is already beyond the lateness: still nothing at all.
+  expect(o.filter((x, i) => x.kind === 'duplicate' && ((oracle.records[i]!.value as Raw).ts as number) < x.newestTs - LATENESS_MS).length, 'retries beyond the lateness').toBeGreaterThan(0);
+  const rows = oracle.rows();
+  expect(rows.filter((r) => r.version !== r.source_offset).length, 'corrections').toBeGreaterThan(0);
+  // Same-millisecond ties within an entity among the admitted events.
+  expect(oracle.entities().some((e) => new Set(oracle.eventsOf(e).map((x) => x.ts)).size < oracle.eventsOf(e).length), 'ties').toBe(true);
+  if (options.sleepy) {
+    const gaps = rows.filter((r) => r.entity_id === options.sleepy).map((r) => (r.seconds_since_last_txn ?? r.user_seconds_since_last_interaction) as number | null);
+    expect(Math.max(0, ...gaps.map((g) => g ?? 0)), 'a gap of the sleepy entity outlasting the retained window').toBeGreaterThan((DAY_MS + 2 * HOUR_MS + LATENESS_MS) / 1000);
+  }
+}
+
+describe('features processor (account): exact against an independent recomputation, on Redis', () => {
+  it('equals the oracle on seeded random streams in random batch sizes: outputs, corrections, late, Redis, online reads', async () => {
+    let inexact = 0;
+    let anchorOnly = 0;
+    for (const seed of [1, 2, 3, 4, 5]) {
+      const prefix = namespace();
+      const values = randomEvents('account', { seed, n: 300, entities: 10, t0: T0, latenessMs: LATENESS_MS, sleepyEvery: 130 });
+      const driver = await open(prefix);
+      await pipeRandomly(driver, 'account', values, seededUniform(seed * 7919));
+      const oracle = recompute(values);
+      checkCoverage(oracle, { sleepy: 'acct-0' });
+      expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+      checkColumns('account', driver.emitted<Raw>('features.account'));
+      expect(await checkRedis(prefix, oracle)).toBeGreaterThan(0);
+      const online = await checkOnline(prefix, oracle, seededUniform(seed));
+      inexact += online.inexact;
+      anchorOnly += online.anchorOnly;
+    }
+    // The reads probed trimmed history (inexact) and exact reads that need the kept anchor.
+    expect(inexact).toBeGreaterThan(0);
+    expect(anchorOnly).toBeGreaterThan(0);
   });
 
   it('a batch that crashed (commit: false) and is re-piped with other boundaries changes no output and no Redis value', async () => {
-    const txns = randomStream(42);
-    const accounts = 10;
-    const head = txns.slice(0, -accounts);
-    const last = txns.slice(-accounts);
+    const values = randomEvents('account', { seed: 42, n: 300, entities: 10, t0: T0, latenessMs: LATENESS_MS, sleepyEvery: 130 });
+    const head = values.slice(0, -10);
+    const last = values.slice(-10);
 
     const cleanPrefix = namespace();
     const clean = await open(cleanPrefix);
-    await pipeRandomly(clean, head, seeded(5));
-    await clean.pipe(TOPIC, last, byAccount);
+    await pipeRandomly(clean, 'account', head, seededUniform(5));
+    await clean.pipe(TOPICS.account, last, byAccount);
 
     const crashedPrefix = namespace();
     const crashed = await open(crashedPrefix);
-    await pipeRandomly(crashed, head, seeded(6), 0.3);
-    await crashed.pipe(TOPIC, last, { ...byAccount, commit: false });
-    await crashed.pipe(TOPIC, last, byAccount);
+    await pipeRandomly(crashed, 'account', head, seededUniform(6), 0.3);
+    await crashed.pipe(TOPICS.account, last, { ...byAccount, commit: false });
+    await crashed.pipe(TOPICS.account, last, byAccount);
 
-    expect(byOffset(crashed.outputs)).toEqual(byOffset(clean.outputs));
-    expect(byOffset(clean.outputs)).toEqual(recompute(txns).outputs);
+    const oracle = recompute(values);
+    expect(byOffset(clean.outputs)).toEqual(oracle.expected());
+    expect(byOffset(crashed.outputs)).toEqual(oracle.expected());
     // Both runs ended with the same batch touching every account, so the windows are trimmed alike.
     expect(await dump(crashedPrefix)).toEqual(await dump(cleanPrefix));
-    expect(await watermarkAfter(crashed, 'features', txns.length)).toBe(await watermarkAfter(clean, 'features', txns.length));
+    expect(await checkRedis(crashedPrefix, oracle)).toBeGreaterThan(0);
   });
 
-  it('a replay from offset 0 into the same namespace, after trims, gives the same values', async () => {
+  it('a replay from offset 0 into the same namespace, after trims, gives the same outputs and Redis state', async () => {
     const prefix = namespace();
-    const txns = randomStream(9);
+    const values = randomEvents('account', { seed: 9, n: 300, entities: 10, t0: T0, latenessMs: LATENESS_MS, sleepyEvery: 130 });
     const first = await open(prefix);
-    await pipeRandomly(first, txns.slice(0, -10), seeded(10));
-    await first.pipe(TOPIC, txns.slice(-10), byAccount);
-    const before = await dump(prefix);
+    await pipeRandomly(first, 'account', values.slice(0, -10), seededUniform(10));
+    await first.pipe(TOPICS.account, values.slice(-10), byAccount);
+    const state = await dump(prefix);
+    const oracle = recompute(values);
+    expect(await checkRedis(prefix, oracle)).toBeGreaterThan(0);
 
-    // Offsets reset (a new task state), Redis as the first run left it: trimmed, with every member "ahead".
+    // Offsets reset (a new driver), Redis as the first run left it: trimmed, every member "ahead".
     const replay = await open(prefix);
-    await pipeRandomly(replay, txns.slice(0, -10), seeded(11));
-    await replay.pipe(TOPIC, txns.slice(-10), byAccount);
-    expect(byOffset(replay.outputs)).toEqual(byOffset(first.outputs));
-    expect(await dump(prefix)).toEqual(before);
+    await pipeRandomly(replay, 'account', values.slice(0, -10), seededUniform(11), 0.2);
+    await replay.pipe(TOPICS.account, values.slice(-10), byAccount);
+    expect(byOffset(replay.outputs)).toEqual(oracle.expected());
+    expect(await dump(prefix)).toEqual(state);
   });
 
-  it('an old event within the lateness after a trim gets its exact window; its own replay too', async () => {
+  it('an old event within the lateness after a trim gets its exact window and corrects the later rows; its replay too', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
-    // One account, an event every 2 h for 3 days: older events are trimmed as the watermark moves on.
-    const txns = Array.from({ length: 36 }, (_, i) => txn(`t${i}`, 'acct-a', T0 + i * 2 * HOUR, 10 + i, `m-${i % 4}`));
-    for (let i = 0; i < txns.length; i += 6) await driver.pipe(TOPIC, txns.slice(i, i + 6), byAccount);
-    const keys = accountKeys(prefix);
-    const watermark = txns.at(-1)!.ts;
+    // One account, an event every 2 h for 3 days: older events are trimmed as the newest moves on.
+    const txns = Array.from({ length: 36 }, (_, i) => txn(`t${i}`, 'acct-a', T0 + i * 2 * HOUR_MS, 10 + i, `m-${i % 4}`));
+    for (let i = 0; i < txns.length; i += 6) await driver.pipe(TOPICS.account, txns.slice(i, i + 6), byAccount);
+    const keys = groupKeys(prefix, accountGroup);
+    const newest = txns.at(-1)!.ts as number;
     expect(await redis.zcard(keys.window('acct-a'))).toBeLessThan(txns.length);
 
-    const straggler = txn('old', 'acct-a', watermark - LATENESS_MS + 1, 500, 'm-9');
-    const tooOld = txn('older', 'acct-a', watermark - LATENESS_MS, 700, 'm-9');
-    const next = txn('next', 'acct-a', watermark + MIN, 1, 'm-1');
-    await driver.pipe(TOPIC, [straggler, tooOld], byAccount);
-    await driver.pipe(TOPIC, [next], byAccount);
-    const all = [...txns, straggler, tooOld, next];
-    const expected = recompute(all);
-    expect(byOffset(driver.outputs)).toEqual(expected.outputs);
-    // Its window reaches back to events 46 h..68 h after T0 (12 of them), its previous event is the one at 68 h.
-    expect(expected.outputs[36]).toMatchObject({ topic: 'features.account', value: { txn_count_24h: 13, seconds_since_last_txn: 3600.001 } });
-    expect(expected.outputs[37]).toMatchObject({ topic: 'late.transactions' });
+    const straggler = txn('old', 'acct-a', newest - LATENESS_MS + 1, 500, 'm-9');
+    const atEdge = txn('edge', 'acct-a', newest - LATENESS_MS, 700, 'm-9');
+    const tooOld = txn('older', 'acct-a', newest - LATENESS_MS - 1, 700, 'm-9');
+    const next = txn('next', 'acct-a', newest + MIN, 1, 'm-1');
+    await driver.pipe(TOPICS.account, [straggler, atEdge, tooOld], byAccount);
+    await driver.pipe(TOPICS.account, [next], byAccount);
+    const all = [...txns, straggler, atEdge, tooOld, next];
+    const oracle = recompute(all);
+    const expected = oracle.expected();
+    expect(byOffset(driver.outputs)).toEqual(expected);
+    // Its window reaches back to the events 46 h..68 h after T0 (12), its previous event is the one at 68 h;
+    // the event at 70 h gets a corrected row (its 1 h window now holds the straggler).
+    expect(expected[36]!.map((o) => ('value' in o ? [(o.value as Raw).event_id, (o.value as Raw).txn_count_24h, (o.value as Raw).seconds_since_last_txn, (o.value as Raw).version] : o))).toEqual([
+      ['old', 13, 3600.001, 36],
+      ['t35', 13, 3599.999, 36],
+    ]);
+    expect(expected[37]!.map((o) => ('value' in o ? (o.value as Raw).event_id : o))).toEqual(['edge', 'old', 't35']);
+    expect(expected[38]).toMatchObject([{ topic: 'late.transactions', key: 'acct-a', headers: { [LATE_GROUP_HEADER]: 'account', [LATE_NEWEST_HEADER]: String(newest) } }]);
+    await checkRedis(prefix, oracle);
 
-    // The same records replayed into a fresh namespace (no trim ever ran there at those points).
+    // The same records replayed into a fresh namespace, in one batch (no trim ever ran there at those points).
     const fresh = await open(namespace());
-    await fresh.pipe(TOPIC, all, byAccount);
-    expect(byOffset(fresh.outputs)).toEqual(expected.outputs);
+    await fresh.pipe(TOPICS.account, all, byAccount);
+    expect(byOffset(fresh.outputs)).toEqual(expected);
   });
 
-  it('refuses a far-future ts (microseconds) with FABRIC_EVENT_TIME_SKEW without moving the watermark or the features', async () => {
+  it('refuses a far-future ts (microseconds) with FABRIC_EVENT_TIME_SKEW without changing anything', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
-    const arrival = T0 + HOUR;
+    const arrival = T0 + HOUR_MS;
     const a = txn('a', 'acct-s', T0, 10);
-    await driver.pipe(TOPIC, [a], { ...byAccount, timestamp: arrival });
-    const before = await dump(prefix);
+    await driver.pipe(TOPICS.account, [a], { ...byAccount, timestamp: arrival });
+    const state = await dump(prefix);
 
     const micro = txn('micro', 'acct-s', T0 * 1000, 99);
-    const atLimit = txn('limit', 'acct-s', arrival + SKEW_MS, 5);
     const beyond = txn('beyond', 'acct-s', arrival + SKEW_MS + 1, 7);
-    const out = await driver.pipe(TOPIC, [micro, beyond], { ...byAccount, timestamp: arrival });
+    const out = await driver.pipe(TOPICS.account, [micro, beyond], { ...byAccount, timestamp: arrival });
     expect(out.map((o) => (o.kind === 'reject' ? o.error.code : o.kind))).toEqual(['FABRIC_EVENT_TIME_SKEW', 'FABRIC_EVENT_TIME_SKEW']);
     const first = out[0] as Extract<Output, { kind: 'reject' }>;
     expect(first.error.message).toMatch(/microseconds/);
     expect(first.record.offset).toBe('1');
-    expect(await dump(prefix)).toEqual(before);
-    expect(await watermarkAfter(driver, 'features', 3)).toBe(a.ts);
+    expect(await dump(prefix)).toEqual(state);
 
-    // The next events are computed as if the refused ones never existed.
+    // The next events are computed as if the refused ones never existed; ts = timestamp + skew is fine.
     const b = txn('b', 'acct-s', T0 + 10 * MIN, 20);
-    await driver.pipe(TOPIC, [b, atLimit], { ...byAccount, timestamp: arrival });
-    expect(byOffset(driver.outputs)).toEqual(recompute([a, micro, beyond, b, atLimit], arrival).outputs);
-    expect(driver.emitted<AccountFeatureUpdate>('features.account').map((u) => [u.event_id, u.txn_count_1h, u.seconds_since_last_txn])).toEqual([
+    const atLimit = txn('limit', 'acct-s', arrival + SKEW_MS, 5);
+    await driver.pipe(TOPICS.account, [b, atLimit], { ...byAccount, timestamp: arrival });
+    const oracle = recompute([a, micro, beyond, b, atLimit], 'account', arrival);
+    expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+    expect(driver.emitted<Raw>('features.account').map((u) => [u.event_id, u.txn_count_1h, u.seconds_since_last_txn])).toEqual([
       ['a', 1, null],
       ['b', 2, 600],
-      ['limit', 2, (arrival + SKEW_MS - b.ts) / 1000],
+      ['limit', 2, (arrival + SKEW_MS - (b.ts as number)) / 1000],
     ]);
+    await checkRedis(prefix, oracle);
   });
 
-  it('routes an event older than watermark - lateness to late.transactions, unchanged, with no features emit', async () => {
+  it('routes an event more than the lateness behind to late.transactions, unchanged, with its headers, and changes nothing', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
-    const a = txn('a', 'acct-l', T0 + 5 * HOUR, 10);
-    await driver.pipe(TOPIC, [a], byAccount);
-    const before = await dump(prefix);
-    const late = txn('late', 'acct-l', a.ts - LATENESS_MS, 50);
-    const out = await driver.pipe(TOPIC, [late], byAccount);
+    const a = txn('a', 'acct-l', T0 + 5 * HOUR_MS, 10);
+    await driver.pipe(TOPICS.account, [a], byAccount);
+    const state = await dump(prefix);
+    const late = txn('late', 'acct-l', (a.ts as number) - LATENESS_MS - 1, 50);
+    const out = await driver.pipe(TOPICS.account, [late], byAccount);
     expect(out).toHaveLength(1);
     expect(out[0]).toMatchObject({ kind: 'emit', topic: 'late.transactions', key: 'acct-l', value: late, source: { offset: '1' } });
-    expect(await dump(prefix)).toEqual(before);
-    expect(await watermarkAfter(driver, 'features', 2)).toBe(a.ts);
+    const headers = (out[0] as Extract<Output, { kind: 'emit' }>).headers!;
+    expect(Object.keys(headers).sort()).toEqual([LATE_GROUP_HEADER, LATE_NEWEST_HEADER, LATE_REASON_HEADER].sort());
+    expect(headers[LATE_GROUP_HEADER]).toBe('account');
+    expect(headers[LATE_NEWEST_HEADER]).toBe(String(a.ts));
+    expect(headers[LATE_REASON_HEADER]).toContain('acct-l');
+    expect(await dump(prefix)).toEqual(state);
 
-    const justInTime = txn('in-time', 'acct-l', a.ts - LATENESS_MS + 1, 30);
-    await driver.pipe(TOPIC, [justInTime], byAccount);
-    expect(driver.emitted<AccountFeatureUpdate>('features.account').map((u) => [u.event_id, u.txn_count_24h])).toEqual([
-      ['a', 1],
-      ['in-time', 1],
+    // Exactly the lateness behind: admitted; it is before a, which gets a corrected row.
+    const justInTime = txn('in-time', 'acct-l', (a.ts as number) - LATENESS_MS, 30);
+    await driver.pipe(TOPICS.account, [justInTime], byAccount);
+    expect(driver.emitted<Raw>('features.account').map((u) => [u.event_id, u.txn_count_24h, u.version])).toEqual([
+      ['a', 1, 0],
+      ['in-time', 1, 2],
+      ['a', 2, 2],
     ]);
-    // The latest hash still describes the account's greatest event, not the last one processed.
-    expect((await redis.hgetall(accountKeys(prefix).latest('acct-l'))).event_id).toBe('a');
+    const oracle = recompute([a, late, justInTime]);
+    expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+    // The latest hash describes the account's greatest event (a), in its newest version.
+    expect(await readLatestRow(redis, prefix, accountGroup, 'acct-l')).toMatchObject({ event_id: 'a', version: 2, values: { txn_count_24h: 2 } });
+    await checkRedis(prefix, oracle);
   });
 
   it('treats a redelivered event id as a no-op: counted once, emitted once', async () => {
@@ -352,112 +398,140 @@ describe('features processor: exact event time against Redis', () => {
     const x = txn('x', 'acct-d', T0, 10, 'm-1');
     const y = txn('y', 'acct-d', T0 + MIN, 20, 'm-2');
     const z = txn('z', 'acct-d', T0 + 2 * MIN, 40, 'm-3');
-    await driver.pipe(TOPIC, [x, y], byAccount);
+    await driver.pipe(TOPICS.account, [x, y], byAccount);
     // x again in a later batch, then z, then y again in the same batch.
-    await driver.pipe(TOPIC, [x, z, y], byAccount);
-    const emitted = driver.emitted<AccountFeatureUpdate>('features.account');
+    await driver.pipe(TOPICS.account, [x, z, y], byAccount);
+    const emitted = driver.emitted<Raw>('features.account');
     expect(emitted.map((e) => e.event_id)).toEqual(['x', 'y', 'z']);
-    expect(emitted[2]).toMatchObject({ event_id: 'z', txn_count_1h: 3, amount_sum_1h: 70, seconds_since_last_txn: 60, source_offset: 3 });
-    expect(byOffset(driver.outputs)).toEqual(recompute([x, y, x, z, y]).outputs);
-    expect(await redis.zcard(accountKeys(prefix).window('acct-d'))).toBe(3);
+    expect(emitted[2]).toMatchObject({ event_id: 'z', txn_count_1h: 3, amount_sum_1h: 70, seconds_since_last_txn: 60, source_offset: 3, version: 3 });
+    expect(byOffset(driver.outputs)).toEqual(recompute([x, y, x, z, y]).expected());
+    expect(await redis.zcard(groupKeys(prefix, accountGroup).window('acct-d'))).toBe(3);
   });
 
-  it('a redelivery past watermark - lateness is still a no-op (no late.transactions), a late new event id still goes late', async () => {
+  it('a redelivery of an admitted event is a no-op even beyond the lateness; a new event id that late goes late', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
     const x = txn('x', 'acct-rl', T0, 10, 'm-1');
-    const y = txn('y', 'acct-rl', T0 + 3 * HOUR, 20, 'm-2');
-    await driver.pipe(TOPIC, [x, y], byAccount);
-    const before = await dump(prefix);
-    expect(x.ts).toBeLessThanOrEqual((await watermarkAfter(driver, 'features', 2))! - LATENESS_MS);
+    const y = txn('y', 'acct-rl', T0 + 3 * HOUR_MS, 20, 'm-2');
+    await driver.pipe(TOPICS.account, [x, y], byAccount);
+    const state = await dump(prefix);
 
-    // x redelivered after the watermark moved past x.ts + lateness: nothing at all. w is late and new: late.
+    // x redelivered after the newest moved past x.ts + lateness: nothing at all. w is late and new: late.
     const w = txn('w', 'acct-rl', T0 + MIN, 30, 'm-3');
-    const out = await driver.pipe(TOPIC, [x, w], byAccount);
+    const out = await driver.pipe(TOPICS.account, [x, w], byAccount);
     expect(out).toHaveLength(1);
     expect(out[0]).toMatchObject({ kind: 'emit', topic: 'late.transactions', key: 'acct-rl', value: w, source: { offset: '3' } });
-    expect(await dump(prefix)).toEqual(before);
-    expect(await watermarkAfter(driver, 'features', 4)).toBe(y.ts);
+    expect(await dump(prefix)).toEqual(state);
 
-    // Within one batch too: v is admitted, moves the watermark by 3 h, and its copy right after is a
-    // no-op; so is a copy of y; u (new, late) goes late; only t (new, in time) is admitted.
-    const v = txn('v', 'acct-rl', T0 + 4 * HOUR, 40, 'm-1');
-    const z = txn('z', 'acct-rl', T0 + 7 * HOUR, 50, 'm-2');
-    const u = txn('u', 'acct-rl', T0 + 4 * HOUR, 60, 'm-3');
-    const t = txn('t', 'acct-rl', T0 + 6 * HOUR + 1, 70, 'm-4');
-    await driver.pipe(TOPIC, [v, z, v, y, u, t], byAccount);
+    // Within one batch too: v is admitted and moves the newest, its copy right after is a no-op; so is
+    // a copy of y; u (new, late) goes late; t (new, in time, before z) is admitted and corrects z.
+    const v = txn('v', 'acct-rl', T0 + 4 * HOUR_MS, 40, 'm-1');
+    const z = txn('z', 'acct-rl', T0 + 7 * HOUR_MS, 50, 'm-2');
+    const u = txn('u', 'acct-rl', T0 + 4 * HOUR_MS, 60, 'm-3');
+    const t = txn('t', 'acct-rl', T0 + 6 * HOUR_MS + 1, 70, 'm-4');
+    await driver.pipe(TOPICS.account, [v, z, v, y, u, t], byAccount);
     const all = [x, y, x, w, v, z, v, y, u, t];
-    const expected = recompute(all);
-    expect(expected.lateRedeliveries).toEqual([2, 6, 7]);
-    expect(byOffset(driver.outputs)).toEqual(expected.outputs);
-    expect(Object.keys(expected.outputs).map(Number)).toEqual([0, 1, 3, 4, 5, 8, 9]);
-    expect(driver.emitted<Transaction>('late.transactions').map((e) => e.event_id)).toEqual(['w', 'u']);
-    expect(driver.emitted<AccountFeatureUpdate>('features.account').map((e) => [e.event_id, e.txn_count_24h])).toEqual([
-      ['x', 1],
-      ['y', 2],
-      ['v', 3],
-      ['z', 4],
-      ['t', 4], // x, y, v and itself: z is at a later ts
+    const oracle = recompute(all);
+    expect(oracle.outcomes.map((o) => o.kind)).toEqual(['admitted', 'admitted', 'duplicate', 'late', 'admitted', 'admitted', 'duplicate', 'duplicate', 'late', 'admitted']);
+    expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+    expect(driver.emitted<Raw>('late.transactions').map((e) => e.event_id)).toEqual(['w', 'u']);
+    expect(driver.emitted<Raw>('features.account').map((e) => [e.event_id, e.txn_count_24h, e.version])).toEqual([
+      ['x', 1, 0],
+      ['y', 2, 1],
+      ['v', 3, 4],
+      ['z', 4, 5],
+      ['t', 4, 9], // x, y, v and itself: z is at a later ts
+      ['z', 5, 9],
     ]);
-    expect(await redis.zcard(accountKeys(prefix).window('acct-rl'))).toBe(5);
-    expect(await watermarkAfter(driver, 'features', all.length)).toBe(z.ts);
+    expect(await redis.zcard(groupKeys(prefix, accountGroup).window('acct-rl'))).toBe(5);
+    await checkRedis(prefix, oracle);
+  });
+
+  it('a redelivery older than the dedupe horizon (its member trimmed) is late: it reaches late.transactions and changes nothing', async () => {
+    const prefix = namespace();
+    const driver = await open(prefix);
+    const txns = Array.from({ length: 36 }, (_, i) => txn(`t${i}`, 'acct-tr', T0 + i * 2 * HOUR_MS, 10 + i, `m-${i % 4}`));
+    for (let i = 0; i < txns.length; i += 6) await driver.pipe(TOPICS.account, txns.slice(i, i + 6), byAccount);
+    const members = decodeMembers(accountGroup, await redis.zrange(groupKeys(prefix, accountGroup).window('acct-tr'), 0, -1, 'WITHSCORES'));
+    expect(members.some((m) => m.eventId === 't0')).toBe(false);
+    const state = await dump(prefix);
+    // t0 (admitted 70 h ago, trimmed since) and t33 (still kept) come again, e.g. from a client retrying.
+    // Redeliveries are recognised within the trim horizon (a day plus twice the lateness plus 1 h, the
+    // documented bound): t33 is a no-op; t0 is beyond it, so it is judged as a new event and is late.
+    const out = await driver.pipe(TOPICS.account, [txns[0], txns[33]], byAccount);
+    expect(out.map((o) => (o.kind === 'emit' ? [o.topic, (o.value as { event_id: string }).event_id, o.headers?.['fabric.late.newest_ts']] : ['reject']))).toEqual([['late.transactions', 't0', String(txns[35]!.ts)]]);
+    expect(await dump(prefix)).toEqual(state);
   });
 
   it('orders a same-millisecond tie by offset, and never regresses the latest hash on a retry', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
-    const latest = async () => redis.hgetall(accountKeys(prefix).latest('acct-t'));
+    const latest = async () => redis.hgetall(groupKeys(prefix, accountGroup).latest('acct-t'));
     const a = txn('a', 'acct-t', T0, 10, 'm-1');
     const b = txn('b', 'acct-t', T0 + MIN, 20, 'm-2');
     const c = txn('c', 'acct-t', T0 + MIN, 40, 'm-3');
-    await driver.pipe(TOPIC, [a], byAccount);
+    await driver.pipe(TOPICS.account, [a], byAccount);
     // b and c share a millisecond: c (the greater offset) sees b, and is the account's latest event.
-    await driver.pipe(TOPIC, [b, c], { ...byAccount, commit: false });
-    expect(await latest()).toMatchObject({ event_id: 'c', offset: '2', txn_count_1h: '3', seconds_since_last_txn: '0' });
+    await driver.pipe(TOPICS.account, [b, c], { ...byAccount, commit: false });
+    expect(await latest()).toMatchObject({ event_id: 'c', offset: '2', version: '2', txn_count_1h: '3', seconds_since_last_txn: '0' });
     // The retry ends after b: its write of b (a smaller (ts, offset)) must not replace c's.
-    await driver.pipe(TOPIC, [b], byAccount);
+    await driver.pipe(TOPICS.account, [b], byAccount);
     expect((await latest()).event_id).toBe('c');
-    await driver.pipe(TOPIC, [c], byAccount);
-    expect(driver.emitted<AccountFeatureUpdate>('features.account').map((u) => [u.event_id, u.txn_count_1h, u.amount_sum_1h, u.seconds_since_last_txn])).toEqual([
+    await driver.pipe(TOPICS.account, [c], byAccount);
+    expect(driver.emitted<Raw>('features.account').map((u) => [u.event_id, u.txn_count_1h, u.amount_sum_1h, u.seconds_since_last_txn])).toEqual([
       ['a', 1, 10, null],
       ['b', 2, 30, 60],
       ['c', 3, 70, 0],
     ]);
     expect(await latest()).toMatchObject({ event_id: 'c', offset: '2', ts: String(c.ts), txn_count_1h: '3', amount_sum_1h: '70' });
+    const oracle = recompute([a, b, c]);
+    expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+    await checkRedis(prefix, oracle);
   });
 
-  it('reads online features as of the read instant: they decay, and equal the latest hash at the last event', async () => {
+  it('reads online features as of the read instant: they decay, and equal the latest row at the last event but for the gap', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
     const events = [txn('a', 'acct-r', T0, 100, 'm-1'), txn('b', 'acct-r', T0 + 20 * MIN, 50, 'm-2'), txn('c', 'acct-r', T0 + 50 * MIN, 25, 'm-1')];
-    await driver.pipe(TOPIC, events, byAccount);
-    const last = events.at(-1)!;
-    const hash = parseFeatures(await redis.hgetall(accountKeys(prefix).latest('acct-r')));
-    const read = (at: number) => readOnlineAccountFeatures(redis, prefix, 'acct-r', at);
+    await driver.pipe(TOPICS.account, events, byAccount);
+    const last = events.at(-1)!.ts as number;
+    const read = async (at: number) => (await readOnlineFeatures(redis, prefix, accountGroup, ['acct-r'], at))[0]!;
+    const latest = (await readLatestRow(redis, prefix, accountGroup, 'acct-r'))!;
+    expect(latest.values.seconds_since_last_txn).toBe(30 * 60);
+    expect(await read(last)).toEqual({ entity: 'acct-r', values: { ...latest.values, seconds_since_last_txn: 0 }, exact: true });
+    const oracle = recompute(events);
+    for (const at of [T0 - 1, T0, T0 + 30 * MIN, last + 10 * MIN, T0 + HOUR_MS, last + HOUR_MS, T0 + DAY_MS, last + DAY_MS - 1, last + DAY_MS]) expect((await read(at)).values, `at ${at}`).toEqual(oracle.atInstant('acct-r', at));
+    expect((await read(last + HOUR_MS)).values).toMatchObject({ txn_count_1h: 0, amount_sum_1h: 0, txn_count_24h: 3 });
+    expect((await read(last + DAY_MS)).values).toEqual({ txn_count_1h: 0, txn_count_24h: 0, amount_sum_1h: 0, amount_sum_24h: 0, amount_avg_24h: null, amount_max_24h: 0, distinct_counterparties_24h: 0, seconds_since_last_txn: DAY_MS / 1000 });
+    expect((await read(T0 - 1)).values).toEqual({ txn_count_1h: 0, txn_count_24h: 0, amount_sum_1h: 0, amount_sum_24h: 0, amount_avg_24h: null, amount_max_24h: 0, distinct_counterparties_24h: 0, seconds_since_last_txn: null });
+    // Several entities in one call, in the asked order; an unknown one has no values.
+    expect((await readOnlineFeatures(redis, prefix, accountGroup, ['nobody', 'acct-r'], last)).map((r) => [r.entity, r.values === null])).toEqual([
+      ['nobody', true],
+      ['acct-r', false],
+    ]);
+  });
+});
 
-    // At the last event, as of the read instant: the same windows, and 0 s since the last event.
-    expect(await read(last.ts)).toEqual({ ...hash, seconds_since_last_txn: 0 });
-    expect(hash.seconds_since_last_txn).toBe(30 * 60);
+describe('features processor (user): exact against an independent recomputation, on Redis', () => {
+  it('equals the oracle on a seeded random stream: outputs, corrections, late, Redis, online reads; crash and replay', async () => {
+    const values = randomEvents('user', { seed: 21, n: 200, entities: 6, t0: T0, latenessMs: LATENESS_MS, sleepyEvery: 70 });
+    const oracle = recompute(values, 'user');
+    checkCoverage(oracle);
+    const prefix = namespace();
+    const driver = await open(prefix, 'user');
+    await pipeRandomly(driver, 'user', values.slice(0, -6), seededUniform(22), 0.2);
+    await driver.pipe(TOPICS.user, values.slice(-6), keyed('user'));
+    expect(byOffset(driver.outputs)).toEqual(oracle.expected());
+    checkColumns('user', driver.emitted<Raw>('features.user'));
+    await checkRedis(prefix, oracle);
+    await checkOnline(prefix, oracle, seededUniform(23), 10);
 
-    // Independently: every event with ts <= asOf, windows relative to asOf.
-    const expectedAt = (at: number): AccountFeatures => {
-      const day = events.filter((e) => e.ts <= at && e.ts > at - DAY);
-      const hour = day.filter((e) => e.ts > at - HOUR);
-      const sum = (xs: Transaction[]) => xs.reduce((s, e) => s + e.amount, 0);
-      return {
-        txn_count_1h: hour.length,
-        txn_count_24h: day.length,
-        amount_sum_1h: sum(hour),
-        amount_sum_24h: sum(day),
-        amount_avg_24h: day.length ? round6(sum(day) / day.length) : null,
-        amount_max_24h: day.length ? Math.max(...day.map((e) => e.amount)) : 0,
-        distinct_counterparties_24h: new Set(day.map((e) => e.counterparty_id)).size,
-        seconds_since_last_txn: (at - Math.max(...events.filter((e) => e.ts <= at).map((e) => e.ts))) / 1000,
-      };
-    };
-    for (const at of [T0 + 30 * MIN, last.ts + 10 * MIN, T0 + HOUR, last.ts + HOUR, T0 + DAY, last.ts + DAY - 1, last.ts + DAY]) expect(await read(at)).toEqual(expectedAt(at));
-    expect(await read(last.ts + HOUR)).toMatchObject({ txn_count_1h: 0, amount_sum_1h: 0, txn_count_24h: 3 });
-    expect(await read(last.ts + DAY)).toEqual({ txn_count_1h: 0, txn_count_24h: 0, amount_sum_1h: 0, amount_sum_24h: 0, amount_avg_24h: null, amount_max_24h: 0, distinct_counterparties_24h: 0, seconds_since_last_txn: DAY / 1000 });
-    expect(await readOnlineAccountFeatures(redis, prefix, 'nobody', last.ts)).toBeNull();
+    // Replay from offset 0 into the same namespace.
+    const state = await dump(prefix);
+    const replay = await open(prefix, 'user');
+    await pipeRandomly(replay, 'user', values.slice(0, -6), seededUniform(24));
+    await replay.pipe(TOPICS.user, values.slice(-6), keyed('user'));
+    expect(byOffset(replay.outputs)).toEqual(oracle.expected());
+    expect(await dump(prefix)).toEqual(state);
   });
 });

@@ -70,9 +70,12 @@ function featuresFor(record: SourceRecord): AccountFeatureUpdate {
     amount_max_24h: txn.amount * 1.5,
     distinct_counterparties_24h: 1 + (n % 6),
     seconds_since_last_txn: n % 7 === 0 ? null : 30 * n,
+    amount: txn.amount,
+    counterparty_id: txn.counterparty_id,
     source_topic: record.topic,
     source_partition: record.partition,
     source_offset: n,
+    version: n,
   };
 }
 

@@ -28,6 +28,9 @@ export class Metrics {
   readonly scoringFallbacks = new Counter({ name: 'fabric_scoring_fallbacks_total', help: 'Fallback decisions by model and reason.', labelNames: ['model', 'reason'] as const, registers: [this.registry] });
   readonly scoringRunSeconds = new Histogram({ name: 'fabric_scoring_run_duration_seconds', help: 'Model run duration per micro-batch.', labelNames: ['model'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5], registers: [this.registry] });
 
+  readonly featuresLate = new Counter({ name: 'fabric_features_late_events_total', help: 'Events routed to late.<stream> because they were beyond a feature group\'s allowed lateness (counted per batch attempt).', labelNames: ['group'] as const, registers: [this.registry] });
+  readonly featuresCorrections = new Counter({ name: 'fabric_features_corrected_rows_total', help: 'Feature rows re-emitted because a late event within the lateness changed them (counted per batch attempt).', labelNames: ['group'] as const, registers: [this.registry] });
+
   readonly sinkRows = new Counter({ name: 'fabric_sink_rows_total', help: 'Rows written by sinks, by sink and table.', labelNames: ['sink', 'table'] as const, registers: [this.registry] });
 
   constructor(options: { defaults?: boolean } = {}) {

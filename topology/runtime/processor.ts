@@ -23,7 +23,7 @@ export interface SourceRecord<T = unknown> {
 
 export type Output =
   /** Produce `value` (encoded with the topic's schema) to a logical topic. */
-  | { readonly kind: 'emit'; readonly topic: string; readonly key: string; readonly value: unknown; readonly source?: SourceRecord }
+  | { readonly kind: 'emit'; readonly topic: string; readonly key: string; readonly value: unknown; readonly source?: SourceRecord; readonly headers?: Readonly<Record<string, string>> }
   /** Send the record's original bytes to dlq.<topic> with the error in headers; processing goes on. */
   | { readonly kind: 'reject'; readonly record: SourceRecord; readonly error: FabricError };
 
@@ -94,8 +94,8 @@ export interface ProcessorLogic {
   close?(): Promise<void>;
 }
 
-export function emit(topic: string, key: string, value: unknown, source?: SourceRecord): Output {
-  return source ? { kind: 'emit', topic, key, value, source } : { kind: 'emit', topic, key, value };
+export function emit(topic: string, key: string, value: unknown, source?: SourceRecord, headers?: Readonly<Record<string, string>>): Output {
+  return { kind: 'emit', topic, key, value, ...(source ? { source } : {}), ...(headers ? { headers } : {}) };
 }
 
 export function reject(record: SourceRecord, error: FabricError): Output {

@@ -456,7 +456,7 @@ export class ProcessorRunner {
       const writer = this.writers.get(out.topic);
       if (!writer) throw new FabricError('FABRIC_CONFIG_INVALID', `processor ${this.head.name} emitted to ${out.topic}, which is not among its chain's declared outputs`);
       try {
-        messages.push({ topic: this.physical(out.topic), key: out.key, value: writer.encode(out.value) });
+        messages.push({ topic: this.physical(out.topic), key: out.key, value: writer.encode(out.value), ...(out.headers ? { headers: out.headers } : {}) });
       } catch (err) {
         const error = new FabricError('FABRIC_RECORD_REJECTED', `output for ${out.topic} does not match its schema: ${messageOf(err)}`, { cause: err });
         if (out.source) toDlq(rawByOffset.get(out.source.offset), out.source.offset, error);

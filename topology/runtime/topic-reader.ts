@@ -7,11 +7,13 @@ export interface ReadRecord {
   readonly offset: string;
   readonly key: string | null;
   readonly value: Buffer | null;
+  /** Kafka record timestamp, epoch ms. */
+  readonly timestamp: number;
   readonly headers: Record<string, string>;
 }
 
 function toReadRecord(partition: number, message: KafkaMessage): ReadRecord {
-  return { partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, headers: headerStrings(message.headers) };
+  return { partition, offset: message.offset, key: message.key?.toString() ?? null, value: message.value, timestamp: Number(message.timestamp), headers: headerStrings(message.headers) };
 }
 
 function headerStrings(headers: IHeaders | undefined): Record<string, string> {

@@ -1,0 +1,69 @@
+import type { Redis } from 'ioredis';
+import type { FeatureGroup } from '../../topology/features/definition.js';
+import { compareEvents, evaluate, type FeatureValues } from '../../topology/features/engine.js';
+import { FabricError, messageOf } from '../../topology/errors.js';
+import { decodeMembers, groupKeys } from './redis-keys.js';
+
+export interface OnlineFeatures {
+  readonly entity: string;
+  /** Features as of the read instant (counts 0 before the entity's first event); null for an entity without any event. */
+  readonly values: FeatureValues | null;
+  /**
+   * False when the instant is older than what the online store keeps for the entity (events before
+   * its trim bound may be gone): read the offline store (offline.ts) for such instants.
+   */
+  readonly exact: boolean;
+}
+
+/** At most this many entities per call (one pipelined round trip). */
+export const MAX_ONLINE_ENTITIES = 1000;
+
+// KEYS[1] the entity's window, KEYS[2] its latest hash; ARGV[1] the instant, ARGV[2] the start of the
+// longest window (exclusive). Returns the members in (start, instant], the members at the greatest
+// event time at or before the start (the anchor since_previous/last may need), and the trim bound:
+// whether the entity has any event: one atomic snapshot per entity.
+const ONLINE_READ = `
+local win = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], ARGV[1], 'WITHSCORES')
+local anchor = {}
+local top = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #top > 0 then anchor = redis.call('ZRANGEBYSCORE', KEYS[1], top[2], top[2], 'WITHSCORES') end
+local bound = redis.call('HGET', KEYS[2], 'trim_bound') or ''
+local known = redis.call('ZCARD', KEYS[1])
+return {win, anchor, bound, known}
+`;
+
+/**
+ * The group's features of up to 1,000 entities as of `asOf` (epoch ms; default now), in one pipelined
+ * round trip, evaluated by the same engine as the stream and the offline store: events with
+ * ts <= asOf count, so windows expire without a new event. May include the events of a batch whose
+ * Kafka transaction is being retried (its retry admits exactly those events again).
+ */
+export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group: FeatureGroup, entities: readonly string[], asOf: number = Date.now()): Promise<OnlineFeatures[]> {
+  if (entities.length > MAX_ONLINE_ENTITIES) throw new FabricError('FABRIC_CLI_USAGE', `at most ${MAX_ONLINE_ENTITIES} entities per online read, got ${entities.length}`);
+  if (entities.length === 0) return [];
+  const keys = groupKeys(keyPrefix, group);
+  const start = asOf - group.maxWindowMs;
+  const pipeline = redis.pipeline();
+  for (const entity of entities) pipeline.eval(ONLINE_READ, 2, keys.window(entity), keys.latest(entity), asOf, start);
+  const results = await pipeline.exec();
+  if (!results) throw new FabricError('FABRIC_SINK_FAILED', 'Redis returned nothing for the online read');
+  return entities.map((entity, i) => {
+    const [err, reply] = results[i]!;
+    if (err) throw new FabricError('FABRIC_SINK_FAILED', `Redis failed the online read of ${group.name} ${entity}: ${messageOf(err)}`, { cause: err });
+    const [win, anchor, bound, known] = reply as [string[], string[], string, number];
+    const events = decodeMembers(group, [...anchor, ...win]).sort(compareEvents);
+    return { entity, values: known > 0 ? evaluate(group, events, { instant: asOf }) : null, exact: bound === '' || start >= Number(bound) };
+  });
+}
+
+/** The entity's latest hash: features as of its greatest event, with that event's identity. */
+export async function readLatestRow(redis: Redis, keyPrefix: string, group: FeatureGroup, entity: string): Promise<{ event_id: string; ts: number; offset: number; version: number; values: FeatureValues } | null> {
+  const raw = await redis.hgetall(groupKeys(keyPrefix, group).latest(entity));
+  if (!raw.ts) return null;
+  const values: FeatureValues = {};
+  for (const f of group.features) {
+    const v = raw[f.name];
+    values[f.name] = v === undefined || v === '' ? null : f.type === 'string' ? v : f.type === 'boolean' ? v === 'true' : Number(v);
+  }
+  return { event_id: raw.event_id ?? '', ts: Number(raw.ts), offset: Number(raw.offset), version: Number(raw.version ?? 0), values };
+}

@@ -1,0 +1,266 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'csv-parse/sync';
+import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFabric } from './harness.js';
+import { runSimulation, type SimulationSummary } from '../../sim/run.js';
+import { AvroSerde } from '../../schemas/serde.js';
+import { prefixed } from '../../topology/config.js';
+import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
+import type { FeatureGroup } from '../../topology/features/definition.js';
+import { readOnlineFeatures } from '../../processors/features/online.js';
+import { checkFeatures } from '../../processors/features/check.js';
+import { buildTrainingSet } from '../../processors/features/training-set.js';
+import { backfill } from '../../processors/features/backfill.js';
+import { seededUniform } from '../shared/seeded.js';
+
+/**
+ * The feature groups end to end: a seeded hour and a half of past transactions and interactions
+ * (simulate --history), then live ones, through the gateway into every processor. Every value is
+ * compared with an independent recomputation from the raw events read back from Kafka: online reads
+ * now and at past instants (one hour after an entity's last event included), training-set rows at
+ * random label instants, the consistency check, and backfill's idempotence.
+ */
+const execFileP = promisify(execFile);
+const HOUR = 3_600_000;
+const HISTORY_MS = 1.5 * HOUR;
+
+let f: TestFabric;
+let tx: SimulationSummary;
+let ix: SimulationSummary;
+let start: number;
+let dir: string;
+
+interface Raw {
+  readonly id: string;
+  readonly entity: string;
+  readonly ts: number;
+  readonly partition: number;
+  readonly offset: number;
+  readonly v: Record<string, unknown>;
+}
+/** group -> entity -> its events in (ts, partition offset) order. */
+const raw = new Map<string, Map<string, Raw[]>>();
+
+const round6 = (x: number): number => Math.round(x * 1e6) / 1e6;
+
+/** The definitions written out again for instants (t - W < ts <= t), from the raw events. */
+function expected(group: string, events: readonly Raw[], t: number): Record<string, number | null> | null {
+  if (events.length === 0) return null;
+  const upTo = events.filter((e) => e.ts <= t);
+  const within = (w: number) => upTo.filter((e) => e.ts > t - w);
+  const last = upTo.length ? Math.max(...upTo.map((e) => e.ts)) : null;
+  const since = last === null ? null : (t - last) / 1000;
+  if (group === 'account') {
+    const h = within(HOUR);
+    const d = within(24 * HOUR);
+    const sum = (xs: Raw[]) => xs.reduce((s, e) => s + (e.v.amount as number), 0);
+    return {
+      txn_count_1h: h.length,
+      txn_count_24h: d.length,
+      amount_sum_1h: round6(sum(h)),
+      amount_sum_24h: round6(sum(d)),
+      amount_avg_24h: d.length ? round6(sum(d) / d.length) : null,
+      amount_max_24h: d.length ? Math.max(...d.map((e) => e.v.amount as number)) : 0,
+      distinct_counterparties_24h: new Set(d.map((e) => e.v.counterparty_id)).size,
+      seconds_since_last_txn: since,
+    };
+  }
+  const p = group;
+  const out: Record<string, number | null> = {};
+  for (const action of ['view', 'click', 'purchase']) {
+    out[`${p}_${action}s_1h`] = within(HOUR).filter((e) => e.v.action === action).length;
+    out[`${p}_${action}s_24h`] = within(24 * HOUR).filter((e) => e.v.action === action).length;
+  }
+  out[`${p}_ctr_24h`] = out[`${p}_views_24h`] ? round6(out[`${p}_clicks_24h`]! / out[`${p}_views_24h`]!) : null;
+  out[`${p}_distinct_${p === 'user' ? 'items' : 'users'}_24h`] = new Set(within(24 * HOUR).map((e) => e.v[p === 'user' ? 'item_id' : 'user_id'])).size;
+  out[`${p}_seconds_since_last_interaction`] = since;
+  return out;
+}
+
+function close(a: unknown, b: unknown): boolean {
+  return a === b || (typeof a === 'number' && typeof b === 'number' && Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)));
+}
+
+function expectFeatures(got: Record<string, unknown> | null, want: Record<string, number | null> | null, what: string): void {
+  if (want === null || got === null) {
+    expect(got, what).toBe(want);
+    return;
+  }
+  for (const [k, v] of Object.entries(want)) expect(close(got[k], v), `${what} ${k}: got ${String(got[k])}, want ${String(v)}`).toBe(true);
+}
+
+async function loadRaw(): Promise<void> {
+  const serde = new AvroSerde({ url: f.config.registryUrl });
+  for (const [group, topic, key] of [
+    ['account', 'events.transactions', 'account_id'],
+    ['user', 'events.interactions', 'user_id'],
+    ['item', 'events.interactions', 'item_id'],
+  ] as const) {
+    const records = await readAll(f.kafka, f.config, topic);
+    const byEntity = new Map<string, Raw[]>();
+    for (const r of records) {
+      const v = await serde.decodeAsync<Record<string, unknown>>(r.value!);
+      const e: Raw = { id: v.event_id as string, entity: v[key] as string, ts: v.ts as number, partition: r.partition, offset: Number(r.offset), v };
+      byEntity.set(e.entity, [...(byEntity.get(e.entity) ?? []), e]);
+    }
+    for (const list of byEntity.values()) list.sort((a, b) => a.ts - b.ts || a.offset - b.offset);
+    raw.set(group, byEntity);
+  }
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'fabric-features-'));
+  const config = isolatedConfig({ driftWindowSec: 60 });
+  f = await startTestFabric(config);
+  start = Date.now();
+  const common = { gatewayUrl: f.url, apiKey: 'dev-key', durationSec: 3, drift: false, historyMs: HISTORY_MS, startTs: start } as const;
+  [tx, ix] = await Promise.all([
+    runSimulation({ ...common, stream: 'transactions', ratePerSec: 4, seed: 21, runId: 'fe2e' }),
+    runSimulation({ ...common, stream: 'interactions', ratePerSec: 6, seed: 22, runId: 'fe2e' }),
+  ]);
+  // Every group's offline rows are in ClickHouse: the online store is then complete too.
+  const db = config.clickhouseDatabase;
+  await waitFor(
+    () => chRows<{ a: string; u: string; i: string }>(f.clickhouse, `SELECT (SELECT uniqExact(event_id) FROM ${db}.features_account) AS a, (SELECT uniqExact(event_id) FROM ${db}.features_user) AS u, (SELECT uniqExact(event_id) FROM ${db}.features_item) AS i`),
+    (r) => Number(r[0]?.a) === tx.accepted && Number(r[0]?.u) === ix.accepted && Number(r[0]?.i) === ix.accepted,
+    { what: 'feature rows of every event', timeoutMs: 180_000 },
+  );
+  await loadRaw();
+}, 300_000);
+
+afterAll(async () => {
+  await f?.cleanup();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const groups: [string, FeatureGroup][] = [['account', accountGroup], ['user', userGroup], ['item', itemGroup]];
+
+describe('feature groups end to end, against a recomputation from the raw events', () => {
+  it('took a warm history and live traffic, nothing rejected, nothing late', async () => {
+    expect(tx.history).toBeGreaterThan(15_000);
+    expect(tx.failedRequests + ix.failedRequests).toBe(0);
+    expect(tx.accepted).toBe(tx.sent);
+    expect(ix.accepted).toBe(ix.sent);
+    expect(await readAll(f.kafka, f.config, 'late.transactions')).toHaveLength(0);
+    expect(await readAll(f.kafka, f.config, 'late.interactions')).toHaveLength(0);
+    expect(await readAll(f.kafka, f.config, 'dlq.events.transactions')).toHaveLength(0);
+  });
+
+  it.each(groups)('%s: online reads now, at past instants and an hour after each entity\'s last event equal the recomputation', async (name, group) => {
+    const byEntity = raw.get(name)!;
+    const entities = [...byEntity.keys()].sort();
+    expect(entities.length).toBeGreaterThan(50);
+    const now = Date.now();
+    const rand = seededUniform(7);
+    for (const t of [now, start - 20 * 60_000, start - HOUR + Math.floor(rand() * 60_000)]) {
+      for (let i = 0; i < entities.length; i += 1000) {
+        const got = await readOnlineFeatures(f.redis, f.config.redisKeyPrefix, group, entities.slice(i, i + 1000), t);
+        for (const o of got) {
+          expect(o.exact, `${name} ${o.entity} at ${t}`).toBe(true);
+          expectFeatures(o.values, expected(name, byEntity.get(o.entity)!, t), `${name} ${o.entity} at ${new Date(t).toISOString()}`);
+        }
+      }
+    }
+    // One hour after its last event an entity's 1 h windows are empty, with no new event.
+    for (const entity of entities.slice(0, 40)) {
+      const events = byEntity.get(entity)!;
+      const t = events.at(-1)!.ts + HOUR;
+      const [o] = await readOnlineFeatures(f.redis, f.config.redisKeyPrefix, group, [entity], t);
+      const want = expected(name, events, t)!;
+      expectFeatures(o!.values, want, `${name} ${entity} 1 h after its last event`);
+      expect(Object.entries(want).filter(([k]) => k.endsWith('_1h')).every(([, v]) => v === 0)).toBe(true);
+    }
+  });
+
+  it.each(groups)('%s: features check finds no mismatch, now and half an hour ago', async (name, group) => {
+    for (const asOf of [Date.now(), start - 30 * 60_000]) {
+      const report = await checkFeatures({ redis: f.redis, keyPrefix: f.config.redisKeyPrefix, ch: f.clickhouse, database: f.config.clickhouseDatabase, group, sample: 100_000, asOf, seed: 1, waitMs: 30_000 });
+      expect(report.differences, name).toEqual([]);
+      expect(report.mismatches).toBe(0);
+      expect(report.checked).toBe(raw.get(name)!.size);
+    }
+  });
+
+  it('builds a point-in-time training set over two groups for random label instants, unknown entities null', async () => {
+    const rand = seededUniform(99);
+    const accounts = [...raw.get('account')!.keys()];
+    const users = [...raw.get('user')!.keys()];
+    const lines = ['account_id,user_id,ts,label'];
+    const labels: { account: string; user: string; ts: number }[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const account = i % 97 === 0 ? 'no-such-account' : accounts[Math.floor(rand() * accounts.length)]!;
+      const user = users[Math.floor(rand() * users.length)]!;
+      const ts = start - HISTORY_MS - 10 * 60_000 + Math.floor(rand() * (HISTORY_MS + 20 * 60_000));
+      labels.push({ account, user, ts });
+      lines.push(`${account},${user},${i % 3 === 0 ? new Date(ts).toISOString() : ts},${i % 2}`);
+    }
+    await writeFile(join(dir, 'labels.csv'), `${lines.join('\n')}\n`);
+    const report = await buildTrainingSet({ ch: f.clickhouse, database: f.config.clickhouseDatabase, groups: [accountGroup, userGroup], labels: join(dir, 'labels.csv'), out: join(dir, 'train.csv') });
+    expect(report.rows).toBe(3000);
+    expect(report.unknownEntities.account).toBe(labels.filter((l) => l.account === 'no-such-account').length);
+    const rows = parse(await readFile(join(dir, 'train.csv'), 'utf8'), { columns: true }) as Record<string, string>[];
+    expect(Object.keys(rows[0]!)).toEqual(['account_id', 'user_id', 'ts', 'label', ...accountGroup.featureNames, ...userGroup.featureNames]);
+    const asValues = (row: Record<string, string>, names: readonly string[]) => Object.fromEntries(names.map((n) => [n, row[n] === '' ? null : Number(row[n])]));
+    labels.forEach((l, i) => {
+      const row = rows[i]!;
+      expect(row.account_id).toBe(l.account);
+      const account = raw.get('account')!.get(l.account);
+      if (!account) expect(Object.values(asValues(row, accountGroup.featureNames)).every((v) => v === null)).toBe(true);
+      else expectFeatures(asValues(row, accountGroup.featureNames), expected('account', account, l.ts), `label ${i} account ${l.account} at ${l.ts}`);
+      expectFeatures(asValues(row, userGroup.featureNames), expected('user', raw.get('user')!.get(l.user)!, l.ts), `label ${i} user ${l.user} at ${l.ts}`);
+    });
+  });
+
+  it('backfill rewrites the offline history with the same rows, twice (idempotent)', async () => {
+    const db = f.config.clickhouseDatabase;
+    const snapshot = () => chRows<Record<string, unknown>>(f.clickhouse, `SELECT * FROM ${db}.v_features_item ORDER BY entity_id, ts_ms, source_offset`);
+    const before = await snapshot();
+    for (let i = 0; i < 2; i++) {
+      const report = await backfill({
+        kafka: f.kafka,
+        serde: new AvroSerde({ url: f.config.registryUrl }),
+        group: itemGroup,
+        topic: { logical: 'repartition.interactions.item', physical: prefixed(f.config, 'repartition.interactions.item') },
+        latenessMs: f.config.featuresLatenessSec * 1000,
+        maxClockSkewMs: f.config.maxClockSkewSec * 1000,
+        from: 0,
+        to: Date.now(),
+        clickhouse: { client: f.clickhouse, database: db },
+      });
+      expect(report.admitted).toBe(ix.accepted);
+      expect(report.rowsWritten).toBe(ix.accepted);
+      expect(await snapshot()).toEqual(before);
+    }
+  });
+
+  it('fabric features get prints the values as of --at as JSON (the CLI a user runs)', async () => {
+    const [entity, events] = [...raw.get('account')!][3]!;
+    const at = events.at(-1)!.ts + 30 * 60_000;
+    const env = {
+      ...process.env,
+      FABRIC_TOPIC_PREFIX: f.config.topicPrefix,
+      FABRIC_REDIS_PREFIX: f.config.redisKeyPrefix,
+      FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase,
+      FABRIC_LOG_LEVEL: 'warn',
+    };
+    const { stdout } = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'features', 'get', '--group', 'account', '--entity', entity, '--at', new Date(at).toISOString(), '--json'], { env, timeout: 60_000 });
+    const printed = JSON.parse(stdout) as { features: Record<string, number | null>; known: boolean; source: string };
+    expect(printed.known).toBe(true);
+    expect(printed.source).toBe('online');
+    expectFeatures(printed.features, expected('account', events, at), `CLI ${entity}`);
+    // Older than the online store keeps (its trim bound, about lateness + 1 h behind the entity's
+    // newest event for instants): the same engine over ClickHouse answers.
+    const [busy, busyEvents] = [...raw.get('account')!].sort((a, b) => b[1].length - a[1].length)[0]!;
+    const old = busyEvents.at(-1)!.ts - 75 * 60_000;
+    expect(busyEvents.filter((e) => e.ts <= old).length).toBeGreaterThan(0);
+    const past = JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'features', 'get', '--group', 'account', '--entity', busy, '--at', String(old), '--json'], { env, timeout: 60_000 })).stdout) as typeof printed;
+    expect(past.source).toBe('offline');
+    expectFeatures(past.features, expected('account', busyEvents, old), `CLI ${busy} at ${old}`);
+    const check = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'features', 'check', '--group', 'user', '--sample', '20', '--json'], { env, timeout: 120_000 });
+    expect((JSON.parse(check.stdout) as { mismatches: number }).mismatches).toBe(0);
+  });
+});
