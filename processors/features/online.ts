@@ -32,6 +32,14 @@ local known = redis.call('ZCARD', KEYS[1])
 return {win, anchor, bound, known}
 `;
 
+/** Registers the read script on the client once: pipelines then send EVALSHA (the script text only when Redis lacks it). */
+function defineOnlineRead(redis: Redis): void {
+  if (!('fabricOnlineRead' in redis)) redis.defineCommand('fabricOnlineRead', { numberOfKeys: 2, lua: ONLINE_READ });
+}
+
+/** The read script, for benchmarks that replay the exact command shape with redis-benchmark. */
+export const ONLINE_READ_SCRIPT = ONLINE_READ;
+
 /**
  * The group's features of up to 1,000 entities as of `asOf` (epoch ms; default now), in one pipelined
  * round trip, evaluated by the same engine as the stream and the offline store: events with
@@ -43,8 +51,9 @@ export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group:
   if (entities.length === 0) return [];
   const keys = groupKeys(keyPrefix, group);
   const start = asOf - group.maxWindowMs;
-  const pipeline = redis.pipeline();
-  for (const entity of entities) pipeline.eval(ONLINE_READ, 2, keys.window(entity), keys.latest(entity), asOf, start);
+  defineOnlineRead(redis);
+  const pipeline = redis.pipeline() as unknown as { fabricOnlineRead(...args: (string | number)[]): void; exec(): Promise<[Error | null, unknown][] | null> };
+  for (const entity of entities) pipeline.fabricOnlineRead(keys.window(entity), keys.latest(entity), asOf, start);
   const results = await pipeline.exec();
   if (!results) throw new FabricError('FABRIC_SINK_FAILED', 'Redis returned nothing for the online read');
   return entities.map((entity, i) => {

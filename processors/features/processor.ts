@@ -65,6 +65,8 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
   const keys = groupKeys(options.keyPrefix, group);
   const outputTopic = options.outputTopic ?? featureTopic(group);
   const lateTopic = options.lateTopic ?? `late.${group.stream}`;
+  // EVALSHA in the MULTI (the script text goes only when Redis does not have it).
+  if (!('fabricSetLatest' in redis)) redis.defineCommand('fabricSetLatest', { numberOfKeys: 1, lua: SET_LATEST });
 
   const cacheLimit = options.cacheEntities ?? 50_000;
   /**
@@ -144,7 +146,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
         trims.push([log, trimmed]);
         const row = log.latestRow;
         const fields = row ? latestFields(group, row) : [];
-        write.eval(SET_LATEST, 1, keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, Number.isFinite(bound) ? bound : '', ...fields);
+        (write as unknown as { fabricSetLatest(...args: (string | number)[]): void }).fabricSetLatest(keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, Number.isFinite(bound) ? bound : '', ...fields);
       }
       // Every write is idempotent (same members, compare-and-set hash), so a failed MULTI is retried whole.
       const written = await write.exec();
