@@ -109,6 +109,7 @@ async function applyClickHouse(config: FabricConfig): Promise<number> {
     for (const query of statements) await client.command({ query });
     return statements.length + (await migrateFeatureTables(client, config.clickhouseDatabase));
   } catch (err) {
+    if (err instanceof FabricError) throw err;
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });
   } finally {
     await client.close();

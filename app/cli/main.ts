@@ -221,7 +221,10 @@ program
     await readTopic(cfg, prefixed(cfg, topic), o.max, o.fromBeginning, async (m) => {
       let value: unknown = null;
       if (m.value) value = await serde.decodeAsync(m.value).catch(() => m.value!.toString('utf8'));
-      out(!!o.json, { partition: m.partition, offset: m.offset, key: m.key, value }, () => `${topic}[${m.partition}]@${m.offset} ${m.key ?? ''} ${JSON.stringify(value)}`);
+      // fabric.* headers carry why a record is where it is (late.<stream>: the group and the reason).
+      const why = Object.fromEntries(Object.entries(m.headers).filter(([k]) => k.startsWith('fabric.')));
+      const shown = Object.keys(why).length ? { partition: m.partition, offset: m.offset, key: m.key, value, headers: why } : { partition: m.partition, offset: m.offset, key: m.key, value };
+      out(!!o.json, shown, () => `${topic}[${m.partition}]@${m.offset} ${m.key ?? ''} ${JSON.stringify(value)}${Object.keys(why).length ? ` ${JSON.stringify(why)}` : ''}`);
     });
   });
 
@@ -273,10 +276,27 @@ program
         redis.disconnect();
       }
     }
-    out(!!o.json, { stack, processors }, () =>
+    // Events routed beyond a feature group's lateness: each late topic's offset span (retention 30 d;
+    // an upper bound, as transactional writes add one commit marker per batch and partition).
+    const late: Record<string, number> = {};
+    if (stack.find((s) => s.name === 'kafka')?.up) {
+      const admin = createKafka(cfg, cliLog(cfg, true), 'cli').admin();
+      await admin.connect();
+      try {
+        const existing = new Set(await admin.listTopics());
+        for (const s of fabricTopology().streams) {
+          const topic = prefixed(cfg, s.lateTopic);
+          if (existing.has(topic)) late[s.lateTopic] = (await admin.fetchTopicOffsets(topic)).reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+        }
+      } finally {
+        await admin.disconnect();
+      }
+    }
+    out(!!o.json, { stack, processors, late }, () =>
       [
         ...stack.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}`),
         ...(processors.length ? processors.map((p) => `${p.processor.padEnd(11)} ${p.state.padEnd(10)} ${p.instance} restarts ${p.restarts}${p.paused.length ? ` paused ${p.paused.join(',')}` : ''}${p.lastError && p.state !== 'running' ? `  ${p.lastError}` : ''}`) : ['(no processor running)']),
+        ...Object.entries(late).map(([topic, n]) => `${topic.padEnd(22)} at most ${n} event(s) beyond the allowed lateness (fabric tail ${topic} shows each with its reason)`),
       ].join('\n'),
     );
     if (stack.some((s) => !s.up) || processors.some((p) => p.state === 'failed' || p.state === 'restarting')) process.exitCode = 1;
