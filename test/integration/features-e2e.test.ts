@@ -11,7 +11,7 @@ import { AvroSerde } from '../../schemas/serde.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
-import { readOnlineFeatures } from '../../processors/features/online.js';
+import { readLatestRow, readOnlineFeatures } from '../../processors/features/online.js';
 import { checkFeatures } from '../../processors/features/check.js';
 import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';
@@ -235,6 +235,36 @@ describe('feature groups end to end, against a recomputation from the raw events
       expect(report.rowsWritten).toBe(ix.accepted);
       expect(await snapshot()).toEqual(before);
     }
+  });
+
+  it('backfill --online rebuilds a group\'s Redis state from scratch: the same online values and latest rows', async () => {
+    const entities = [...raw.get('user')!.keys()].sort();
+    const now = Date.now();
+    const read = async () => {
+      const values = [];
+      for (let i = 0; i < entities.length; i += 1000) values.push(...(await readOnlineFeatures(f.redis, f.config.redisKeyPrefix, userGroup, entities.slice(i, i + 1000), now)));
+      const latest = await Promise.all(entities.map((e) => readLatestRow(f.redis, f.config.redisKeyPrefix, userGroup, e)));
+      return { values, latest };
+    };
+    const before = await read();
+    // The stream is idle (every event processed): wipe the group's keys, then rebuild them.
+    const keys = await f.redis.keys(`${f.config.redisKeyPrefix}*:user:*`);
+    expect(keys.length).toBe(2 * entities.length);
+    await f.redis.del(...keys);
+    const report = await backfill({
+      kafka: f.kafka,
+      serde: new AvroSerde({ url: f.config.registryUrl }),
+      group: userGroup,
+      topic: { logical: 'events.interactions', physical: prefixed(f.config, 'events.interactions') },
+      latenessMs: f.config.featuresLatenessSec * 1000,
+      maxClockSkewMs: f.config.maxClockSkewSec * 1000,
+      from: 0,
+      to: now,
+      clickhouse: { client: f.clickhouse, database: f.config.clickhouseDatabase },
+      online: { redis: f.redis, keyPrefix: f.config.redisKeyPrefix },
+    });
+    expect(report.entitiesWritten).toBe(entities.length);
+    expect(await read()).toEqual(before);
   });
 
   it('fabric features get prints the values as of --at as JSON (the CLI a user runs)', async () => {
