@@ -137,6 +137,22 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+/** Backfill of a group from its input topic (logical name), every event time up to `to`. */
+function backfillGroup(group: FeatureGroup, topic: string, to: number, online: boolean) {
+  return backfill({
+    kafka: f.kafka,
+    serde: new AvroSerde({ url: f.config.registryUrl }),
+    group,
+    topic: { logical: topic, physical: prefixed(f.config, topic) },
+    latenessMs: f.config.featuresLatenessSec * 1000,
+    maxClockSkewMs: f.config.maxClockSkewSec * 1000,
+    from: 0,
+    to,
+    clickhouse: { client: f.clickhouse, database: f.config.clickhouseDatabase },
+    ...(online ? { online: { redis: f.redis, keyPrefix: f.config.redisKeyPrefix } } : {}),
+  });
+}
+
 const groups: [string, FeatureGroup][] = [['account', accountGroup], ['user', userGroup], ['item', itemGroup]];
 
 describe('feature groups end to end, against a recomputation from the raw events', () => {
@@ -220,17 +236,7 @@ describe('feature groups end to end, against a recomputation from the raw events
     const snapshot = () => chRows<Record<string, unknown>>(f.clickhouse, `SELECT * FROM ${db}.v_features_item ORDER BY entity_id, ts_ms, source_offset`);
     const before = await snapshot();
     for (let i = 0; i < 2; i++) {
-      const report = await backfill({
-        kafka: f.kafka,
-        serde: new AvroSerde({ url: f.config.registryUrl }),
-        group: itemGroup,
-        topic: { logical: 'repartition.interactions.item', physical: prefixed(f.config, 'repartition.interactions.item') },
-        latenessMs: f.config.featuresLatenessSec * 1000,
-        maxClockSkewMs: f.config.maxClockSkewSec * 1000,
-        from: 0,
-        to: Date.now(),
-        clickhouse: { client: f.clickhouse, database: db },
-      });
+      const report = await backfillGroup(itemGroup, 'repartition.interactions.item', Date.now(), false);
       expect(report.admitted).toBe(ix.accepted);
       expect(report.rowsWritten).toBe(ix.accepted);
       expect(await snapshot()).toEqual(before);
@@ -251,18 +257,7 @@ describe('feature groups end to end, against a recomputation from the raw events
     const keys = await f.redis.keys(`${f.config.redisKeyPrefix}*:user:*`);
     expect(keys.length).toBe(2 * entities.length);
     await f.redis.del(...keys);
-    const report = await backfill({
-      kafka: f.kafka,
-      serde: new AvroSerde({ url: f.config.registryUrl }),
-      group: userGroup,
-      topic: { logical: 'events.interactions', physical: prefixed(f.config, 'events.interactions') },
-      latenessMs: f.config.featuresLatenessSec * 1000,
-      maxClockSkewMs: f.config.maxClockSkewSec * 1000,
-      from: 0,
-      to: now,
-      clickhouse: { client: f.clickhouse, database: f.config.clickhouseDatabase },
-      online: { redis: f.redis, keyPrefix: f.config.redisKeyPrefix },
-    });
+    const report = await backfillGroup(userGroup, 'events.interactions', now, true);
     expect(report.entitiesWritten).toBe(entities.length);
     expect(await read()).toEqual(before);
   });
