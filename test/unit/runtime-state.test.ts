@@ -77,4 +77,9 @@ describe('produce requests sized by bytes', () => {
   it('sends a single oversized message alone rather than never', () => {
     expect(chunkByBytes([msg(10), msg(5000), msg(10)], 1000).map((c) => c.length)).toEqual([1, 1, 1]);
   });
+  it('caps the messages per request too (kafkajs groups a request per partition in quadratic time)', () => {
+    const messages = Array.from({ length: 2500 }, () => msg(10));
+    expect(chunkByBytes(messages, 10_000_000).map((c) => c.length)).toEqual([1000, 1000, 500]);
+    expect(chunkByBytes(messages, 10_000_000, 2000).flat()).toEqual(messages);
+  });
 });

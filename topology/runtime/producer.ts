@@ -19,17 +19,24 @@ export function messageBytes(m: OutMessage): number {
 }
 
 /**
- * Splits messages into produce requests of at most `maxBytes` (and never an empty one): a request
- * above the broker's message.max.bytes is refused whole, and a batch retried after that refusal
- * would be refused again forever. A single larger message goes alone (the broker decides).
+ * At most this many messages per sendBatch: kafkajs groups a request's messages per partition with a
+ * spread inside a reduce (quadratic in messages per partition: 8,000 messages cost about 300 ms of CPU,
+ * measured); 1,000 keeps that negligible for one more round trip per thousand.
  */
-export function chunkByBytes(messages: readonly OutMessage[], maxBytes: number): OutMessage[][] {
+export const MAX_MESSAGES_PER_REQUEST = 1000;
+
+/**
+ * Splits messages into produce requests of at most `maxBytes` and `maxMessages` (and never an empty
+ * one): a request above the broker's message.max.bytes is refused whole, and a batch retried after
+ * that refusal would be refused again forever. A single larger message goes alone (the broker decides).
+ */
+export function chunkByBytes(messages: readonly OutMessage[], maxBytes: number, maxMessages = MAX_MESSAGES_PER_REQUEST): OutMessage[][] {
   const chunks: OutMessage[][] = [];
   let current: OutMessage[] = [];
   let bytes = 0;
   for (const m of messages) {
     const size = messageBytes(m);
-    if (current.length > 0 && bytes + size > maxBytes) {
+    if (current.length > 0 && (bytes + size > maxBytes || current.length >= maxMessages)) {
       chunks.push(current);
       current = [];
       bytes = 0;
