@@ -23,10 +23,10 @@ export const MAX_ONLINE_ENTITIES = 1000;
 // event time at or before the start (the anchor since_previous/last may need), and the trim bound:
 // whether the entity has any event: one atomic snapshot per entity.
 const ONLINE_READ = `
-local win = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], ARGV[1], 'WITHSCORES')
+local win = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], ARGV[1])
 local anchor = {}
 local top = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if #top > 0 then anchor = redis.call('ZRANGEBYSCORE', KEYS[1], top[2], top[2], 'WITHSCORES') end
+if #top > 0 then anchor = redis.call('ZRANGEBYSCORE', KEYS[1], top[2], top[2]) end
 local bound = redis.call('HGET', KEYS[2], 'trim_bound') or ''
 local known = redis.call('ZCARD', KEYS[1])
 return {win, anchor, bound, known}

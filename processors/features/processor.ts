@@ -170,7 +170,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
   /** One pipelined read of every entity's whole set, keeping only members before the batch. */
   async function readLogs(entities: readonly string[], firstOffset: number, ctx: BatchContext): Promise<Map<string, EntityLog>> {
     const read = redis.pipeline();
-    for (const id of entities) read.zrange(keys.window(id), 0, -1, 'WITHSCORES');
+    for (const id of entities) read.zrange(keys.window(id), 0, -1);
     const results = await read.exec();
     if (!results) throw sinkFailed('reading the feature windows', new Error('the pipeline returned nothing'));
     const logs = new Map<string, EntityLog>();

@@ -1,5 +1,5 @@
 import type { FeatureGroup, Scalar } from '../../topology/features/definition.js';
-import { featureEvent, type FeatureEvent } from '../../topology/features/engine.js';
+import type { FeatureEvent } from '../../topology/features/engine.js';
 
 /** Redis key layout of the feature groups, in one place for the processor, online reads and the CLI. */
 export function groupKeys(prefix: string, group: FeatureGroup | string) {
@@ -16,35 +16,40 @@ export function groupKeys(prefix: string, group: FeatureGroup | string) {
 }
 
 /**
- * A window member: the event's offset, id and stored fields as JSON (any characters in ids survive).
- * A pure function of the source record and the definition, so re-adding a redelivered or replayed
- * record's member is a no-op.
+ * A window member: one JSON object with the event's offset (`$o`), time (`$t`, also the score) and id
+ * (`$i`), then its stored fields (names are lower snake case, so they cannot clash). A pure function of
+ * the source record and the definition, so re-adding a redelivered or replayed record's member is a
+ * no-op. Reads parse one flat object per member (no scores to fetch): the online read's main cost.
  */
 export function encodeMember(group: FeatureGroup, e: FeatureEvent): string {
-  const fields: Record<string, Scalar> = {};
-  for (const f of group.fields) fields[f] = e.fields[f] ?? null;
-  return JSON.stringify([e.offset, e.eventId, fields]);
+  const m: Record<string, Scalar> = { $o: e.offset, $t: e.ts, $i: e.eventId };
+  for (const f of group.fields) m[f] = e.fields[f] ?? null;
+  return JSON.stringify(m);
 }
 
-/** Null for a member this layout did not write (e.g. left by an older version): it is ignored. */
-export function decodeMember(group: FeatureGroup, member: string, score: string): FeatureEvent | null {
-  let parsed: unknown;
+/**
+ * Null for a member this layout did not write (e.g. left by an older version): it is ignored. A stored
+ * field the member lacks (added to the definition since) reads as null until a backfill --online.
+ */
+export function decodeMember(group: FeatureGroup, member: string): FeatureEvent | null {
+  let m: Record<string, unknown>;
   try {
-    parsed = JSON.parse(member);
+    m = JSON.parse(member) as Record<string, unknown>;
   } catch {
     return null;
   }
-  if (!Array.isArray(parsed) || parsed.length !== 3) return null;
-  const [offset, eventId, fields] = parsed as unknown[];
-  if (typeof offset !== 'number' || typeof eventId !== 'string' || typeof fields !== 'object' || fields === null) return null;
-  return featureEvent(group, eventId, Number(score), offset, fields as Record<string, unknown>);
+  if (m === null || typeof m !== 'object' || typeof m.$o !== 'number' || typeof m.$t !== 'number' || typeof m.$i !== 'string') return null;
+  // The parsed object serves as the event's fields (its $ keys are never a field name).
+  for (const f of group.fields) if (!(f in m)) m[f] = null;
+  for (const [name, t] of Object.entries(group.transforms)) m[name] = t.fn(m as Record<string, Scalar>);
+  return { eventId: m.$i, ts: m.$t, offset: m.$o, fields: m as Record<string, Scalar> };
 }
 
-/** Decodes ZRANGE ... WITHSCORES output. */
-export function decodeMembers(group: FeatureGroup, flat: readonly string[]): FeatureEvent[] {
+/** Decodes a list of members (ZRANGE without scores: the time is in the member). */
+export function decodeMembers(group: FeatureGroup, members: readonly string[]): FeatureEvent[] {
   const events: FeatureEvent[] = [];
-  for (let j = 0; j + 1 < flat.length; j += 2) {
-    const e = decodeMember(group, flat[j]!, flat[j + 1]!);
+  for (const member of members) {
+    const e = decodeMember(group, member);
     if (e) events.push(e);
   }
   return events;

@@ -152,7 +152,7 @@ async function checkRedis(prefix: string, oracle: OracleRun): Promise<number> {
     const below = admitted.filter((e) => e.ts < bound);
     const anchor = below.reduce<(typeof below)[number] | undefined>((g, e) => (!g || before(g, e) ? e : g), undefined);
     const expected = admitted.filter((e) => e.ts >= bound || e === anchor).map((e) => [e.offset, e.value.event_id, e.ts, pick(e.value as Raw, ORACLE_GROUPS[name].stored)]);
-    const members = decodeMembers(group, await redis.zrange(keys.window(entity), 0, -1, 'WITHSCORES')).map((e) => [e.offset, e.eventId, e.ts, pick(e.fields, ORACLE_GROUPS[name].stored)]);
+    const members = decodeMembers(group, await redis.zrange(keys.window(entity), 0, -1)).map((e) => [e.offset, e.eventId, e.ts, pick(e.fields, ORACLE_GROUPS[name].stored)]);
     const order = (a: unknown[], b: unknown[]) => (a[0] as number) - (b[0] as number);
     expect(members.sort(order), `window members of ${entity}`).toEqual(expected.sort(order));
     if (members.length < admitted.length) trimmed++;
@@ -452,7 +452,7 @@ describe('features processor (account): exact against an independent recomputati
     const driver = await open(prefix);
     const txns = Array.from({ length: 36 }, (_, i) => txn(`t${i}`, 'acct-tr', T0 + i * 2 * HOUR_MS, 10 + i, `m-${i % 4}`));
     for (let i = 0; i < txns.length; i += 6) await driver.pipe(TOPICS.account, txns.slice(i, i + 6), byAccount);
-    const members = decodeMembers(accountGroup, await redis.zrange(groupKeys(prefix, accountGroup).window('acct-tr'), 0, -1, 'WITHSCORES'));
+    const members = decodeMembers(accountGroup, await redis.zrange(groupKeys(prefix, accountGroup).window('acct-tr'), 0, -1));
     expect(members.some((m) => m.eventId === 't0')).toBe(false);
     const state = await dump(prefix);
     // t0 (admitted 70 h ago, trimmed since) and t33 (still kept) come again, e.g. from a client retrying.
