@@ -96,9 +96,11 @@ export async function backfill(options: BackfillOptions): Promise<BackfillReport
       // The stream trims before each batch relative to the newest event before it; here every record is a batch.
       if (Number.isFinite(state.log.newestTs)) {
         const bound = trimBound(group, state.log.newestTs, options.latenessMs);
-        if (bound > state.bound) {
-          state.log.forget(state.log.trimmed(bound));
-          state.bound = bound;
+        const trimmed = state.log.trimmed(bound);
+        // Recorded: the greatest time removed (reads whose windows start at or after it are exact).
+        if (trimmed.length > 0) {
+          state.log.forget(trimmed);
+          state.bound = Math.max(state.bound, ...trimmed.map((e) => e.ts));
         }
       }
       const offer = state.log.offer(featureEvent(group, value[group.idField] as string, ts, Number(record.offset), value), options.latenessMs);

@@ -20,7 +20,8 @@ export const MAX_ONLINE_ENTITIES = 1000;
 
 // KEYS[1] the entity's window, KEYS[2] its latest hash; ARGV[1] the instant, ARGV[2] the start of the
 // longest window (exclusive). Returns the members in (start, instant], the members at the greatest
-// event time at or before the start (the anchor since_previous/last may need), and the trim bound:
+// event time at or before the start (the anchor since_previous/last may need), the greatest event
+// time trimmed (older windows may miss events)
 // whether the entity has any event: one atomic snapshot per entity.
 const ONLINE_READ = `
 local win = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], ARGV[1])

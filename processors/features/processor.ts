@@ -146,7 +146,7 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
         trims.push([log, trimmed]);
         const row = log.latestRow;
         const fields = row ? latestFields(group, row) : [];
-        (write as unknown as { fabricSetLatest(...args: (string | number)[]): void }).fabricSetLatest(keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, Number.isFinite(bound) ? bound : '', ...fields);
+        (write as unknown as { fabricSetLatest(...args: (string | number)[]): void }).fabricSetLatest(keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, trimmed.length > 0 ? Math.max(...trimmed.map((e) => e.ts)) : '', ...fields);
       }
       // Every write is idempotent (same members, compare-and-set hash), so a failed MULTI is retried whole.
       const written = await write.exec();
@@ -198,7 +198,7 @@ function latestFields(group: FeatureGroup, row: FeatureRow): string[] {
   return out;
 }
 
-// KEYS[1] the latest hash; ARGV: ts, offset, version, trim bound ('' = none), then field/value pairs
+// KEYS[1] the latest hash; ARGV: ts, offset, version, the greatest time trimmed ('' = none), then field/value pairs
 // (none: only the bound). The row is written only over a smaller (ts, offset, version), so the hash
 // holds the newest computation of the entity's greatest event whatever order late events, retries or
 // a zombie instance write in; the bound only grows. Offsets and ms timestamps fit in doubles.

@@ -9,7 +9,8 @@ export function groupKeys(prefix: string, group: FeatureGroup | string) {
     window: (entity: string) => `${prefix}win:${name}:${entity}`,
     /**
      * HASH of the features as of the entity's greatest event by (ts, offset), with its ts, offset,
-     * version and event_id, plus trim_bound (events below it may have been trimmed).
+     * version and event_id, plus trim_bound: the greatest event time trimmed so far (reads whose
+     * windows start at or after it are exact; a function of what was removed, not of batch timing).
      */
     latest: (entity: string) => `${prefix}feat:${name}:${entity}`,
   };

@@ -277,11 +277,13 @@ describe('feature groups end to end, against a recomputation from the raw events
     expect(printed.known).toBe(true);
     expect(printed.source).toBe('online');
     expectFeatures(printed.features, expected('account', events, at), `CLI ${entity}`);
-    // Older than the online store keeps (its trim bound, about lateness + 1 h behind the entity's
-    // newest event for instants): the same engine over ClickHouse answers.
+    // Older than the online store keeps: the same engine over ClickHouse answers. An hour and a half
+    // of history trims nothing (the store keeps a day plus twice the lateness plus 1 h), so the
+    // entity's recorded trim bound is set as a trim a day later would have set it.
     const [busy, busyEvents] = [...raw.get('account')!].sort((a, b) => b[1].length - a[1].length)[0]!;
     const old = busyEvents.at(-1)!.ts - 75 * 60_000;
     expect(busyEvents.filter((e) => e.ts <= old).length).toBeGreaterThan(0);
+    await f.redis.hset(`${f.config.redisKeyPrefix}feat:account:${busy}`, 'trim_bound', String(old - 24 * HOUR + 1));
     const past = JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'features', 'get', '--group', 'account', '--entity', busy, '--at', String(old), '--json'], { env, timeout: 60_000 })).stdout) as typeof printed;
     expect(past.source).toBe('offline');
     expectFeatures(past.features, expected('account', busyEvents, old), `CLI ${busy} at ${old}`);

@@ -148,13 +148,20 @@ async function checkRedis(prefix: string, oracle: OracleRun): Promise<number> {
     const bound = hash.trim_bound === undefined ? -Infinity : Number(hash.trim_bound);
     const newest = oracle.newestTs(entity)!;
     expect(bound, `trim bound of ${entity} leaves 25 h behind its newest event`).toBeLessThanOrEqual(newest - DAY_MS - HOUR_MS);
+    // trim_bound is the greatest event time trimmed: every admitted event after it is kept, and at or
+    // below it at most the anchor (the greatest event there, which since_previous may need).
     const admitted = oracle.eventsOf(entity);
-    const below = admitted.filter((e) => e.ts < bound);
-    const anchor = below.reduce<(typeof below)[number] | undefined>((g, e) => (!g || before(g, e) ? e : g), undefined);
-    const expected = admitted.filter((e) => e.ts >= bound || e === anchor).map((e) => [e.offset, e.value.event_id, e.ts, pick(e.value as Raw, ORACLE_GROUPS[name].stored)]);
+    const asMember = (e: (typeof admitted)[number]) => [e.offset, e.value.event_id, e.ts, pick(e.value as Raw, ORACLE_GROUPS[name].stored)];
+    const atOrBelow = admitted.filter((e) => e.ts <= bound);
+    const anchor = atOrBelow.reduce<(typeof atOrBelow)[number] | undefined>((g, e) => (!g || before(g, e) ? e : g), undefined);
     const members = decodeMembers(group, await redis.zrange(keys.window(entity), 0, -1)).map((e) => [e.offset, e.eventId, e.ts, pick(e.fields, ORACLE_GROUPS[name].stored)]);
     const order = (a: unknown[], b: unknown[]) => (a[0] as number) - (b[0] as number);
-    expect(members.sort(order), `window members of ${entity}`).toEqual(expected.sort(order));
+    const kept = members.filter((m) => (m[2] as number) > bound).sort(order);
+    expect(kept, `window members of ${entity} after its trim bound`).toEqual(admitted.filter((e) => e.ts > bound).map(asMember).sort(order));
+    const old = members.filter((m) => (m[2] as number) <= bound);
+    expect(old.length, `members of ${entity} at or below its trim bound`).toBeLessThanOrEqual(1);
+    if (old.length === 1) expect(old[0], `the anchor of ${entity}`).toEqual(asMember(anchor!));
+    if (Number.isFinite(bound)) expect(atOrBelow.length, `a trim bound of ${entity} means something was trimmed`).toBeGreaterThan(old.length);
     if (members.length < admitted.length) trimmed++;
   }
   return trimmed;
