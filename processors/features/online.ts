@@ -61,7 +61,15 @@ export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group:
     const [err, reply] = results[i]!;
     if (err) throw new FabricError('FABRIC_SINK_FAILED', `Redis failed the online read of ${group.name} ${entity}: ${messageOf(err)}`, { cause: err });
     const [win, anchor, bound, known] = reply as [string[], string[], string, number];
-    const events = decodeMembers(group, [...anchor, ...win]).sort(compareEvents);
+    const events = decodeMembers(group, anchor);
+    for (const e of decodeMembers(group, win)) events.push(e);
+    // Members come ordered by time; only a same-millisecond tie may need ordering by offset.
+    for (let k = 1; k < events.length; k++) {
+      if (compareEvents(events[k - 1]!, events[k]!) > 0) {
+        events.sort(compareEvents);
+        break;
+      }
+    }
     return { entity, values: known > 0 ? evaluate(group, events, { instant: asOf }) : null, exact: bound === '' || start >= Number(bound) };
   });
 }

@@ -42,7 +42,7 @@ export function decodeMember(group: FeatureGroup, member: string): FeatureEvent 
   if (m === null || typeof m !== 'object' || typeof m.$o !== 'number' || typeof m.$t !== 'number' || typeof m.$i !== 'string') return null;
   // The parsed object serves as the event's fields (its $ keys are never a field name).
   for (const f of group.fields) if (!(f in m)) m[f] = null;
-  for (const [name, t] of Object.entries(group.transforms)) m[name] = t.fn(m as Record<string, Scalar>);
+  for (const [name, t] of group.transformList) m[name] = t.fn(m as Record<string, Scalar>);
   return { eventId: m.$i, ts: m.$t, offset: m.$o, fields: m as Record<string, Scalar> };
 }
 

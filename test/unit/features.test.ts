@@ -16,6 +16,7 @@ import {
 import { compareEvents, evaluate, featureEvent, type FeatureEvent, type FeatureValues } from '../../topology/features/engine.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
 import { EntityLog, eventRejection, trimBound } from '../../processors/features/entity-log.js';
+import { decodeMember, encodeMember } from '../../processors/features/redis-keys.js';
 import {
   DAY_MS,
   HOUR_MS,
@@ -531,5 +532,42 @@ describe('seeded random streams: EntityLog + eventRejection equal the oracle, fo
         for (const f of g.featureNames) expect(values[f], `${entity} offset ${e.offset} ${f}`).toBe(row[f]);
       }
     }
+  });
+});
+
+describe('per-event transforms', () => {
+  const group = featureGroup({
+    name: 'probe_tx',
+    stream: 'transactions',
+    schema: 'transaction',
+    entity: 'account_id',
+    transforms: {
+      amount_cents: { type: 'number', inputs: ['amount'], fn: (e) => Math.round((e.amount as number) * 100) },
+      big: { type: 'boolean', inputs: ['amount'], fn: (e) => (e.amount as number) > 100 },
+    },
+    features: {
+      probe_cents_1h: sum('amount_cents', '1h'),
+      probe_big_1h: count('1h', { where: { big: true } }),
+      probe_last_big: lastValue('big'),
+    },
+  });
+  const T = 1_700_000_000_000;
+  const raw = (amount: number) => ({ amount, account_id: 'a', counterparty_id: 'c' });
+
+  it('stores only the raw inputs and derives the transforms on every path', () => {
+    expect(group.fields).toEqual(['amount']);
+    const events = [featureEvent(group, 'x', T, 0, raw(50.5)), featureEvent(group, 'y', T + 1000, 1, raw(250)), featureEvent(group, 'z', T + 2000, 2, raw(99.99))];
+    expect(evaluate(group, events, { instant: T + 2000 })).toEqual({ probe_cents_1h: 5050 + 25000 + 9999, probe_big_1h: 1, probe_last_big: false });
+    expect(evaluate(group, events, { event: events[1]! })).toEqual({ probe_cents_1h: 5050 + 25000, probe_big_1h: 1, probe_last_big: true });
+    // A member round trip recomputes them from the stored amount.
+    const member = encodeMember(group, events[1]!);
+    expect(JSON.parse(member)).toEqual({ $o: 1, $t: T + 1000, $i: 'y', amount: 250 });
+    expect(decodeMember(group, member)!.fields).toMatchObject({ amount: 250, amount_cents: 25000, big: true });
+  });
+
+  it('refuses a transform reading an unknown field, and an aggregation of the wrong type over one', () => {
+    const base = { name: 'probe_bad', stream: 'transactions', schema: 'transaction' as const, entity: 'account_id' };
+    expect(() => featureGroup({ ...base, transforms: { t: { type: 'number', inputs: ['amout'], fn: () => 1 } }, features: { probe_t: sum('t', '1h') } })).toThrow(/feature group probe_bad, transform t: unknown field "amout"/);
+    expect(() => featureGroup({ ...base, transforms: { flag: { type: 'boolean', inputs: ['amount'], fn: () => true } }, features: { probe_f: sum('flag', '1h') } })).toThrow(/feature group probe_bad, feature probe_f: transform flag is boolean, number needed/);
   });
 });

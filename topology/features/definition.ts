@@ -112,6 +112,8 @@ export interface FeatureGroup {
   /** Avro type of each stored raw field (for the update record and ClickHouse columns). */
   readonly fieldTypes: Readonly<Record<string, FeatureType>>;
   readonly transforms: Readonly<Record<string, TransformSpec>>;
+  /** The transforms as a list, for the per-event hot paths (no allocation per event). */
+  readonly transformList: readonly (readonly [string, TransformSpec])[];
   readonly features: readonly FeatureDef[];
   readonly featureNames: readonly string[];
   /** The longest window (ms); 0 when the group has none. */
@@ -340,6 +342,7 @@ export function featureGroup(spec: FeatureGroupSpec, schemaOverride?: AvroRecord
     fieldKinds: Object.freeze(fieldKinds),
     fieldTypes: Object.freeze(fieldTypes),
     transforms: Object.freeze({ ...transforms }),
+    transformList: Object.freeze(Object.entries(transforms).map(([name, t]) => Object.freeze([name, t] as const))),
     features: Object.freeze(features),
     featureNames: Object.freeze(features.map((f) => f.name)),
     maxWindowMs: Math.max(0, ...features.map((f) => f.windowMs ?? 0)),

@@ -36,7 +36,7 @@ export function compareEvents(a: Pick<FeatureEvent, 'ts' | 'offset'>, b: Pick<Fe
 export function featureEvent(group: FeatureGroup, eventId: string, ts: number, offset: number, raw: Readonly<Record<string, unknown>>): FeatureEvent {
   const fields: Record<string, Scalar> = {};
   for (const f of group.fields) fields[f] = (raw[f] ?? null) as Scalar;
-  for (const [name, t] of Object.entries(group.transforms)) fields[name] = t.fn(fields);
+  for (const [name, t] of group.transformList) fields[name] = t.fn(fields);
   return { eventId, ts, offset, fields };
 }
 
