@@ -9,9 +9,10 @@ import { FabricError, messageOf } from '../../topology/errors.js';
  * The offline store: every admitted event of a group is a row of features_<group> (one per event
  * after FINAL; a corrected row replaces the first), holding the event's stored fields. Features as of
  * any instant are recomputed from those rows by the same engine as the stream, so offline and
- * online share one definition of every value. (Measured against ClickHouse SQL on 18.16, which has no
- * ASOF JOIN or window functions: the engine over streamed rows is the only way that supports every
- * aggregation, and it builds a 100,000-label training set in about 1.3 s end to end; see the bench.)
+ * online share one definition of every value. (Measured against generated SQL on 18.16, a join of the
+ * labels with their entities' events and -If aggregates: 0.9 s for six of the account features on
+ * 100,000 labels, against 0.8 s for the engine's eight plus writing the file; at equal speed, one
+ * engine keeps one semantics.)
  */
 export type History = Map<string, FeatureEvent[]>;
 
