@@ -3,8 +3,9 @@
  *
  * Labels: a header (CSV) or schema (Parquet) with a `ts` column and the caller's required key columns; any
  * other columns are carried through unchanged. `ts` is epoch milliseconds (an integer) or an ISO 8601
- * string: a date (`2024-05-01`, UTC midnight) or a date-time with a zone (`2024-05-01T12:00:00.250Z`,
- * `2024-05-01 12:00:00+02:00`). A date-time without a zone is refused rather than read in the local zone.
+ * string: a date (`2024-05-01`, UTC midnight) or a date-time, with or without a zone (`2024-05-01T12:00:00.250Z`,
+ * `2024-05-01 12:00:00+02:00`). A date-time without a zone is UTC (as pandas and Python write naive
+ * timestamps, and as Feast reads them), never the machine's local zone.
  * In Parquet `ts` may also be a timestamp (decoded to a Date) or an INT64. Every problem is a
  * FabricError('FABRIC_LABELS_INVALID') whose one-line message names the file, the line (CSV: physical line,
  * header = line 1, a record spanning lines is named by its first; Parquet: `row N`, 1-based) and the column.
@@ -95,7 +96,7 @@ class LabelsChecker {
     const raw = row[this.tsIndex];
     const ts = labelInstant(raw);
     if (ts === undefined) {
-      throw invalid(`${this.path}: ${where}: column "ts" value ${showValue(raw)} is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time with a zone`);
+      throw invalid(`${this.path}: ${where}: column "ts" value ${showValue(raw)} is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time`);
     }
     return ts;
   }
@@ -136,8 +137,8 @@ function labelInstant(v: unknown): number | undefined {
 }
 
 const EPOCH_MS_RE = /^-?\d+$/;
-// A calendar date, optionally with a time that then needs a zone: Z, ±hh, ±hhmm or ±hh:mm.
-const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?))?$/;
+// A calendar date, optionally with a time and a zone (Z, ±hh, ±hhmm or ±hh:mm; none means UTC).
+const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?$/;
 
 /**
  * Parses a `ts` string strictly: an integer (epoch milliseconds, safe range) or ISO 8601 as described in the

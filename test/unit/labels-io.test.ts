@@ -62,6 +62,12 @@ describe('parseTs', () => {
     expect(parseTs('0050-01-01')).toBe(new Date('0050-01-01T00:00:00Z').getTime());
   });
 
+  it('reads a date-time without a zone as UTC, never the local zone (pandas and Python write naive timestamps)', () => {
+    expect(parseTs('2024-05-01T12:00:00')).toBe(Date.UTC(2024, 4, 1, 12));
+    expect(parseTs('2024-05-01 12:00')).toBe(Date.UTC(2024, 4, 1, 12));
+    expect(parseTs('2024-05-01 12:00:00.123456')).toBe(Date.UTC(2024, 4, 1, 12, 0, 0, 123));
+  });
+
   it('refuses anything else rather than guess', () => {
     for (const bad of [
       '',
@@ -72,8 +78,6 @@ describe('parseTs', () => {
       '+1714564800000',
       '0x10',
       '9007199254740993', // beyond the safe integer range
-      '2024-05-01T12:00:00', // no zone: refused, not read in the local zone
-      '2024-05-01T12:00', // no zone
       '2024-13-01',
       '2024-02-30',
       '2023-02-29',
@@ -179,7 +183,7 @@ describe('readLabels (CSV)', () => {
   it('names the line and value of an unreadable ts', async () => {
     const cases: [string, number, string][] = [
       [`account_id,ts\na,${T0}\nb,yesterday\n`, 3, '"yesterday"'],
-      [`account_id,ts\na,2024-05-01T12:00:00\n`, 2, '"2024-05-01T12:00:00"'],
+      [`account_id,ts\na,2024-05-01T25:00:00\n`, 2, '"2024-05-01T25:00:00"'],
       [`account_id,ts\na,${T0}\nb,${T0}\nc,1.5\n`, 4, '"1.5"'],
       [`account_id,ts\na,9007199254740993\n`, 2, '"9007199254740993"'],
       [`account_id,ts\na,2024-02-30\n`, 2, '"2024-02-30"'],
@@ -188,7 +192,7 @@ describe('readLabels (CSV)', () => {
     for (const [content, line, shown] of cases) {
       const path = await file('.csv', content);
       const err = await labelsError(path);
-      expect(err.message).toBe(`${path}: line ${line}: column "ts" value ${shown} is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time with a zone`);
+      expect(err.message).toBe(`${path}: line ${line}: column "ts" value ${shown} is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time`);
     }
   });
 
@@ -267,7 +271,7 @@ describe('readLabels (Parquet)', () => {
       { name: 'account_id', data: ['a', 'b'], type: 'STRING' },
       { name: 'ts', data: [T0, 1.25], type: 'DOUBLE' },
     ] }));
-    expect((await labelsError(badTs)).message).toBe(`${badTs}: row 2: column "ts" value 1.25 is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time with a zone`);
+    expect((await labelsError(badTs)).message).toBe(`${badTs}: row 2: column "ts" value 1.25 is neither epoch milliseconds (a safe integer) nor an ISO 8601 date or date-time`);
 
     const notParquet = await file('.parquet', 'account_id,ts\n');
     expect((await labelsError(notParquet)).message).toContain(`${notParquet}: not a readable Parquet file: `);
