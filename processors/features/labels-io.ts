@@ -136,7 +136,8 @@ function labelInstant(v: unknown): number | undefined {
   return undefined;
 }
 
-const EPOCH_MS_RE = /^-?\d+$/;
+// Integers, also as pandas writes them from a float column (1714564800000.0).
+const EPOCH_MS_RE = /^-?\d+(?:\.0+)?$/;
 // A calendar date, optionally with a time and a zone (Z, ±hh, ±hhmm or ±hh:mm; none means UTC).
 const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?$/;
 

@@ -62,8 +62,9 @@ describe('parseTs', () => {
     expect(parseTs('0050-01-01')).toBe(new Date('0050-01-01T00:00:00Z').getTime());
   });
 
-  it('reads a date-time without a zone as UTC, never the local zone (pandas and Python write naive timestamps)', () => {
+  it('reads a date-time without a zone as UTC, never the local zone, and an integral float as epoch ms (as pandas and Python write them)', () => {
     expect(parseTs('2024-05-01T12:00:00')).toBe(Date.UTC(2024, 4, 1, 12));
+    expect(parseTs('1714564800000.0')).toBe(1714564800000);
     expect(parseTs('2024-05-01 12:00')).toBe(Date.UTC(2024, 4, 1, 12));
     expect(parseTs('2024-05-01 12:00:00.123456')).toBe(Date.UTC(2024, 4, 1, 12, 0, 0, 123));
   });
