@@ -66,6 +66,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     if (options.apply ?? true) {
       const report = await applyTopology(topology, config, kafka, serde);
       log.info({ created: report.topicsCreated.length, subjects: report.subjects.length, clickhouse: report.clickhouseStatements }, 'topology applied');
+      for (const notice of report.notices) log.warn(notice);
     }
     // The gateway's and the control plane's producer; every processor task has its own transactional one.
     const producer = new BatchingProducer(kafka, { lingerMs: config.producerLingerMs, batchSize: config.producerBatchSize, maxRequestBytes: config.producerMaxRequestBytes, maxQueued: config.producerMaxQueued, ackTimeoutMs: config.kafkaAckTimeoutMs }, log.child({ component: 'producer' }), metrics);

@@ -15,6 +15,8 @@ export interface ApplyReport {
   readonly topicsExisting: string[];
   readonly subjects: { subject: string; id: number }[];
   readonly clickhouseStatements: number;
+  /** What applying changed that needs an operator (a table set aside, a column to backfill). */
+  readonly notices: string[];
 }
 
 function topicConfig(t: TopicDef): ITopicConfig['configEntries'] {
@@ -57,8 +59,8 @@ export async function applyTopology(topology: Topology, config: FabricConfig, ka
       throw new FabricError('FABRIC_REGISTRY_UNAVAILABLE', `registering ${subject} failed: ${messageOf(err)}`, { cause: err });
     }
   }
-  const statements = options.clickhouse === false ? 0 : await applyClickHouse(config);
-  return { topicsCreated: created, topicsExisting: existing, subjects, clickhouseStatements: statements };
+  const ch = options.clickhouse === false ? { statements: 0, notices: [] } : await applyClickHouse(config);
+  return { topicsCreated: created, topicsExisting: existing, subjects, clickhouseStatements: ch.statements, notices: ch.notices };
 }
 
 export async function clickhouseStatements(database: string): Promise<string[]> {
@@ -77,37 +79,48 @@ export async function clickhouseStatements(database: string): Promise<string[]> 
 /**
  * Brings existing features_<group> tables up to their definitions: a feature added to a definition
  * becomes a new column (fill it with `fabric features backfill`). A table with another engine (from
- * before rows were versioned) is refused with how to rebuild it, never silently kept.
+ * before rows were versioned) is renamed aside, kept for reference, and the table recreated empty:
+ * the notice returned says so and how to refill it (`fabric features backfill`), never silently.
  */
-async function migrateFeatureTables(client: ReturnType<typeof createClickHouse>, database: string): Promise<number> {
+async function migrateFeatureTables(client: ReturnType<typeof createClickHouse>, database: string): Promise<{ altered: number; notices: string[] }> {
   let altered = 0;
+  const notices: string[] = [];
+  const db = sqlIdentifier(database);
   for (const g of FEATURE_GROUPS) {
     const table = featureTable(g);
+    const engine = await client.query({ query: `SELECT engine_full FROM system.tables WHERE database = ${sqlLiteral(database)} AND name = ${sqlLiteral(table)}`, format: 'JSONEachRow' });
+    const [current] = await engine.json<{ engine_full: string }>();
+    if (current && !current.engine_full.startsWith('ReplacingMergeTree(version)')) {
+      const aside = `${table}_legacy_${new Date().toISOString().replace(/\D/g, '').slice(0, 14)}`;
+      await client.command({ query: `DROP TABLE IF EXISTS ${db}.v_${table}` });
+      await client.command({ query: `RENAME TABLE ${db}.${table} TO ${db}.${aside}` });
+      for (const query of featureTableStatements(g, db)) await client.command({ query });
+      notices.push(`${database}.${table} had engine ${current.engine_full.split(' ')[0]} (rows from before versions); it is kept as ${database}.${aside} and ${table} was recreated empty: run fabric features backfill --group ${g.name} to refill it from Kafka`);
+      continue;
+    }
     const rs = await client.query({ query: `SELECT name, type FROM system.columns WHERE database = ${sqlLiteral(database)} AND table = ${sqlLiteral(table)}`, format: 'JSONEachRow' });
     const present = new Map((await rs.json<{ name: string; type: string }>()).map((c) => [c.name, c.type]));
-    const engine = await client.query({ query: `SELECT engine_full FROM system.tables WHERE database = ${sqlLiteral(database)} AND name = ${sqlLiteral(table)}`, format: 'JSONEachRow' });
-    const [row] = await engine.json<{ engine_full: string }>();
-    if (row && !row.engine_full.startsWith('ReplacingMergeTree(version)')) {
-      throw new FabricError('FABRIC_CONFIG_INVALID', `${database}.${table} has engine ${row.engine_full.split(' ')[0]}, not ReplacingMergeTree(version): drop it (DROP TABLE ${database}.${table}; DROP TABLE ${database}.v_${table}), apply again and run fabric features backfill --group ${g.name}`);
-    }
     let after = 'ts_ms';
     for (const c of featureColumns(g)) {
       if (!present.has(c.name)) {
-        await client.command({ query: `ALTER TABLE ${sqlIdentifier(database)}.${table} ADD COLUMN ${c.name} ${c.type} AFTER ${after}` });
+        await client.command({ query: `ALTER TABLE ${db}.${table} ADD COLUMN ${c.name} ${c.type} AFTER ${after}` });
         altered++;
+        notices.push(`${database}.${table}: added column ${c.name}; run fabric features backfill --group ${g.name} to fill it`);
       }
       after = c.name;
     }
   }
-  return altered;
+  return { altered, notices };
 }
 
-async function applyClickHouse(config: FabricConfig): Promise<number> {
+/** Applies the ClickHouse DDL and brings the feature tables up to their definitions (see migrateFeatureTables). */
+export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl' | 'clickhouseUser' | 'clickhousePassword' | 'clickhouseDatabase'>): Promise<{ statements: number; notices: string[] }> {
   const client = createClickHouse(config);
   try {
     const statements = await clickhouseStatements(config.clickhouseDatabase);
     for (const query of statements) await client.command({ query });
-    return statements.length + (await migrateFeatureTables(client, config.clickhouseDatabase));
+    const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
+    return { statements: statements.length + altered, notices };
   } catch (err) {
     if (err instanceof FabricError) throw err;
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });

@@ -58,7 +58,7 @@ topologyCmd.command('apply').description('create topics, register schemas (BACKW
   const cfg = config();
   const log = cliLog(cfg, true);
   const report = await applyTopology(fabricTopology(), cfg, createKafka(cfg, log, 'cli'), new AvroSerde({ url: cfg.registryUrl }));
-  out(!!o.json, report, () => `topics created: ${report.topicsCreated.length}, existing: ${report.topicsExisting.length}; subjects: ${report.subjects.map((s) => `${s.subject}#${s.id}`).join(', ')}; ClickHouse statements: ${report.clickhouseStatements}`);
+  out(!!o.json, report, () => `topics created: ${report.topicsCreated.length}, existing: ${report.topicsExisting.length}; subjects: ${report.subjects.map((s) => `${s.subject}#${s.id}`).join(', ')}; ClickHouse statements: ${report.clickhouseStatements}${report.notices.map((n) => `\nnotice: ${n}`).join('')}`);
 });
 
 program
