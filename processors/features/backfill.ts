@@ -47,8 +47,8 @@ export interface BackfillReport {
  * feature added to the definition is filled in). Only the group's table is touched: other groups are
  * not replayed. The whole topic is read, as windows and `since_previous` need the events before `from`.
  *
- * One difference from the stream is possible, and only for redeliveries more than a day plus twice
- * the lateness after their first occurrence: the stream trims per batch, backfill per record, so
+ * One difference from the stream is possible, and only for redeliveries whose first occurrence is
+ * more than a day plus the lateness plus 1 h behind the entity's newest event: the stream trims per batch, backfill per record, so
  * such a redelivery may be recognised by one and not the other; it is late for both, so no feature
  * changes either way.
  */

@@ -133,9 +133,10 @@ export class EntityLog {
  * its windows, and the windows of every row a late admission corrects (their events are after it),
  * lie above W - L - maxWindow: the bound, max(maxWindow, L) + L + 1 h behind W, never removes a member
  * any row needs; the previous event of any of them is above the bound or is the anchor. A redelivery
- * whose first occurrence is above the bound is recognised; below it (older than about a day plus
- * twice the lateness) it is late anyway, so it changes nothing either way (it may reach the late
- * topic instead of nowhere). Online reads at instants from bound + maxWindow on are exact.
+ * whose first occurrence is above the bound is recognised; below it (a day plus the lateness plus
+ * 1 h behind the newest event) it is late anyway, so it changes nothing either way (it may reach the
+ * late topic instead of nowhere). The latest hash records the greatest time actually trimmed: online
+ * reads whose longest window starts at or after it are exact.
  */
 export function trimBound(group: FeatureGroup, newestBefore: number, latenessMs: number): number {
   return newestBefore - Math.max(group.maxWindowMs, latenessMs) - latenessMs - 3_600_000;
