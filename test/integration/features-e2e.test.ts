@@ -278,7 +278,7 @@ describe('feature groups end to end, against a recomputation from the raw events
     expect(printed.source).toBe('online');
     expectFeatures(printed.features, expected('account', events, at), `CLI ${entity}`);
     // Older than the online store keeps: the same engine over ClickHouse answers. An hour and a half
-    // of history trims nothing (the store keeps a day plus twice the lateness plus 1 h), so the
+    // of history trims nothing (the store keeps a day plus the lateness plus 1 h), so the
     // entity's recorded trim bound is set as a trim a day later would have set it.
     const [busy, busyEvents] = [...raw.get('account')!].sort((a, b) => b[1].length - a[1].length)[0]!;
     const old = busyEvents.at(-1)!.ts - 75 * 60_000;

@@ -463,7 +463,7 @@ describe('features processor (account): exact against an independent recomputati
     expect(members.some((m) => m.eventId === 't0')).toBe(false);
     const state = await dump(prefix);
     // t0 (admitted 70 h ago, trimmed since) and t33 (still kept) come again, e.g. from a client retrying.
-    // Redeliveries are recognised within the trim horizon (a day plus twice the lateness plus 1 h, the
+    // Redeliveries are recognised within the trim horizon (a day plus the lateness plus 1 h, the
     // documented bound): t33 is a no-op; t0 is beyond it, so it is judged as a new event and is late.
     const out = await driver.pipe(TOPICS.account, [txns[0], txns[33]], byAccount);
     expect(out.map((o) => (o.kind === 'emit' ? [o.topic, (o.value as { event_id: string }).event_id, o.headers?.['fabric.late.newest_ts']] : ['reject']))).toEqual([['late.transactions', 't0', String(txns[35]!.ts)]]);
