@@ -9,7 +9,7 @@ import { featureEvent } from '../../topology/features/engine.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { encodeMember, groupKeys } from './redis-keys.js';
+import { encodeMember, groupKeys, latestFields } from './redis-keys.js';
 
 export interface BackfillOptions {
   readonly kafka: Kafka;
@@ -139,9 +139,7 @@ export async function backfill(options: BackfillOptions): Promise<BackfillReport
         write.del(window, latest);
         write.zadd(window, ...log.events.flatMap((e) => [e.ts, encodeMember(group, e)]));
         const row = log.latestRow!;
-        const fields: string[] = [];
-        for (const name of group.featureNames) fields.push(name, row[name] === null || row[name] === undefined ? '' : String(row[name]));
-        fields.push('ts', String(row.ts), 'offset', String(row.source_offset), 'version', String(row.version), 'event_id', row.event_id);
+        const fields = latestFields(group, row);
         if (Number.isFinite(bound)) fields.push('trim_bound', String(bound));
         write.hset(latest, ...fields);
         report.entitiesWritten++;

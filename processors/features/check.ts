@@ -6,7 +6,7 @@ import type { FeatureValue, FeatureValues } from '../../topology/features/engine
 import { featureTable } from '../../topology/features/rows.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { groupKeys } from './redis-keys.js';
-import { MAX_ONLINE_ENTITIES, readLatestRow, readOnlineFeatures, type OnlineFeatures } from './online.js';
+import { MAX_ONLINE_ENTITIES, readLatestRows, readOnlineFeatures, type OnlineFeatures } from './online.js';
 import { loadHistory, offlineFeatures } from './offline.js';
 
 export interface CheckDifference {
@@ -51,7 +51,7 @@ export async function checkFeatures(options: { redis: Redis; keyPrefix: string; 
     lagging = [];
     const online: OnlineFeatures[] = [];
     for (let i = 0; i < pending.length; i += MAX_ONLINE_ENTITIES) online.push(...(await readOnlineFeatures(redis, keyPrefix, group, pending.slice(i, i + MAX_ONLINE_ENTITIES), asOf)));
-    const latestOnline = await Promise.all(pending.map((e) => readLatestRow(redis, keyPrefix, group, e)));
+    const latestOnline = await readLatestRows(redis, keyPrefix, group, pending);
     const latestOffline = await latestRows(ch, database, group, pending);
     const history = await loadHistory(ch, database, group, { entities: pending });
     pending.forEach((entity, i) => {

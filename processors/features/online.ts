@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { compareEvents, evaluate, type FeatureValues } from '../../topology/features/engine.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
-import { decodeMembers, groupKeys } from './redis-keys.js';
+import { decodeMembers, groupKeys, parseLatest, type LatestRow } from './redis-keys.js';
 
 export interface OnlineFeatures {
   readonly entity: string;
@@ -75,13 +75,20 @@ export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group:
 }
 
 /** The entity's latest hash: features as of its greatest event, with that event's identity. */
-export async function readLatestRow(redis: Redis, keyPrefix: string, group: FeatureGroup, entity: string): Promise<{ event_id: string; ts: number; offset: number; version: number; values: FeatureValues } | null> {
-  const raw = await redis.hgetall(groupKeys(keyPrefix, group).latest(entity));
-  if (!raw.ts) return null;
-  const values: FeatureValues = {};
-  for (const f of group.features) {
-    const v = raw[f.name];
-    values[f.name] = v === undefined || v === '' ? null : f.type === 'string' ? v : f.type === 'boolean' ? v === 'true' : Number(v);
-  }
-  return { event_id: raw.event_id ?? '', ts: Number(raw.ts), offset: Number(raw.offset), version: Number(raw.version ?? 0), values };
+export async function readLatestRow(redis: Redis, keyPrefix: string, group: FeatureGroup, entity: string): Promise<LatestRow | null> {
+  return (await readLatestRows(redis, keyPrefix, group, [entity]))[0]!;
+}
+
+/** The latest hashes of many entities in one pipelined round trip, in the order asked. */
+export async function readLatestRows(redis: Redis, keyPrefix: string, group: FeatureGroup, entities: readonly string[]): Promise<(LatestRow | null)[]> {
+  if (entities.length === 0) return [];
+  const keys = groupKeys(keyPrefix, group);
+  const pipeline = redis.pipeline();
+  for (const entity of entities) pipeline.hgetall(keys.latest(entity));
+  const results = (await pipeline.exec()) ?? [];
+  return entities.map((entity, i) => {
+    const [err, raw] = results[i] ?? [new Error('no reply'), null];
+    if (err) throw new FabricError('FABRIC_SINK_FAILED', `Redis failed reading the latest ${group.name} row of ${entity}: ${messageOf(err)}`, { cause: err });
+    return parseLatest(group, raw as Record<string, string>);
+  });
 }

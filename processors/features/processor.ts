@@ -4,10 +4,10 @@ import { emit, reject, taskKey, wholeBatch } from '../../topology/runtime/proces
 import { FabricError, messageOf } from '../../topology/errors.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { featureEvent, type FeatureEvent } from '../../topology/features/engine.js';
-import { featureTopic, type FeatureRow } from '../../topology/features/rows.js';
+import { featureTopic } from '../../topology/features/rows.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { decodeMembers, encodeMember, groupKeys } from './redis-keys.js';
+import { decodeMembers, encodeMember, groupKeys, latestFields } from './redis-keys.js';
 
 export interface FeaturesProcessorOptions {
   readonly group: FeatureGroup;
@@ -190,13 +190,6 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
   };
 }
 
-/** The latest hash's fields for a row: features (empty string = null) plus its identity. */
-function latestFields(group: FeatureGroup, row: FeatureRow): string[] {
-  const out: string[] = [];
-  for (const name of group.featureNames) out.push(name, row[name] === null || row[name] === undefined ? '' : String(row[name]));
-  out.push('ts', String(row.ts), 'offset', String(row.source_offset), 'version', String(row.version), 'event_id', row.event_id);
-  return out;
-}
 
 // KEYS[1] the latest hash; ARGV: ts, offset, version, the greatest time trimmed ('' = none), then field/value pairs
 // (none: only the bound). The row is written only over a smaller (ts, offset, version), so the hash

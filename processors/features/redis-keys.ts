@@ -1,5 +1,6 @@
 import type { FeatureGroup, Scalar } from '../../topology/features/definition.js';
-import type { FeatureEvent } from '../../topology/features/engine.js';
+import type { FeatureEvent, FeatureValues } from '../../topology/features/engine.js';
+import type { FeatureRow } from '../../topology/features/rows.js';
 
 /** Redis key layout of the feature groups, in one place for the processor, online reads and the CLI. */
 export function groupKeys(prefix: string, group: FeatureGroup | string) {
@@ -54,4 +55,31 @@ export function decodeMembers(group: FeatureGroup, members: readonly string[]): 
     if (e) events.push(e);
   }
   return events;
+}
+
+/** The latest hash's fields for a row: features (empty string = null) plus its event's identity. */
+export function latestFields(group: FeatureGroup, row: FeatureRow): string[] {
+  const out: string[] = [];
+  for (const name of group.featureNames) out.push(name, row[name] === null || row[name] === undefined ? '' : String(row[name]));
+  out.push('ts', String(row.ts), 'offset', String(row.source_offset), 'version', String(row.version), 'event_id', row.event_id);
+  return out;
+}
+
+export interface LatestRow {
+  readonly event_id: string;
+  readonly ts: number;
+  readonly offset: number;
+  readonly version: number;
+  readonly values: FeatureValues;
+}
+
+/** A latest hash (HGETALL) back into its row; null when the entity has none. */
+export function parseLatest(group: FeatureGroup, raw: Record<string, string>): LatestRow | null {
+  if (!raw.ts) return null;
+  const values: FeatureValues = {};
+  for (const f of group.features) {
+    const v = raw[f.name];
+    values[f.name] = v === undefined || v === '' ? null : f.type === 'string' ? v : f.type === 'boolean' ? v === 'true' : Number(v);
+  }
+  return { event_id: raw.event_id ?? '', ts: Number(raw.ts), offset: Number(raw.offset), version: Number(raw.version ?? 0), values };
 }

@@ -11,7 +11,7 @@ import { AvroSerde } from '../../schemas/serde.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
-import { readLatestRow, readOnlineFeatures } from '../../processors/features/online.js';
+import { readLatestRows, readOnlineFeatures } from '../../processors/features/online.js';
 import { checkFeatures } from '../../processors/features/check.js';
 import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';
@@ -249,7 +249,7 @@ describe('feature groups end to end, against a recomputation from the raw events
     const read = async () => {
       const values = [];
       for (let i = 0; i < entities.length; i += 1000) values.push(...(await readOnlineFeatures(f.redis, f.config.redisKeyPrefix, userGroup, entities.slice(i, i + 1000), now)));
-      const latest = await Promise.all(entities.map((e) => readLatestRow(f.redis, f.config.redisKeyPrefix, userGroup, e)));
+      const latest = await readLatestRows(f.redis, f.config.redisKeyPrefix, userGroup, entities);
       return { values, latest };
     };
     const before = await read();
