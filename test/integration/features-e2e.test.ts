@@ -16,6 +16,7 @@ import { checkFeatures } from '../../processors/features/check.js';
 import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';
 import { seededUniform } from '../shared/seeded.js';
+import { oracleFeaturesAtInstant, type OracleGroupName } from '../shared/feature-oracle.js';
 
 /**
  * The feature groups end to end: a seeded hour and a half of past transactions and interactions
@@ -45,40 +46,9 @@ interface Raw {
 /** group -> entity -> its events in (ts, partition offset) order. */
 const raw = new Map<string, Map<string, Raw[]>>();
 
-const round6 = (x: number): number => Math.round(x * 1e6) / 1e6;
-
-/** The definitions written out again for instants (t - W < ts <= t), from the raw events. */
-function expected(group: string, events: readonly Raw[], t: number): Record<string, number | null> | null {
-  if (events.length === 0) return null;
-  const upTo = events.filter((e) => e.ts <= t);
-  const within = (w: number) => upTo.filter((e) => e.ts > t - w);
-  const last = upTo.length ? Math.max(...upTo.map((e) => e.ts)) : null;
-  const since = last === null ? null : (t - last) / 1000;
-  if (group === 'account') {
-    const h = within(HOUR);
-    const d = within(24 * HOUR);
-    const sum = (xs: Raw[]) => xs.reduce((s, e) => s + (e.v.amount as number), 0);
-    return {
-      txn_count_1h: h.length,
-      txn_count_24h: d.length,
-      amount_sum_1h: round6(sum(h)),
-      amount_sum_24h: round6(sum(d)),
-      amount_avg_24h: d.length ? round6(sum(d) / d.length) : null,
-      amount_max_24h: d.length ? Math.max(...d.map((e) => e.v.amount as number)) : 0,
-      distinct_counterparties_24h: new Set(d.map((e) => e.v.counterparty_id)).size,
-      seconds_since_last_txn: since,
-    };
-  }
-  const p = group;
-  const out: Record<string, number | null> = {};
-  for (const action of ['view', 'click', 'purchase']) {
-    out[`${p}_${action}s_1h`] = within(HOUR).filter((e) => e.v.action === action).length;
-    out[`${p}_${action}s_24h`] = within(24 * HOUR).filter((e) => e.v.action === action).length;
-  }
-  out[`${p}_ctr_24h`] = out[`${p}_views_24h`] ? round6(out[`${p}_clicks_24h`]! / out[`${p}_views_24h`]!) : null;
-  out[`${p}_distinct_${p === 'user' ? 'items' : 'users'}_24h`] = new Set(within(24 * HOUR).map((e) => e.v[p === 'user' ? 'item_id' : 'user_id'])).size;
-  out[`${p}_seconds_since_last_interaction`] = since;
-  return out;
+/** The definitions written out independently (test/shared/feature-oracle.ts), over the raw events. */
+function expected(group: OracleGroupName, events: readonly Raw[], t: number): Record<string, number | null> | null {
+  return oracleFeaturesAtInstant(group, events.map((e) => ({ ts: e.ts, offset: e.offset, value: e.v })), t);
 }
 
 function close(a: unknown, b: unknown): boolean {
@@ -153,7 +123,7 @@ function backfillGroup(group: FeatureGroup, topic: string, to: number, online: b
   });
 }
 
-const groups: [string, FeatureGroup][] = [['account', accountGroup], ['user', userGroup], ['item', itemGroup]];
+const groups: [OracleGroupName, FeatureGroup][] = [['account', accountGroup], ['user', userGroup], ['item', itemGroup]];
 
 describe('feature groups end to end, against a recomputation from the raw events', () => {
   it('took a warm history and live traffic, nothing rejected, nothing late', async () => {
