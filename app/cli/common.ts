@@ -1,3 +1,4 @@
+import { Redis } from 'ioredis';
 import { loadConfig, type FabricConfig } from '../../topology/config.js';
 import { FabricError } from '../../topology/errors.js';
 import { createLogger, type Logger } from '../../topology/runtime/log.js';
@@ -61,4 +62,16 @@ export function progressReporter(task: string, everyMs = 1000): (p: Record<strin
     const phase = typeof p.phase === 'string' ? `${p.phase} ` : '';
     process.stderr.write(`\r${task}: ${phase}${bar}${p.done}${total ? `/${total}` : ''} ${rate}/s${eta}   ${final ? '\n' : ''}`);
   };
+}
+
+/** A connected Redis client for a command (the command disconnects it); unreachable is FABRIC_SINK_FAILED. */
+export async function connectRedis(cfg: FabricConfig): Promise<Redis> {
+  const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+  } catch (err) {
+    redis.disconnect();
+    throw new FabricError('FABRIC_SINK_FAILED', `Redis is not reachable at ${cfg.redisUrl}: ${(err as Error).message}`, { cause: err });
+  }
+  return redis;
 }

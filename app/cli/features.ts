@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { Redis } from 'ioredis';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError } from '../../topology/errors.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
@@ -14,7 +13,7 @@ import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';
 import { checkFeatures } from '../../processors/features/check.js';
 import { fabricTopology } from '../fabric-topology.js';
-import { cliLog, config, instant, out, positiveInt, progressReporter } from './common.js';
+import { cliLog, config, connectRedis, instant, out, positiveInt, progressReporter } from './common.js';
 
 function groupOf(name: string): FeatureGroup {
   const g = featureGroupNamed(name);
@@ -22,16 +21,6 @@ function groupOf(name: string): FeatureGroup {
   return g;
 }
 
-async function connectRedis(cfg: FabricConfig): Promise<Redis> {
-  const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    await redis.connect();
-  } catch (err) {
-    redis.disconnect();
-    throw new FabricError('FABRIC_SINK_FAILED', `Redis is not reachable at ${cfg.redisUrl}: ${(err as Error).message}`, { cause: err });
-  }
-  return redis;
-}
 
 /** The processor that keeps a group: its input topic and consumer group (from the topology). */
 function groupProcessor(group: FeatureGroup): { input: string; consumerGroup: string; name: string } {

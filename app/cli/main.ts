@@ -1,5 +1,4 @@
 import { Command, Option } from 'commander';
-import { Redis } from 'ioredis';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { createLogger } from '../../topology/runtime/log.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
@@ -21,7 +20,7 @@ import type { Outcome } from '../../schemas/types.generated.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
 import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { cliLog, config, out, positiveInt } from './common.js';
+import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
 import { registerFeatureCommands } from './features.js';
 
 const program = new Command('fabric')
@@ -268,8 +267,7 @@ program
     const stack = await stackStatus(cfg);
     let processors: PublishedStatus[] = [];
     if (stack.find((s) => s.name === 'redis')?.up) {
-      const redis = new Redis(cfg.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
-      await redis.connect();
+      const redis = await connectRedis(cfg);
       try {
         processors = await readStatuses(redis, cfg.redisKeyPrefix);
       } finally {
