@@ -9,7 +9,7 @@ import { featureEvent } from '../../topology/features/engine.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { encodeMember, groupKeys, latestFields } from './redis-keys.js';
+import { addMembers, groupKeys, latestFields } from './redis-keys.js';
 
 export interface BackfillOptions {
   readonly kafka: Kafka;
@@ -100,7 +100,7 @@ export async function backfill(options: BackfillOptions): Promise<BackfillReport
         // Recorded: the greatest time removed (reads whose windows start at or after it are exact).
         if (trimmed.length > 0) {
           state.log.forget(trimmed);
-          state.bound = Math.max(state.bound, ...trimmed.map((e) => e.ts));
+          state.bound = Math.max(state.bound, trimmed[trimmed.length - 1]!.ts);
         }
       }
       const offer = state.log.offer(featureEvent(group, value[group.idField] as string, ts, Number(record.offset), value), options.latenessMs);
@@ -137,7 +137,7 @@ export async function backfill(options: BackfillOptions): Promise<BackfillReport
         const window = keys.window(log.entityId);
         const latest = keys.latest(log.entityId);
         write.del(window, latest);
-        write.zadd(window, ...log.events.flatMap((e) => [e.ts, encodeMember(group, e)]));
+        addMembers(write, window, group, log.events);
         const row = log.latestRow!;
         const fields = latestFields(group, row);
         if (Number.isFinite(bound)) fields.push('trim_bound', String(bound));

@@ -94,7 +94,8 @@ export class EntityLog {
 
   /**
    * The stored events to remove for a trim at `bound`: every event below it but the greatest one by
-   * the total order (the anchor `since_previous` and `last` may need). See trimBound().
+   * the total order (the anchor `since_previous` and `last` may need), in that order (the last one
+   * has the greatest time). See trimBound().
    */
   trimmed(bound: number): FeatureEvent[] {
     const below: FeatureEvent[] = [];

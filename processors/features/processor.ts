@@ -7,7 +7,7 @@ import { featureEvent, type FeatureEvent } from '../../topology/features/engine.
 import { featureTopic } from '../../topology/features/rows.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { decodeMembers, encodeMember, groupKeys, latestFields } from './redis-keys.js';
+import { addMembers, decodeMembers, encodeMember, groupKeys, latestFields } from './redis-keys.js';
 
 export interface FeaturesProcessorOptions {
   readonly group: FeatureGroup;
@@ -138,15 +138,16 @@ export function featuresProcessor(options: FeaturesProcessorOptions): ProcessorL
       const write = redis.multi();
       for (const [entity, log] of touched) {
         const key = keys.window(entity);
-        write.zadd(key, ...log.added.flatMap((e) => [e.ts, encodeMember(group, e)]));
+        addMembers(write, key, group, log.added);
         const before = newestBefore.get(entity)!;
         const bound = Number.isFinite(before) ? trimBound(group, before, latenessMs) : -Infinity;
         const trimmed = Number.isFinite(bound) ? log.trimmed(bound) : [];
-        if (trimmed.length > 0) write.zrem(key, ...trimmed.map((e) => encodeMember(group, e)));
+        // Arrays, not spread arguments: a trim after a long outage can remove more members than a call takes arguments.
+        if (trimmed.length > 0) write.zrem(key, trimmed.map((e) => encodeMember(group, e)));
         trims.push([log, trimmed]);
         const row = log.latestRow;
         const fields = row ? latestFields(group, row) : [];
-        (write as unknown as { fabricSetLatest(...args: (string | number)[]): void }).fabricSetLatest(keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, trimmed.length > 0 ? Math.max(...trimmed.map((e) => e.ts)) : '', ...fields);
+        (write as unknown as { fabricSetLatest(...args: (string | number)[]): void }).fabricSetLatest(keys.latest(entity), row?.ts ?? 0, row?.source_offset ?? 0, row?.version ?? 0, trimmed.length > 0 ? trimmed[trimmed.length - 1]!.ts : '', ...fields);
       }
       // Every write is idempotent (same members, compare-and-set hash), so a failed MULTI is retried whole.
       const written = await write.exec();

@@ -1,3 +1,4 @@
+import type { ChainableCommander } from 'ioredis';
 import type { FeatureGroup, Scalar } from '../../topology/features/definition.js';
 import type { FeatureEvent, FeatureValues } from '../../topology/features/engine.js';
 import type { FeatureRow } from '../../topology/features/rows.js';
@@ -27,6 +28,14 @@ export function encodeMember(group: FeatureGroup, e: FeatureEvent): string {
   const m: Record<string, Scalar> = { $o: e.offset, $t: e.ts, $i: e.eventId };
   for (const f of group.fields) m[f] = e.fields[f] ?? null;
   return JSON.stringify(m);
+}
+
+/**
+ * Queues ZADDs of the events' members on a pipeline or MULTI, in chunks: one call per event set could
+ * pass more arguments than a JavaScript call takes (a hot entity after a long outage, a backfill).
+ */
+export function addMembers(write: ChainableCommander, key: string, group: FeatureGroup, events: readonly FeatureEvent[]): void {
+  for (let i = 0; i < events.length; i += 5000) write.zadd(key, ...events.slice(i, i + 5000).flatMap((e) => [e.ts, encodeMember(group, e)]));
 }
 
 /**

@@ -496,6 +496,31 @@ describe('features processor (account): exact against an independent recomputati
     await checkRedis(prefix, oracle);
   });
 
+  it('a hot entity: 120,000 events in one batch, then a batch that trims nearly all of them (Redis calls sized to fit)', async () => {
+    const prefix = namespace();
+    const N = 120_000;
+    const STEP = 10 * MIN;
+    const logic = featuresProcessor({ group: accountGroup, redis, keyPrefix: prefix, maxClockSkewMs: SKEW_MS, latenessMs: LATENESS_MS });
+    const driver = await new TestDriver(logic, { startTime: T0 + (N + 10) * STEP }).open();
+    const events = Array.from({ length: N }, (_, i) => txn(`h${i}`, 'acct-hot', T0 + i * STEP, 1 + (i % 7)));
+    // More members than one call could pass as arguments (ZADD of 240,000 arguments).
+    await driver.pipe(TOPICS.account, events, byAccount);
+    const keys = groupKeys(prefix, accountGroup);
+    expect(await redis.zcard(keys.window('acct-hot'))).toBe(N);
+    const newest = T0 + (N - 1) * STEP;
+    const last = txn('h-last', 'acct-hot', newest + MIN, 3);
+    await driver.pipe(TOPICS.account, [last], byAccount);
+    // The trim removes every member below newest - 24 h - lateness - 1 h (trimBound, lateness 1 h here) but the anchor, in one ZREM.
+    const bound = newest - DAY_MS - 2 * LATENESS_MS;
+    const below = events.filter((e) => (e.ts as number) < bound);
+    const kept = events.length - below.length + 1 + 1; // above the bound, the anchor, the new event
+    expect(await redis.zcard(keys.window('acct-hot'))).toBe(kept);
+    expect(Number(await redis.hget(keys.latest('acct-hot'), 'trim_bound'))).toBe(below.at(-2)!.ts);
+    const day = [...events, last].filter((e) => (e.ts as number) > (last.ts as number) - DAY_MS);
+    const row = driver.emitted<Raw>('features.account').at(-1)!;
+    expect([row.event_id, row.txn_count_24h, row.amount_sum_24h, row.seconds_since_last_txn]).toEqual(['h-last', day.length, day.reduce((s, e) => s + (e.amount as number), 0), 60]);
+  });
+
   it('reads online features as of the read instant: they decay, and equal the latest row at the last event but for the gap', async () => {
     const prefix = namespace();
     const driver = await open(prefix);
