@@ -16,7 +16,7 @@ import { dirname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { accountGroup } from '../topology/features/groups.js';
 import { evaluate, featureEvent, type FeatureEvent } from '../topology/features/engine.js';
-import { FRAUD_INPUT_NAMES, fraudInputRow } from '../processors/scoring/fraud-inputs.js';
+import { FRAUD_INPUT_NAMES, fraudInputRow } from '../serving/models/fraud-inputs.js';
 import { generateTransactions, type TransactionSimOptions } from '../sim/transactions.js';
 
 /** Event time of the training stream's start: fixed so the set depends only on seed and count. */

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FRAUD_INPUT_NAMES } from '../processors/scoring/fraud-inputs.js';
+import { FRAUD_INPUT_NAMES } from '../serving/models/fraud-inputs.js';
 import { buildFraudTrainingSet, parseIntFlag, writeFraudTrainingCsv } from './build-training-set.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');

@@ -7,7 +7,7 @@ import { AvroSerde } from '../../schemas/serde.js';
 import { FEATURE_GROUPS, featureGroupNamed } from '../../topology/features/groups.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { featureTopic } from '../../topology/features/rows.js';
-import { readLatestRow, readOnlineFeatures } from '../../processors/features/online.js';
+import { readLatestRow, readOnlineFeatures } from '../../serving/features/online.js';
 import { loadHistory, offlineFeatures } from '../../processors/features/offline.js';
 import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';

@@ -9,7 +9,7 @@ import { featureEvent } from '../../topology/features/engine.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { addMembers, groupKeys, latestFields } from './redis-keys.js';
+import { addMembers, groupKeys, latestFields } from '../../serving/features/redis-keys.js';
 
 export interface BackfillOptions {
   readonly kafka: Kafka;

@@ -5,8 +5,8 @@ import type { FeatureGroup } from '../../topology/features/definition.js';
 import type { FeatureValue, FeatureValues } from '../../topology/features/engine.js';
 import { featureTable } from '../../topology/features/rows.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
-import { groupKeys } from './redis-keys.js';
-import { MAX_ONLINE_ENTITIES, readLatestRows, readOnlineFeatures, type OnlineFeatures } from './online.js';
+import { groupKeys } from '../../serving/features/redis-keys.js';
+import { MAX_ONLINE_ENTITIES, readLatestRows, readOnlineFeatures, type OnlineFeatures } from '../../serving/features/online.js';
 import { loadHistory, offlineFeatures } from './offline.js';
 
 export interface CheckDifference {

@@ -7,7 +7,7 @@ import { featureEvent, type FeatureEvent } from '../../topology/features/engine.
 import { featureTopic } from '../../topology/features/rows.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { EntityLog, eventRejection, trimBound } from './entity-log.js';
-import { addMembers, decodeMembers, encodeMember, groupKeys, latestFields } from './redis-keys.js';
+import { addMembers, decodeMembers, encodeMember, groupKeys, latestFields } from '../../serving/features/redis-keys.js';
 
 export interface FeaturesProcessorOptions {
   readonly group: FeatureGroup;

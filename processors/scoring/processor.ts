@@ -6,8 +6,8 @@ import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { splitTransactions } from '../shared/validate.js';
-import { decide, type FallbackReason, type ThresholdRules } from '../rules/threshold-rules.js';
-import { ACCOUNT_FEATURE_NAMES, FRAUD_INPUT_NAMES, fraudInputRow } from './fraud-inputs.js';
+import { decide, type FallbackReason, type ThresholdRules } from '../../serving/rules/threshold-rules.js';
+import { ACCOUNT_FEATURE_NAMES, FRAUD_INPUT_NAMES, fraudInputRow } from '../../serving/models/fraud-inputs.js';
 import type { ModelRunner } from './model-runner.js';
 
 export interface ScoringProcessorOptions {

@@ -11,7 +11,7 @@ import { AvroSerde } from '../../schemas/serde.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
-import { readLatestRows, readOnlineFeatures } from '../../processors/features/online.js';
+import { readLatestRows, readOnlineFeatures } from '../../serving/features/online.js';
 import { checkFeatures } from '../../processors/features/check.js';
 import { buildTrainingSet } from '../../processors/features/training-set.js';
 import { backfill } from '../../processors/features/backfill.js';

@@ -8,8 +8,8 @@ import type { FeatureGroup } from '../../topology/features/definition.js';
 import { accountGroup, userGroup } from '../../topology/features/groups.js';
 import { featureRowSchema } from '../../topology/features/rows.js';
 import { featuresProcessor } from '../../processors/features/processor.js';
-import { readLatestRow, readOnlineFeatures } from '../../processors/features/online.js';
-import { decodeMembers, groupKeys } from '../../processors/features/redis-keys.js';
+import { readLatestRow, readOnlineFeatures } from '../../serving/features/online.js';
+import { decodeMembers, groupKeys } from '../../serving/features/redis-keys.js';
 import {
   DAY_MS,
   HOUR_MS,

@@ -16,7 +16,7 @@ import {
 import { compareEvents, evaluate, featureEvent, type FeatureEvent, type FeatureValues } from '../../topology/features/engine.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
 import { EntityLog, eventRejection, trimBound } from '../../processors/features/entity-log.js';
-import { decodeMember, encodeMember } from '../../processors/features/redis-keys.js';
+import { decodeMember, encodeMember } from '../../serving/features/redis-keys.js';
 import {
   DAY_MS,
   HOUR_MS,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decide } from '../../processors/rules/threshold-rules.js';
+import { decide } from '../../serving/rules/threshold-rules.js';
 
 const rules = { block: 0.9, review: 0.5, fallbackDecision: 'review' as const };
 

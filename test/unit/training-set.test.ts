@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FRAUD_INPUT_NAMES, fraudInputRow } from '../../processors/scoring/fraud-inputs.js';
+import { FRAUD_INPUT_NAMES, fraudInputRow } from '../../serving/models/fraud-inputs.js';
 import { buildFraudTrainingSet, trainingSimOptions, type FraudTrainingSetOptions } from '../../scripts/build-training-set.js';
 import { generateTransactions } from '../../sim/transactions.js';
 import type { Transaction } from '../../schemas/types.generated.js';
