@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.stack/**', 'models/**', 'coverage/**'] },
+  { ignores: ['dist/**', 'node_modules/**', '.stack/**', '.scratch/**', 'models/**', 'coverage/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

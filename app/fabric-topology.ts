@@ -8,8 +8,9 @@ import type { Metrics } from '../topology/runtime/metrics.js';
 import type { ClickHouseClient } from '../topology/runtime/clickhouse.js';
 import { featuresProcessor } from '../processors/features/processor.js';
 import { scoringProcessor } from '../processors/scoring/processor.js';
-import type { ModelRunner } from '../processors/scoring/model-runner.js';
-import type { ModelArtifact } from '../processors/scoring/model-artifact.js';
+import { recsProcessor } from '../processors/recs/processor.js';
+import type { LiveModels } from '../serving/models/live.js';
+import { referenceOf } from '../serving/registry/reference.js';
 import { trackingProcessor } from '../processors/tracking/processor.js';
 import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
 import { driftMergeProcessor, driftProcessor } from '../processors/drift/processor.js';
@@ -23,9 +24,13 @@ export interface FabricResources {
   readonly metrics: Metrics;
   redis(): Promise<Redis>;
   clickhouse(): ClickHouseClient;
-  model(name: string): Promise<ModelArtifact>;
-  /** A started runner for the model (its worker restarts itself); closed by the processor. */
-  runner(name: string): Promise<ModelRunner>;
+  /**
+   * The registry's live models (shared with the gateway), following `name`: resolves once its production
+   * version is loaded in the serving engine (or none is in production yet).
+   */
+  models(follow: string): Promise<LiveModels>;
+  /** The serving engine's state, for readiness. */
+  engineState(): string;
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
@@ -66,11 +71,12 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('features.user', { schema: 'user_features', doc: 'Features of a user as of each of their interactions.' }),
       topic('features.item', { schema: 'item_features', doc: 'Features of an item as of each interaction with it.' }),
       topic(ITEM_REPARTITION_TOPIC, { schema: 'interaction', doc: 'Interactions keyed by item_id (written by features-user in its transaction): the item group\'s input.' }),
-      topic('predictions.fraud', { partitions: predictionsPartitions, schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction.' }),
+      topic('predictions.fraud', { partitions: predictionsPartitions, schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction (origin stream), plus the answers of POST /v1/predict/fraud (origin online).' }),
+      topic('predictions.recs', { schema: 'recommendation', doc: 'The recs model\'s top candidate items for a user at each interaction, with scores and the vectors served.' }),
       topic('drift.partials', { partitions: 1, schema: 'drift_partial', doc: 'Per-partition drift window aggregates, merged into drift.metrics once every partition passed a window.' }),
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
       topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Operational and drift alerts.' }),
-      topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, doc: 'Registered models (latest per name wins).' }),
+      topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, schema: 'model_version', doc: 'The model registry: one record per model version (key name@version, the latest wins; a promotion rewrites the versions it moves in one transaction).' }),
       topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, doc: 'Serving rules per model.' }),
       topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, doc: 'Entity metadata for enrichment.' }),
     ],
@@ -87,10 +93,7 @@ export function fabricTopology(): Topology<FabricResources> {
         outputs: ['predictions.fraud'],
         sinks: [],
         doc: 'Chained after features in its task: scores each event with the features computed for it, one ONNX run per batch, then the rules.',
-        create: async (r) => {
-          const runner = await r.runner('fraud');
-          return scoringProcessor({ runner, rules: { ...runner.model.thresholds, fallbackDecision: 'review' }, metrics: r.metrics });
-        },
+        create: async (r) => scoringProcessor({ models: await r.models('fraud'), model: 'fraud', metrics: r.metrics, engineState: () => r.engineState() }),
       }),
       featuresNode(userGroup, {
         name: 'features-user',
@@ -98,6 +101,14 @@ export function fabricTopology(): Topology<FabricResources> {
         input: 'events.interactions',
         repartition: { topic: ITEM_REPARTITION_TOPIC, by: 'item_id' },
         doc: 'The user feature group over interactions; forwards every valid interaction, keyed by item, to the item group in the same transaction.',
+      }),
+      processor({
+        name: 'recs',
+        after: 'features-user',
+        outputs: ['predictions.recs'],
+        sinks: [],
+        doc: 'Chained after features-user in its task: at each interaction, scores the user\'s candidate items (their last 24 h) with the recs model and emits the top-k.',
+        create: async (r) => recsProcessor({ models: await r.models('recs'), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
       }),
       featuresNode(itemGroup, {
         name: 'features-item',
@@ -125,8 +136,8 @@ export function fabricTopology(): Topology<FabricResources> {
         sinks: ['redis'],
         doc: 'Per partition: tumbling event-time windows of model inputs and scores; closed windows go to drift.partials.',
         create: async (r) => {
-          const model = await r.model('fraud');
-          return driftProcessor({ model: model.name, version: model.version, reference: model.reference, windowMs: r.config.driftWindowSec * 1000, latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
+          const { entry } = (await r.models('fraud')).require('fraud');
+          return driftProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
         },
       }),
       processor({
@@ -137,8 +148,8 @@ export function fabricTopology(): Topology<FabricResources> {
         sinks: ['redis'],
         doc: 'Merges the partitions\' partial windows; a window closes once every partition\'s watermark passed it, then PSI against the model reference goes to drift.metrics.',
         create: async (r) => {
-          const model = await r.model('fraud');
-          return driftMergeProcessor({ model: model.name, version: model.version, reference: model.reference, windowMs: r.config.driftWindowSec * 1000, partitions: predictionsPartitions });
+          const { entry } = (await r.models('fraud')).require('fraud');
+          return driftMergeProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, partitions: predictionsPartitions });
         },
       }),
     ],

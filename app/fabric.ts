@@ -13,12 +13,12 @@ import { ProcessorRunner, type ChainLink, type ProcessorStatus, type StreamDeps 
 import { RedisStateStore } from '../topology/runtime/state-store.js';
 import { HealthMonitor } from '../topology/runtime/health.js';
 import { createClickHouse, type ClickHouseClient } from '../topology/runtime/clickhouse.js';
-import { packagePath } from '../topology/paths.js';
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
-import { publishModel, registrationFor } from './control-plane.js';
+import { OnlinePredictor } from '../serving/predict.js';
+import type { AvroWriter } from '../schemas/serde.js';
+import type { Prediction } from '../schemas/types.generated.js';
+import { DEMO_MODELS, batchingOptions, ensureDemoModels, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier, FEATURE_GROUPS, LiveModels, ModelRegistry, TASKS } from './serving.js';
 import { publishStatus } from './processor-status.js';
-import { loadModelArtifact, type ModelArtifact } from '../processors/scoring/model-artifact.js';
-import { ModelRunner } from '../processors/scoring/model-runner.js';
 import { Gateway } from '../gateways/server.js';
 import { IngestService, type BoundStream } from '../gateways/ingest/ingest.js';
 import { ApiKeys } from '../gateways/ingest/auth.js';
@@ -34,7 +34,8 @@ export interface FabricOptions {
 export interface FabricHandle {
   readonly gatewayPort: number | null;
   readonly metrics: Metrics;
-  readonly model: ModelArtifact | null;
+  /** Model versions serving in this process (name -> version), empty when no processor or gateway needs one. */
+  models(): Record<string, string>;
   /** Every running processor chain's state. */
   processors(): ProcessorStatus[];
   /** Settles when a processor gave up (restart budget spent): the process should exit non-zero. */
@@ -80,7 +81,27 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     // Resources processors borrow, each opened on first use and closed by this root.
     let redis: Promise<Redis> | null = null;
     let clickhouse: ClickHouseClient | null = null;
-    const models = new Map<string, Promise<ModelArtifact>>();
+    // The serving side: one engine, registry follower and set of live models per process, shared by
+    // every scoring processor and the gateway's predict endpoint.
+    const store = modelStore(config);
+    let live: Promise<LiveModels> | null = null;
+    let engine: ReturnType<typeof servingEngine> | null = null;
+    const liveModels = (): Promise<LiveModels> => {
+      live ??= (async () => {
+        const registry = new ModelRegistry(kafka, serde, config, log.child({ component: 'registry' }));
+        closers.push({ name: 'registry', close: () => registry.close() });
+        await registry.start();
+        const e = servingEngine(config, metrics, log.child({ component: 'serving' }));
+        closers.push({ name: 'serving engine', close: () => e.close() });
+        await e.start();
+        engine = e;
+        const r = await resources.redis();
+        const lm = new LiveModels({ registry, store, engine: e, tasks: TASKS, groups: FEATURE_GROUPS, log: log.child({ component: 'models' }), metrics, batching: batchingOptions(config), onStatus: recordLoadStatus(r, config, log) });
+        closers.push({ name: 'live models', close: async () => lm.close() });
+        return lm;
+      })();
+      return live;
+    };
     const resources: FabricResources = {
       config,
       metrics,
@@ -111,20 +132,12 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         }
         return clickhouse;
       },
-      model(name) {
-        let pending = models.get(name);
-        if (!pending) {
-          pending = loadModelArtifact(packagePath(config.modelsDir), name);
-          models.set(name, pending);
-        }
-        return pending;
+      async models(follow) {
+        const lm = await liveModels();
+        await lm.follow(follow);
+        return lm;
       },
-      async runner(name) {
-        const runner = new ModelRunner(await resources.model(name), { provider: config.scoringProvider, threads: config.scoringThreads, timeoutMs: config.scoringTimeoutMs, gpu: config.gpu });
-        await runner.start();
-        log.info({ model: name, version: runner.model.version, provider: runner.provider }, 'model loaded');
-        return runner;
-      },
+      engineState: () => engine?.state ?? 'starting',
     };
 
     // A processor chained in another's task runs as part of its head's chain.
@@ -134,15 +147,10 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       while (def.after !== undefined) def = topology.processor(def.after);
       heads.add(def.name);
     }
-    let model: ModelArtifact | null = null;
-    if ([...heads].some((h) => topology.chain(h).some((p) => p.name === 'scoring' || p.name.startsWith('drift')))) {
-      model = await resources.model('fraud');
-      const registration = registrationFor(model, config);
-      const register = (): Promise<void> => publishModel(producer, config, registration);
-      if (kafkaUp) await register();
-      else void producer.whenConnected.then(register).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'model registration failed'));
+    if ((options.apply ?? true) && kafkaUp) {
+      // npm start: the demo models are registered and promoted unless an operator already chose versions.
+      await ensureDemoModels(registryAdmin({ kafka, serde, config, log, store, verify: verifier(config, store) }), config, log);
     }
-
     const runners: ProcessorRunner[] = [];
     if (heads.size > 0) {
       const stateStore = new RedisStateStore(await resources.redis(), config.redisKeyPrefix);
@@ -191,8 +199,34 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         const processorsOk = states.every((p) => p.state === 'running' || p.state === 'paused');
         return { ready: kafkaOk && producer.isReady && registry && processorsOk, checks: { kafka: kafkaOk && producer.isReady, registry, processors: processorsOk }, details: { processors: states } };
       };
+      // POST /v1/predict: the same live models as the scoring processors of this process.
+      let predictor: OnlinePredictor | undefined;
+      if (kafkaUp) {
+        const lm = await liveModels();
+        for (const name of DEMO_MODELS) await lm.follow(name).catch((err: unknown) => log.warn({ model: name, err: messageOf(err) }, 'model not served by predict yet'));
+        const writers = new Map<string, Promise<AvroWriter<Prediction>>>();
+        predictor = new OnlinePredictor({
+          models: lm,
+          redis: await resources.redis(),
+          keyPrefix: config.redisKeyPrefix,
+          timeoutMs: config.predictTimeoutMs,
+          cacheTtlSec: config.predictCacheTtlSec,
+          metrics,
+          emit(topic, key, prediction) {
+            const physical = prefixed(config, topic);
+            let writer = writers.get(physical);
+            if (!writer) {
+              writer = serde.writer<Prediction>(`${physical}-value`, loadAvroSchema('prediction'));
+              writers.set(physical, writer);
+            }
+            void writer
+              .then((w) => producer.send([{ topic: physical, key, value: w.encode(prediction) }]))
+              .catch((err: unknown) => log.warn({ topic, err: messageOf(err) }, 'online prediction not written to Kafka'));
+          },
+        });
+      }
       const gateway = new Gateway(
-        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness },
+        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness, ...(predictor ? { predictor } : {}) },
         { host: config.gatewayHost, port: config.gatewayPort, maxBodyBytes: config.gatewayMaxBodyBytes },
       );
       gatewayPort = await gateway.listen();
@@ -200,7 +234,12 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       closers.push({ name: 'gateway', close: () => gateway.close() });
       log.info({ port: gatewayPort }, 'gateway listening');
     }
-    return { gatewayPort, metrics, model, processors, fatal, stop };
+    const models = (): Record<string, string> => {
+      const out: Record<string, string> = {};
+      for (const [, h] of engine?.loaded ?? []) out[h.name] = out[h.name] ? `${out[h.name]},${h.version}` : h.version;
+      return out;
+    };
+    return { gatewayPort, metrics, models, processors, fatal, stop };
   } catch (err) {
     await stop();
     throw err;

@@ -5,6 +5,7 @@ import type { Metrics } from '../topology/runtime/metrics.js';
 import type { ApiKeys } from './ingest/auth.js';
 import type { IngestService } from './ingest/ingest.js';
 import { parseEvents } from './ingest/parse.js';
+import { PredictTimeout, type OnlinePredictor } from '../serving/predict.js';
 
 export interface GatewayOptions {
   readonly host: string;
@@ -27,9 +28,11 @@ export interface GatewayDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
   readiness(): Readiness;
+  /** POST /v1/predict/{model}; absent: the route answers 404 FABRIC_MODEL_UNKNOWN. */
+  readonly predictor?: OnlinePredictor;
 }
 
-const STATUS_TEXT: Record<number, string> = { 200: '200 OK', 202: '202 Accepted', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found', 413: '413 Payload Too Large', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable', 504: '504 Gateway Timeout' };
+const STATUS_TEXT: Record<number, string> = { 200: '200 OK', 202: '202 Accepted', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found', 409: '409 Conflict', 413: '413 Payload Too Large', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable', 504: '504 Gateway Timeout' };
 
 interface SocketData {
   stream: string;
@@ -70,6 +73,7 @@ export class Gateway {
       );
     });
     this.app.post('/v1/events/:stream', (res, req) => this.postEvents(res, req));
+    this.app.post('/v1/predict/:model', (res, req) => this.postPredict(res, req));
     this.app.ws<SocketData>('/v1/events/:stream', {
       maxPayloadLength: this.options.maxBodyBytes,
       maxBackpressure: 1024 * 1024,
@@ -159,6 +163,43 @@ export class Gateway {
     });
   }
 
+  private postPredict(res: uWS.HttpResponse, req: uWS.HttpRequest): void {
+    const started = performance.now();
+    const model = decodeURIComponent(req.getParameter(0) ?? '');
+    const auth = req.getHeader('authorization');
+    const state = watch(res);
+    const finish = (status: number, body: unknown, headers: Record<string, string> = {}): void => {
+      this.deps.metrics.gatewayRequests.inc({ route: 'predict', status: String(status) });
+      this.deps.metrics.gatewayLatency.observe({ route: 'predict' }, (performance.now() - started) / 1000);
+      if (!state.aborted) reply(res, status, body, headers);
+    };
+    const fail = (err: unknown): void => {
+      if (err instanceof PredictTimeout) return finish(504, { error: err.toJSON(), ...err.result });
+      const e = isFabricError(err) ? err : new FabricError('FABRIC_MODEL_UNAVAILABLE', messageOf(err), { cause: err });
+      if (e.status >= 500) this.deps.log.warn({ code: e.code, err: e.message, model }, 'predict failed');
+      finish(e.status, { error: e.toJSON() }, e.retriable ? { 'Retry-After': '1' } : {});
+    };
+    try {
+      if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
+      this.deps.apiKeys.check(auth, 'transactions');
+      if (!this.deps.predictor) throw new FabricError('FABRIC_MODEL_UNKNOWN', `no model is served by this gateway (model ${JSON.stringify(model)})`);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    const predictor = this.deps.predictor;
+    readBody(res, this.options.maxBodyBytes, (err, body) => {
+      if (err) return fail(err);
+      let event: unknown;
+      try {
+        event = JSON.parse(body!.toString('utf8'));
+      } catch (e) {
+        return fail(new FabricError('FABRIC_HTTP_MALFORMED', `body is not JSON: ${messageOf(e)}`));
+      }
+      predictor.predict(model, event).then((result) => finish(200, result), fail);
+    });
+  }
+
   private wsMessage(ws: uWS.WebSocket<SocketData>, text: string): void {
     const data = ws.getUserData();
     const seq = data.seq++;
@@ -214,6 +255,24 @@ export class Gateway {
     this.sockets.clear();
     this.app.close();
   }
+}
+
+/** Reads a body up to maxBytes (413 beyond), copying uWS's reused chunks. */
+function readBody(res: uWS.HttpResponse, maxBytes: number, done: (err: FabricError | null, body?: Buffer) => void): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let over = false;
+  res.onData((chunk, isLast) => {
+    if (over) return;
+    size += chunk.byteLength;
+    if (size > maxBytes) {
+      over = true;
+      done(new FabricError('FABRIC_HTTP_TOO_LARGE', `body exceeds ${maxBytes} bytes`));
+      return;
+    }
+    chunks.push(Buffer.from(chunk.slice(0)));
+    if (isLast) done(null, Buffer.concat(chunks, size));
+  });
 }
 
 function watch(res: uWS.HttpResponse): { aborted: boolean } {

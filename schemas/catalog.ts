@@ -13,6 +13,8 @@ export const SCHEMA_FILES = {
   outcome: 'outcome.avsc',
   drift_metric: 'drift_metric.avsc',
   drift_partial: 'drift_partial.avsc',
+  model_version: 'model_version.avsc',
+  recommendation: 'recommendation.avsc',
 } as const;
 
 export type SchemaName = keyof typeof SCHEMA_FILES;

@@ -135,6 +135,8 @@ export interface Prediction {
   source_topic: string;
   source_partition: number;
   source_offset: number;
+  /** stream: scored by the scoring processor from its input topic; online: answered by POST /v1/predict (source_* then name no Kafka record). */
+  origin: string;
 }
 
 /** A label observed after the fact (fraud confirmed, click, purchase). Topic outcomes.<stream>, key: entity id. */
@@ -203,6 +205,123 @@ export interface DriftPartial {
   windows: DriftWindowPartial[];
 }
 
+export interface ModelArtifactFile {
+  path: string;
+  sha256: string;
+  size: number;
+}
+export interface ModelArtifactRef {
+  /** sha256 of the main ONNX file: the artifact's address in the model store. */
+  sha256: string;
+  size: number;
+  /** store:sha256/<hex> */
+  uri: string;
+  /** The main ONNX file inside the artifact. */
+  file: string;
+  /** Every file (main and external data) with its hash. */
+  files: ModelArtifactFile[];
+}
+export type ModelInputSource = "event" | "feature" | "derived";
+export const ModelInputSourceSymbols = ["event","feature","derived"] as const;
+export type MissingPolicy = "default" | "fallback";
+export const MissingPolicySymbols = ["default","fallback"] as const;
+export interface ModelInput {
+  name: string;
+  /** Value type fed to the model (float). */
+  type: string;
+  /** event: a field of the scored event; feature: a feature of `group`; derived: computed by the task's input builder. */
+  source: ModelInputSource;
+  group: null | string;
+  /** default: use default_value; fallback: no score, the rules' fallback decision with reason features_missing. */
+  missing: MissingPolicy;
+  default_value: null | number;
+}
+export interface ModelSignature {
+  /** The ONNX input tensor (float32 [batch, inputs]). */
+  input_name: string;
+  inputs: ModelInput[];
+  output_name: string;
+  /** binary_probability: the positive class probability is the score. */
+  output_kind: string;
+  positive_class_index: number;
+  output_meaning: string;
+}
+export interface TrainingData {
+  /** Event time of the first training example, epoch ms. */
+  from_ts: null | number;
+  to_ts: null | number;
+  rows: null | number;
+  /** How the training set was made. */
+  source: string;
+}
+export type ModelStage = "none" | "staging" | "production" | "archived";
+export const ModelStageSymbols = ["none","staging","production","archived"] as const;
+export interface StageChange {
+  from: ModelStage;
+  to: ModelStage;
+  by: string;
+  at: number;
+  reason: string;
+}
+/** A registered model version. Topic _fabric.models (compacted), key <name>@<version>: the latest record per key is the version's state; a tombstone deletes it. */
+export interface ModelVersion {
+  name: string;
+  version: string;
+  /** How the fabric builds the model's inputs and reads its output: fraud (one score per transaction) or recs (scores of candidate items for a user). */
+  task: string;
+  format: string;
+  artifact: ModelArtifactRef;
+  signature: ModelSignature;
+  /** Decision thresholds (fraud: block, review). */
+  thresholds: Record<string, number>;
+  /** Task parameters (recs: top_k, max_candidates). */
+  params: Record<string, string>;
+  owner: string;
+  description: string;
+  training: TrainingData;
+  /** Flat numeric validation metrics (auc, ndcg_at_10, ...). */
+  metrics: Record<string, number>;
+  /** The full metrics document as registered (JSON). */
+  metrics_json: string;
+  /** Reference profile for drift (JSON, per input and the score). */
+  reference_json: string;
+  stage: ModelStage;
+  stage_history: StageChange[];
+  registered_by: string;
+  registered_at: number;
+}
+
+export interface RecommendedItem {
+  item_id: string;
+  /** 1 = best. */
+  rank: number;
+  score: number;
+  /** The model inputs as served for this candidate. */
+  features: Record<string, null | number>;
+}
+/** The recs model's top candidate items for a user at one of their interactions. Topic predictions.recs, key: user id. */
+export interface Recommendation {
+  /** The interaction that triggered the recommendation. */
+  event_id: string;
+  user_id: string;
+  model: string;
+  version: string;
+  /** ONNX execution provider used (cuda, cpu) or none. */
+  provider: string;
+  /** Event time of the interaction, epoch ms. */
+  event_ts: number;
+  /** How many candidate items were scored. */
+  candidates: number;
+  /** The top-k candidates by score (ties by item id), best first. */
+  items: RecommendedItem[];
+  reasons: string[];
+  /** True when no model score could be had (items empty; see reasons). */
+  fallback: boolean;
+  source_topic: string;
+  source_partition: number;
+  source_offset: number;
+}
+
 /** The value type of each schema, by catalog name. */
 export interface SchemaTypes {
   transaction: Transaction;
@@ -214,4 +333,6 @@ export interface SchemaTypes {
   outcome: Outcome;
   drift_metric: DriftMetric;
   drift_partial: DriftPartial;
+  model_version: ModelVersion;
+  recommendation: Recommendation;
 }

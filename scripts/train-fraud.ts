@@ -4,18 +4,21 @@
  *   1. a Python venv at .stack/venv-train with scripts/requirements-train.txt (created once; reinstalled
  *      when the requirements file changes),
  *   2. the point-in-time training CSV at .stack/train/fraud.csv (scripts/build-training-set.ts),
- *   3. scripts/train_fraud.py -> models/fraud/model.onnx + models/fraud/model.json.
+ *   3. scripts/train_fraud.py -> models/fraud/model.onnx + models/fraud/model.json (its signature from
+ *      FRAUD_INPUT_SOURCES, its training window from the rows' event times, both passed in
+ *      .stack/train/fraud.meta.json), and the parity fixture test/fixtures/parity/fraud.json.
  *
  * Flags: --seed (default 42), --count (default 200000). PYTHON overrides the interpreter used to
  * create the venv (default python3). Exits non-zero with a one-line reason on failure.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FRAUD_INPUT_NAMES } from '../serving/models/fraud-inputs.js';
-import { buildFraudTrainingSet, parseIntFlag, writeFraudTrainingCsv } from './build-training-set.js';
+import { FRAUD_INPUT_NAMES, FRAUD_INPUT_SOURCES } from '../serving/models/fraud-inputs.js';
+import { generateTransactions } from '../sim/transactions.js';
+import { TRAINING_RATE_PER_SEC, buildFraudTrainingSet, parseIntFlag, trainingSimOptions, writeFraudTrainingCsv } from './build-training-set.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const VENV = join(ROOT, '.stack', 'venv-train');
@@ -23,6 +26,8 @@ const VENV_PYTHON = join(VENV, 'bin', 'python');
 const REQUIREMENTS = join(ROOT, 'scripts', 'requirements-train.txt');
 const STAMP = join(VENV, '.requirements.sha256');
 const CSV = join(ROOT, '.stack', 'train', 'fraud.csv');
+const META = join(ROOT, '.stack', 'train', 'fraud.meta.json');
+const FIXTURE = join(ROOT, 'test', 'fixtures', 'parity', 'fraud.json');
 const OUT_DIR = join(ROOT, 'models', 'fraud');
 
 class TrainError extends Error {}
@@ -62,9 +67,36 @@ async function main(args: string[]): Promise<void> {
   const frauds = set.labels.reduce((s, l) => s + l, 0);
   console.log(`training set: ${set.rows.length} rows, ${frauds} fraud (${((100 * frauds) / set.rows.length).toFixed(2)}%) -> ${relative(ROOT, CSV)} in ${((Date.now() - t) / 1000).toFixed(1)}s`);
 
+  // One row per generated event, in generation order: the rows' event times.
+  const rowTs = Array.from(generateTransactions(trainingSimOptions({ seed, count })), (s) => s.event.ts);
+  if (rowTs.length !== set.rows.length) throw new TrainError(`${rowTs.length} events for ${set.rows.length} rows`);
+  const meta = {
+    signature_inputs: FRAUD_INPUT_SOURCES,
+    row_ts: rowTs,
+    source: `sim/transactions.ts seed ${seed}, ${count} transactions at ${TRAINING_RATE_PER_SEC}/s; one row per transaction with point-in-time account features (event cut); label: the simulator's fraud flag`,
+  };
+  mkdirSync(dirname(META), { recursive: true });
+  writeFileSync(META, `${JSON.stringify(meta)}\n`);
+
   run(
     VENV_PYTHON,
-    [join(ROOT, 'scripts', 'train_fraud.py'), '--csv', CSV, '--out-dir', OUT_DIR, '--seed', String(seed), '--count', String(count), '--expected-inputs', FRAUD_INPUT_NAMES.join(',')],
+    [
+      join(ROOT, 'scripts', 'train_fraud.py'),
+      '--csv',
+      CSV,
+      '--out-dir',
+      OUT_DIR,
+      '--seed',
+      String(seed),
+      '--count',
+      String(count),
+      '--expected-inputs',
+      FRAUD_INPUT_NAMES.join(','),
+      '--meta',
+      META,
+      '--parity-fixture',
+      FIXTURE,
+    ],
     'train_fraud.py',
   );
   console.log(`npm run train: done in ${((Date.now() - started) / 1000).toFixed(1)}s`);

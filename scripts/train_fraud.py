@@ -8,10 +8,17 @@ never sees the future), chooses the decision thresholds on that validation set, 
 checks onnxruntime against scikit-learn, and writes:
 
   <out-dir>/model.onnx
-  <out-dir>/model.json   name, version, sha256, inputs, thresholds, metrics, drift reference
+  <out-dir>/model.json   name, version, task, sha256, inputs, signature, training, thresholds, metrics,
+                         drift reference
+  <parity-fixture>       200 input rows (validation rows, some with -1 inputs) with scikit-learn's and
+                         onnxruntime's probabilities (checked by test/unit/parity.test.ts)
+
+--meta is the JSON scripts/train-fraud.ts writes: the signature's input sources (FRAUD_INPUT_SOURCES),
+the event time of every CSV row (for the training window), and how the set was made.
 
 Usage: python scripts/train_fraud.py --csv .stack/train/fraud.csv --out-dir models/fraud \
-         --seed 42 --count 200000 [--expected-inputs a,b,c]
+         --seed 42 --count 200000 --meta .stack/train/fraud.meta.json \
+         --parity-fixture test/fixtures/parity/fraud.json [--expected-inputs a,b,c]
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 REVIEW_MIN_PRECISION = 0.5
 BLOCK_MIN_PRECISION = 0.95
 MAX_ONNX_DIFF = 1e-4
+# The parity fixture (test/unit/parity.test.ts) holds onnxruntime-node to 1e-5 of scikit-learn.
+MAX_FIXTURE_DIFF = 1e-5
+FIXTURE_ROWS = 200
+MISSING = -1.0
 
 
 def fail(msg: str) -> None:
@@ -125,6 +136,45 @@ def reference_profile(values: np.ndarray) -> dict:
     }
 
 
+def parity_rows(x_va: np.ndarray, y_va: np.ndarray, x_all: np.ndarray, n: int = FIXTURE_ROWS) -> np.ndarray:
+    """Deterministic rows for the parity fixture (float32): half evenly spread validation rows, a fifth
+    positive validation rows, up to a tenth real rows with a missing (-1) input (from any split), and
+    the rest validation rows with 1, 2, 3, half or all of their inputs set to -1 (as train_recs.py)."""
+    rng = np.random.default_rng(RANDOM_STATE)
+
+    def spread(pool: np.ndarray, k: int) -> np.ndarray:
+        return pool[np.linspace(0, len(pool) - 1, min(k, len(pool))).astype(np.int64)] if len(pool) and k > 0 else pool[:0]
+
+    every = spread(np.arange(len(x_va)), n // 2)
+    positives = spread(np.flatnonzero(y_va == 1), n // 5)
+    real_missing = x_all[spread(np.flatnonzero(np.any(x_all == MISSING, axis=1)), n // 10)]
+    k = n - len(every) - len(positives) - len(real_missing)
+    synthetic = x_va[rng.choice(len(x_va), size=k, replace=False)].copy()
+    width = x_va.shape[1]
+    sizes = [1, 2, 3, max(1, width // 2), width]
+    for i, row in enumerate(synthetic):
+        row[rng.choice(width, size=sizes[i % len(sizes)], replace=False)] = MISSING
+    return np.concatenate([x_va[every], x_va[positives], real_missing, synthetic]).astype(np.float32)
+
+
+def write_fixture(path: str, name: str, sha256: str, rows: np.ndarray, sk: np.ndarray, ort_p: np.ndarray) -> None:
+    """The parity fixture: float32 inputs (printed exactly), scikit-learn's and onnxruntime's P(positive)."""
+    gap = float(np.max(np.abs(np.asarray(sk, dtype=np.float64) - np.asarray(ort_p, dtype=np.float64))))
+    if gap > MAX_FIXTURE_DIFF:
+        fail(f"parity fixture: onnxruntime differs from scikit-learn by {gap:.2e} (limit {MAX_FIXTURE_DIFF})")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    doc = {
+        "model": name,
+        "sha256": sha256,
+        "inputs": [[float(v) for v in r] for r in rows.astype(np.float32)],
+        "sklearn_proba": [float(p) for p in np.asarray(sk, dtype=np.float64)],
+        "onnxruntime_proba": [float(p) for p in np.asarray(ort_p, dtype=np.float64)],
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.write("\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--csv", required=True)
@@ -132,13 +182,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--expected-inputs", default=None, help="comma-separated FRAUD_INPUT_NAMES to check the header against")
+    ap.add_argument("--meta", required=True, help="JSON from train-fraud.ts: signature inputs, row event times, source")
+    ap.add_argument("--parity-fixture", required=True)
     args = ap.parse_args()
+    with open(args.meta) as f:
+        meta = json.load(f)
 
     t0 = time.time()
     names, x, y, raw = load(args.csv)
     if args.expected_inputs is not None and names != args.expected_inputs.split(","):
         fail(f"CSV inputs {names} != expected {args.expected_inputs.split(',')}")
+    if names != [i["name"] for i in meta["signature_inputs"]]:
+        fail(f"CSV inputs {names} != signature {[i['name'] for i in meta['signature_inputs']]}")
     n = len(y)
+    row_ts = meta["row_ts"]
+    if len(row_ts) != n:
+        fail(f"--meta has {len(row_ts)} row times for {n} rows")
     n_train = int(round(n * (1 - VALIDATION_SHARE)))
     x_tr, y_tr, x_va, y_va = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
     if y_tr.sum() == 0 or y_va.sum() == 0 or y_va.sum() == len(y_va):
@@ -186,6 +245,7 @@ def main() -> None:
     onnx.checker.check_model(onx)
     model_bytes = onx.SerializeToString()
 
+    sha256 = hashlib.sha256(model_bytes).hexdigest()
     sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     o_label, o_proba = sess.run(["label", "probabilities"], {"input": x_va})
     diff = float(np.max(np.abs(o_proba - model.predict_proba(x_va))))
@@ -201,7 +261,8 @@ def main() -> None:
     manifest = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
-        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "task": "fraud",
+        "sha256": sha256,
         "format": "onnx",
         "inputs": names,
         "input_name": "input",
@@ -209,6 +270,23 @@ def main() -> None:
         "label_output_name": "label",
         "positive_class_index": 1,
         "missing_value": -1,
+        "owner": "fraud-team",
+        "description": "Scores a transaction by the probability that it is fraud; rules block or review it by the thresholds.",
+        "signature": {
+            "inputs": meta["signature_inputs"],
+            "output": {
+                "kind": "binary_probability",
+                "positive_class_index": 1,
+                "meaning": "probability the transaction is fraud",
+            },
+        },
+        "training": {
+            "from_ts": int(row_ts[0]),
+            "to_ts": int(row_ts[n_train - 1]),
+            "rows": int(n_train),
+            "source": meta["source"],
+            "validation": {"from_ts": int(row_ts[n_train]), "to_ts": int(row_ts[-1]), "rows": int(n - n_train)},
+        },
         "thresholds": {"block": block, "review": review},
         "threshold_policy": {
             "rule": "block if score >= block, else review if score >= review, else allow",
@@ -258,8 +336,11 @@ def main() -> None:
     with open(os.path.join(args.out_dir, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
-    print(f"wrote {onnx_path} ({len(model_bytes)} bytes, sha256 {manifest['sha256'][:16]}...) and model.json "
-          f"in {time.time() - t0:.1f}s total")
+    fixture = parity_rows(x_va, y_va, x)
+    write_fixture(args.parity_fixture, MODEL_NAME, sha256, fixture, model.predict_proba(fixture)[:, 1],
+                  sess.run(["probabilities"], {"input": fixture})[0][:, 1])
+    print(f"wrote {onnx_path} ({len(model_bytes)} bytes, sha256 {sha256[:16]}...), model.json and "
+          f"{args.parity_fixture} ({len(fixture)} rows) in {time.time() - t0:.1f}s total")
 
 
 if __name__ == "__main__":

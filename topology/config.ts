@@ -65,8 +65,16 @@ export const SETTINGS = {
   sinkRetryMs: s('FABRIC_SINK_RETRY_MS', positive, '500', 'First backoff when a sink fails (doubles, jittered, up to 10 s).'),
 
   scoringTimeoutMs: s('FABRIC_SCORING_TIMEOUT_MS', positive, '2000', 'How long one model run may take; beyond it the worker is recycled and the batch is retried (the stream never commits a timing-dependent fallback).'),
-  scoringProvider: s('FABRIC_SCORING_PROVIDER', z.enum(['auto', 'cuda', 'cpu']), 'auto', 'ONNX execution provider: auto tries cuda then cpu.'),
-  scoringThreads: s('FABRIC_SCORING_THREADS', positive, '1', 'Intra-op threads of the ONNX session (spinning is disabled).'),
+  scoringProvider: s('FABRIC_SCORING_PROVIDER', z.enum(['auto', 'cuda', 'cpu']), 'auto', 'ONNX execution provider, chosen at start: cpu; cuda (only cuda: a model fails to load rather than silently run on cpu); auto (cuda when FABRIC_GPU is true and it loads, else cpu). Reported on every prediction and in metrics.'),
+  scoringThreads: s('FABRIC_SCORING_THREADS', ms, '0', 'Intra-op threads of each ONNX session; 0: the cores divided by the serving workers (at least 1). Idle threads do not spin.'),
+  servingIsolation: s('FABRIC_SERVING_ISOLATION', z.enum(['thread', 'process']), 'thread', 'Where ONNX sessions run: thread (worker threads, rows transferred without copies, near bare onnxruntime speed) or process (child processes: a native crash or hang is killed without touching the fabric, at the cost of IPC).'),
+  servingWorkers: s('FABRIC_SERVING_WORKERS', ms, '0', 'ONNX workers of the serving engine per fabric process; 0: one per core.'),
+  servingMaxBatch: s('FABRIC_SERVING_MAX_BATCH', positive, '64', 'Most rows in one ONNX run (the micro-batch size cap).'),
+  servingMaxQueueDelayMs: s('FABRIC_SERVING_MAX_QUEUE_DELAY_MS', z.coerce.number().min(0).max(1000), '0', 'How long a request may wait for others to fill a micro-batch while a worker is free (decimals allowed); 0: requests batch only while the workers are busy.'),
+  servingConcurrency: s('FABRIC_SERVING_CONCURRENCY', ms, '0', 'Micro-batches of one model in flight at once; 0: two per worker (one running, one waiting, so a worker never idles on a round trip).'),
+  modelStoreDir: s('FABRIC_MODEL_STORE_DIR', z.string().min(1), '.stack/model-store', 'Folder of the content-addressed model store (artifacts by sha256), relative to the project unless absolute.'),
+  predictTimeoutMs: s('FABRIC_PREDICT_TIMEOUT_MS', positive, '100', 'Budget of POST /v1/predict: beyond it the answer is 504 with the fallback decision (reason model_timeout).'),
+  predictCacheTtlSec: s('FABRIC_PREDICT_CACHE_TTL_SEC', ms, '0', 'TTL of the prediction cache in Redis (keyed by model version and a hash of the feature vector); 0 turns it off.'),
 
   maxClockSkewSec: s('FABRIC_MAX_CLOCK_SKEW_SEC', positive, '300', 'How far in the future (event time vs. arrival) an event may be: beyond it the gateway refuses it and processors dead-letter it (FABRIC_EVENT_TIME_SKEW).'),
   featuresLatenessSec: s('FABRIC_FEATURES_LATENESS_SEC', ms, '600', 'How far behind its entity\'s newest event (in event time) an event may arrive and still update features, for groups that declare no lateness; it corrects the rows it changes. Later events go to late.<stream> with the reason.'),
@@ -77,7 +85,7 @@ export const SETTINGS = {
   clickhouseLingerMs: s('FABRIC_CLICKHOUSE_LINGER_MS', ms, '1000', 'How long the ClickHouse sink gathers rows from all partitions before one insert per table.'),
   clickhouseFlushRows: s('FABRIC_CLICKHOUSE_FLUSH_ROWS', positive, '5000', 'Rows buffered per table before an insert.'),
 
-  modelsDir: s('FABRIC_MODELS_DIR', z.string().min(1), 'models', 'Folder holding model artifacts (model.onnx + model.json per model).'),
+  modelsDir: s('FABRIC_MODELS_DIR', z.string().min(1), 'models', 'Folder of the demo model artifacts (model.onnx + model.json per model) that `npm start` registers and promotes when the registry has no production version of them.'),
   metricsPort: s('FABRIC_METRICS_PORT', z.coerce.number().int().min(0).max(65535), '9464', 'Port of /metrics for processors run outside the gateway process.'),
   gpu: s('FABRIC_GPU', bool, 'false', 'Allow the CUDA provider (needs onnxruntime-node installed with CUDA).'),
 } as const satisfies Record<string, Setting>;

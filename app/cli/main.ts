@@ -9,19 +9,17 @@ import { fabricTopology } from '../fabric-topology.js';
 import { applyTopology } from '../../topology/apply.js';
 import { DLQ_HEADERS } from '../../topology/runtime/dlq.js';
 import { startFabric } from '../fabric.js';
-import { publishModel, readCompacted, registrationFor } from '../control-plane.js';
 import { readStatuses, type PublishedStatus } from '../processor-status.js';
 import { readUntilIdle, type ReadRecord } from '../../topology/runtime/topic-reader.js';
 import { consumerLag } from '../../topology/runtime/lag.js';
-import { packagePath } from '../../topology/paths.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { Outcome } from '../../schemas/types.generated.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
-import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
 import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
 import { registerFeatureCommands } from './features.js';
+import { registerModelCommands } from './models.js';
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
@@ -74,7 +72,7 @@ program
       log.info({ stack: status.map((s) => `${s.name}=${s.address}`) }, 'stack up');
     }
     const fabric = await startFabric(cfg, log, { gateway: o.gateway, ...(o.processors ? { processors: o.processors.split(',').map((s) => s.trim()) } : {}) });
-    log.info({ gateway: fabric.gatewayPort, model: fabric.model ? `${fabric.model.name}@${fabric.model.version}` : null }, 'fabric running; Ctrl-C to stop');
+    log.info({ gateway: fabric.gatewayPort, models: fabric.models() }, 'fabric running; Ctrl-C to stop');
     await new Promise<void>((resolve) => {
       let stopping = false;
       const onSignal = (signal: string): void => {
@@ -181,27 +179,7 @@ program
     }
   });
 
-const models = program.command('models').description('model registry (_fabric.models)');
-models.command('register').description('verify a model artifact (sha256 pin) and publish it to _fabric.models').argument('[name]', 'model folder under FABRIC_MODELS_DIR', 'fraud').option('--json', 'print as JSON').action(async (name: string, o: { json?: boolean }) => {
-  const cfg = config();
-  const log = cliLog(cfg, true);
-  const model = await loadModelArtifact(packagePath(cfg.modelsDir), name);
-  const producer = new BatchingProducer(createKafka(cfg, log, 'cli'), { lingerMs: 0, batchSize: 10, maxQueued: 10, ackTimeoutMs: cfg.kafkaAckTimeoutMs }, log);
-  if (!(await producer.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers}`);
-  const registration = registrationFor(model, cfg);
-  try {
-    await publishModel(producer, cfg, registration);
-  } finally {
-    await producer.close();
-  }
-  out(!!o.json, registration, () => `registered ${model.name}@${model.version} (sha256 ${model.sha256.slice(0, 12)}…)`);
-});
-models.command('list').description('registered models (latest per name)').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
-  const cfg = config();
-  const latest = await readCompacted(createKafka(cfg, cliLog(cfg, true), 'cli'), cfg, '_fabric.models');
-  const list = [...latest.values()].map((v) => JSON.parse(v.toString()) as { name: string; version: string; stage: string; sha256: string });
-  out(!!o.json, list, () => list.map((m) => `${m.name}@${m.version} ${m.stage} sha256:${m.sha256.slice(0, 12)}`).join('\n') || '(none)');
-});
+registerModelCommands(program);
 
 function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onRecord: (r: ReadRecord) => Promise<void>, idleMs = 3000): Promise<number> {
   return readUntilIdle(createKafka(cfg, cliLog(cfg, true), 'cli'), physical, { groupPrefix: prefixed(cfg, 'fabric.cli'), fromBeginning, max, idleMs, onRecord });

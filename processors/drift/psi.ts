@@ -1,4 +1,4 @@
-import type { ReferenceProfile } from '../scoring/model-artifact.js';
+import type { ReferenceProfile } from '../../serving/registry/reference.js';
 
 /** Index of the bin `value` falls in, given ascending inner edges (n edges -> n+1 bins). */
 export function binOf(edges: readonly number[], value: number): number {

@@ -1,5 +1,5 @@
 import type { DriftVariablePartial, DriftWindowPartial, Prediction } from '../../schemas/types.generated.js';
-import type { ReferenceProfile } from '../scoring/model-artifact.js';
+import type { ReferenceProfile } from '../../serving/registry/reference.js';
 import { binOf } from './psi.js';
 
 /**

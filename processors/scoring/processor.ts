@@ -6,39 +6,49 @@ import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { splitTransactions } from '../shared/validate.js';
-import { decide, type FallbackReason, type ThresholdRules } from '../../serving/rules/threshold-rules.js';
-import { ACCOUNT_FEATURE_NAMES, FRAUD_INPUT_NAMES, fraudInputRow } from '../../serving/models/fraud-inputs.js';
-import type { ModelRunner } from './model-runner.js';
+import { decide, rulesFor, type FallbackReason } from '../../serving/rules/threshold-rules.js';
+import { ACCOUNT_FEATURE_NAMES, fraudInputValues } from '../../serving/models/fraud-inputs.js';
+import { vectorize } from '../../serving/models/vector.js';
+import type { ServedModel } from '../../serving/models/live.js';
+
+/** Where scoring gets the serving version of its model, per batch (LiveModels in the fabric). */
+export interface ServingModels {
+  /** The serving version, or a retriable FABRIC_MODEL_UNAVAILABLE while none is loaded. */
+  require(name: string): ServedModel;
+}
 
 export interface ScoringProcessorOptions {
-  readonly runner: ModelRunner;
-  readonly rules: ThresholdRules;
+  readonly models: ServingModels;
+  /** Default `fraud`. */
+  readonly model?: string;
   readonly outputTopic?: string;
   /** Topic of the upstream (features) emits that carry an event's features. Default `features.account`. */
   readonly featuresTopic?: string;
   readonly metrics?: Metrics;
+  /** Readiness detail: the engine's state. */
+  readonly engineState?: () => string;
 }
 
 /**
- * Scores transactions with the fraud model, chained after the features processor in the same task
- * (`after: 'features'`): the features of each event are the ones features emitted for that very
- * record (`ctx.upstream`), so they are decided by the event's position in its partition, never by
- * when another consumer wrote Redis. The whole batch is one model run in the model worker process and the
- * rules turn scores into decisions.
+ * Scores transactions with the serving version of the fraud model, chained after the features
+ * processor in the same task (`after: 'features'`): the features of each event are the ones features
+ * emitted for that very record (`ctx.upstream`), so they are decided by the event's position in its
+ * partition, never by when another consumer wrote Redis. The model version is read once per batch
+ * from the registry's live models: a promotion takes effect at the next batch, and since a batch's
+ * outputs and offsets commit in one transaction, every event is scored exactly once, by one version
+ * (recorded on the prediction). The batch's rows go to the serving engine, which micro-batches them
+ * over its workers.
  *
  * Deterministic outcomes only: an event features routed to `late.<stream>` (or emitted no features
- * for) gets the rules' fallback with reason `features_late`; a run the model itself rejects gets
- * `model_error`. A model timeout or a dead/restarting worker is a matter of timing, not of the
- * input: the batch fails with the retriable error (FABRIC_MODEL_TIMEOUT / FABRIC_MODEL_UNAVAILABLE),
- * nothing is committed, and the retry produces what a clean run would.
+ * for) gets the rules' fallback with reason `features_late`; an input missing whose policy is the
+ * fallback gets `features_missing`; a run the model itself rejects gets `model_error`. A model
+ * timeout, a dead worker or no loaded version is a matter of timing, not of the input: the batch
+ * fails retriably, nothing is committed, and the retry produces what a clean run would.
  */
 export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLogic {
-  const model = options.runner.model;
-  const outputTopic = options.outputTopic ?? `predictions.${model.name}`;
+  const modelName = options.model ?? 'fraud';
+  const outputTopic = options.outputTopic ?? `predictions.${modelName}`;
   const featuresTopic = options.featuresTopic ?? 'features.account';
-  if (model.inputs.join(',') !== FRAUD_INPUT_NAMES.join(',')) {
-    throw new Error(`model ${model.name} ${model.version} inputs [${model.inputs.join(', ')}] differ from the serving inputs [${FRAUD_INPUT_NAMES.join(', ')}]`);
-  }
 
   /**
    * The features emitted for this record; 'late' when features sent it to late.<stream>; 'duplicate'
@@ -63,58 +73,72 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     // Features already dead-letters invalid events; the check stays so scoring never scores garbage.
     const split = splitTransactions(records);
     const outputs = split.rejects;
+    // One version for the whole batch: a promotion lands between batches, never inside one.
+    const { entry, handle: model } = options.models.require(modelName);
+    const rules = rulesFor(entry);
+    interface Item {
+      readonly record: SourceRecord;
+      readonly txn: (typeof split.valid)[number]['txn'];
+      readonly row: number;
+      readonly reason?: FallbackReason;
+      readonly features: Record<string, number | null>;
+    }
     const rows: number[][] = [];
-    const rowOf: number[] = [];
-    const valid = split.valid.filter(({ record, txn }) => {
+    const items: Item[] = [];
+    for (const { record, txn } of split.valid) {
       const f = featuresOf(record, txn.event_id, upstream);
-      if (f === 'duplicate') return false;
-      rowOf.push(f === 'late' ? -1 : rows.push(fraudInputRow(txn, f)) - 1);
-      return true;
-    });
-    if (valid.length === 0) return outputs;
+      if (f === 'duplicate') continue;
+      if (f === 'late') {
+        items.push({ record, txn, row: -1, reason: 'features_late', features: { amount: txn.amount } });
+        continue;
+      }
+      const v = vectorize(entry, fraudInputValues(txn, f));
+      if (v.missing.length > 0) items.push({ record, txn, row: -1, reason: 'features_missing', features: v.features });
+      else items.push({ record, txn, row: rows.push(v.row) - 1, features: v.features });
+    }
+    if (items.length === 0) return outputs;
     let scores: Float32Array | null = null;
     let provider = 'none';
     let modelFailure: FallbackReason | undefined;
-    const started = performance.now();
-    try {
-      ({ scores, provider } = await options.runner.score(rows));
-      options.metrics?.scoringRunSeconds.observe({ model: model.name }, (performance.now() - started) / 1000);
-      options.metrics?.scoringRows.inc({ model: model.name, provider }, rows.length);
-    } catch (err) {
-      // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
-      // fallback a clean run would not have produced.
-      if (!(err instanceof FabricError) || err.retriable) throw err;
-      // The model refused this input (deterministically): the fallback keeps the stream going.
-      ctx.log.warn({ err: err.message, rows: rows.length }, 'model run failed; fallback decisions');
-      modelFailure = 'model_error';
+    if (rows.length > 0) {
+      const started = performance.now();
+      try {
+        ({ scores, provider } = await model.score(rows));
+        options.metrics?.scoringRunSeconds.observe({ model: modelName }, (performance.now() - started) / 1000);
+        options.metrics?.scoringRows.inc({ model: modelName, provider }, rows.length);
+      } catch (err) {
+        // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
+        // fallback a clean run would not have produced.
+        if (!(err instanceof FabricError) || err.retriable) throw err;
+        // The model refused this input (deterministically): the fallback keeps the stream going.
+        ctx.log.warn({ err: err.message, rows: rows.length }, 'model run failed; fallback decisions');
+        modelFailure = 'model_error';
+      }
     }
-    valid.forEach(({ record, txn }, i) => {
-      const row = rowOf[i]!;
-      const reason: FallbackReason | undefined = row < 0 ? 'features_late' : modelFailure;
+    for (const { record, txn, row, reason: own, features } of items) {
+      const reason: FallbackReason | undefined = own ?? modelFailure;
       const score = reason ? null : Number(scores![row]!.toFixed(6));
-      const decision = decide(options.rules, score, reason);
-      if (decision.fallback) options.metrics?.scoringFallbacks.inc({ model: model.name, reason: reason ?? 'model_error' });
-      const inputs: Record<string, number | null> = {};
-      if (row >= 0) rows[row]!.forEach((v, j) => (inputs[FRAUD_INPUT_NAMES[j]!] = v));
-      else inputs.amount = txn.amount;
+      const decision = decide(rules, score, reason);
+      if (decision.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: reason ?? 'model_error' });
       const prediction: Prediction = {
         event_id: txn.event_id,
         entity_id: txn.account_id,
-        model: model.name,
-        version: model.version,
+        model: entry.name,
+        version: entry.version,
         score,
         decision: decision.decision,
         reasons: decision.reasons,
         fallback: decision.fallback,
         provider: reason ? 'none' : provider,
         event_ts: txn.ts,
-        features: inputs,
+        features,
         source_topic: record.topic,
         source_partition: record.partition,
         source_offset: Number(record.offset),
+        origin: 'stream',
       };
       outputs.push(emit(outputTopic, txn.account_id, prediction, record));
-    });
+    }
     return outputs;
   }
 
@@ -122,9 +146,18 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     name: 'scoring',
     process: wholeBatch(handle),
     readiness() {
-      const state = options.runner.state;
-      return { ready: state === 'ready', state, detail: `model ${model.name} worker` };
+      let detail: string;
+      let ready: boolean;
+      try {
+        const { entry, handle } = options.models.require(modelName);
+        const engine = options.engineState?.() ?? 'ready';
+        ready = engine === 'ready' || engine === 'degraded';
+        detail = `model ${entry.name}@${entry.version} on ${handle.provider}, engine ${engine}`;
+      } catch (err) {
+        ready = false;
+        detail = (err as Error).message;
+      }
+      return { ready, state: ready ? 'ready' : 'waiting', detail };
     },
-    close: () => options.runner.close(),
   };
 }

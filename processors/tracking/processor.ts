@@ -38,9 +38,10 @@ export function trackingProcessor(options: { sink: ClickHouseSink; topics: reado
               rejects.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `cannot map to ${mapping.table}: ${messageOf(err)}`)));
               continue;
             }
-            const list = rows.get(mapping.table);
+            const table = mapping.tableOf?.(record) ?? mapping.table;
+            const list = rows.get(table);
             if (list) list.push(row);
-            else rows.set(mapping.table, [row]);
+            else rows.set(table, [row]);
           }
           for (const [table, list] of rows) options.sink.add(table, list, ctx.task);
           return rejects.length ? from(rejects) : EMPTY;

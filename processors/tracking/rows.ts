@@ -7,6 +7,8 @@ import { featureGroupNamed } from '../../topology/features/groups.js';
 /** How each tracked topic becomes rows of a ClickHouse table. Every row carries its source position. */
 export interface TableMapping {
   readonly table: string;
+  /** A record's table when it is not always `table`. */
+  tableOf?(record: SourceRecord): string;
   row(record: SourceRecord): Row;
 }
 
@@ -38,6 +40,8 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
   },
   'predictions.': () => ({
     table: 'predictions',
+    // Answers of POST /v1/predict have their own table: they must not replace the stream's row of the same event.
+    tableOf: (r) => ((r.value as Prediction).origin === 'online' ? 'predictions_online' : 'predictions'),
     row(r) {
       const p = r.value as Prediction;
       const names = Object.keys(p.features).sort();

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { FeatureGroup } from '../../topology/features/definition.js';
-import { compareEvents, evaluate, type FeatureValues } from '../../topology/features/engine.js';
+import { compareEvents, evaluate, featureEvent, type FeatureEvent, type FeatureValues } from '../../topology/features/engine.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { decodeMembers, groupKeys, parseLatest, type LatestRow } from './redis-keys.js';
 
@@ -48,16 +48,58 @@ export const ONLINE_READ_SCRIPT = ONLINE_READ;
  * Kafka transaction is being retried (its retry admits exactly those events again).
  */
 export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group: FeatureGroup, entities: readonly string[], asOf: number = Date.now()): Promise<OnlineFeatures[]> {
-  if (entities.length > MAX_ONLINE_ENTITIES) throw new FabricError('FABRIC_CLI_USAGE', `at most ${MAX_ONLINE_ENTITIES} entities per online read, got ${entities.length}`);
-  if (entities.length === 0) return [];
+  const snapshots = await readSnapshots(redis, keyPrefix, group, entities.map((entity) => ({ entity, asOf })));
+  return snapshots.map(({ entity, events, known, exact }) => ({ entity, values: known ? evaluate(group, events, { instant: asOf }) : null, exact }));
+}
+
+/** Features of (entity, instant) pairs, each as of its own instant, in one pipelined round trip per 1,000 pairs. */
+export async function readOnlineFeaturesAt(redis: Redis, keyPrefix: string, group: FeatureGroup, reads: readonly { entity: string; asOf: number }[]): Promise<OnlineFeatures[]> {
+  const out: OnlineFeatures[] = [];
+  for (let i = 0; i < reads.length; i += MAX_ONLINE_ENTITIES) {
+    const chunk = reads.slice(i, i + MAX_ONLINE_ENTITIES);
+    const snapshots = await readSnapshots(redis, keyPrefix, group, chunk);
+    snapshots.forEach(({ entity, events, known, exact }, k) => out.push({ entity, values: known ? evaluate(group, events, { instant: chunk[k]!.asOf }) : null, exact }));
+  }
+  return out;
+}
+
+/** An event to evaluate features at, as if it arrived now, after every event the online store holds. */
+export interface EventProbe {
+  readonly entity: string;
+  readonly eventId: string;
+  readonly ts: number;
+  /** The event's fields (the group's stored fields and transform inputs). */
+  readonly raw: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * Features as of events not yet (or already) in the online store: what the stream would compute for
+ * each event arriving now as its entity's newest record. An event id the store already holds is
+ * evaluated at that stored event (a replay of a scored event gets its own row, not a double count).
+ * One pipelined round trip. `exact` is false when the store no longer holds all of the window.
+ */
+export async function readFeaturesAtEvents(redis: Redis, keyPrefix: string, group: FeatureGroup, probes: readonly EventProbe[]): Promise<{ values: FeatureValues; exact: boolean; stored: boolean }[]> {
+  const snapshots = await readSnapshots(redis, keyPrefix, group, probes.map((p) => ({ entity: p.entity, asOf: p.ts })));
+  return probes.map((probe, i) => {
+    const { events, exact } = snapshots[i]!;
+    const own = events.find((e) => e.eventId === probe.eventId);
+    if (own) return { values: evaluate(group, events, { event: own }), exact, stored: true };
+    const at = featureEvent(group, probe.eventId, probe.ts, Number.MAX_SAFE_INTEGER, probe.raw);
+    return { values: evaluate(group, [...events, at], { event: at }), exact, stored: false };
+  });
+}
+
+/** Each entity's events in (asOf - longest window, asOf] plus the anchor before it, sorted, in one round trip. */
+async function readSnapshots(redis: Redis, keyPrefix: string, group: FeatureGroup, reads: readonly { entity: string; asOf: number }[]): Promise<{ entity: string; events: FeatureEvent[]; known: boolean; exact: boolean }[]> {
+  if (reads.length > MAX_ONLINE_ENTITIES) throw new FabricError('FABRIC_CLI_USAGE', `at most ${MAX_ONLINE_ENTITIES} entities per online read, got ${reads.length}`);
+  if (reads.length === 0) return [];
   const keys = groupKeys(keyPrefix, group);
-  const start = asOf - group.maxWindowMs;
   defineOnlineRead(redis);
   const pipeline = redis.pipeline() as unknown as { fabricOnlineRead(...args: (string | number)[]): void; exec(): Promise<[Error | null, unknown][] | null> };
-  for (const entity of entities) pipeline.fabricOnlineRead(keys.window(entity), keys.latest(entity), asOf, start);
+  for (const { entity, asOf } of reads) pipeline.fabricOnlineRead(keys.window(entity), keys.latest(entity), asOf, asOf - group.maxWindowMs);
   const results = await pipeline.exec();
   if (!results) throw new FabricError('FABRIC_SINK_FAILED', 'Redis returned nothing for the online read');
-  return entities.map((entity, i) => {
+  return reads.map(({ entity, asOf }, i) => {
     const [err, reply] = results[i]!;
     if (err) throw new FabricError('FABRIC_SINK_FAILED', `Redis failed the online read of ${group.name} ${entity}: ${messageOf(err)}`, { cause: err });
     const [win, anchor, bound, known] = reply as [string[], string[], string, number];
@@ -70,7 +112,7 @@ export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group:
         break;
       }
     }
-    return { entity, values: known > 0 ? evaluate(group, events, { instant: asOf }) : null, exact: bound === '' || start >= Number(bound) };
+    return { entity, events, known: known > 0, exact: bound === '' || asOf - group.maxWindowMs >= Number(bound) };
   });
 }
 

@@ -1,9 +1,11 @@
 /**
  * Serving rules for a scoring model: score thresholds give the decision; when no score can be had
  * the declared fallback decision applies, with the reason. On the stream path only deterministic
- * reasons occur (`features_late`, `model_error`); `features_missing` and `model_timeout` are for the
- * synchronous predict API, which cannot retry a batch.
+ * reasons occur (`features_late`, `features_missing` under a fallback policy, `model_error`);
+ * `model_timeout` is for the synchronous predict API, which cannot retry a batch.
  */
+import type { ModelVersion } from '../../schemas/types.generated.js';
+
 export interface ThresholdRules {
   readonly block: number;
   readonly review: number;
@@ -25,6 +27,13 @@ export interface Decision {
   readonly decision: 'block' | 'review' | 'allow';
   readonly reasons: string[];
   readonly fallback: boolean;
+}
+
+/** The rules a registry entry carries (its thresholds; review is the fallback decision for fraud). */
+export function rulesFor(entry: Pick<ModelVersion, 'name' | 'version' | 'thresholds'>): ThresholdRules {
+  const block = entry.thresholds.block ?? 1;
+  const review = entry.thresholds.review ?? block;
+  return { block, review: Math.min(review, block), fallbackDecision: 'review' };
 }
 
 export function decide(rules: ThresholdRules, score: number | null, fallbackReason?: FallbackReason): Decision {

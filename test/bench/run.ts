@@ -14,11 +14,15 @@
  *                                             vs redis-benchmark -P 64 sending the same EVALSHA
  *   8. training set for 100,000 labels (buildTrainingSet, end to end)
  *                                             vs Feast get_historical_features on the same history
+ *   9. serving (test/bench/serving.ts): ServingEngine rows/s at batches of 1, 8, 32, 64 vs a bare
+ *      onnxruntime-node session.run loop; sustained single-row rows/s at p95 <= 5 ms, micro-batching
+ *      (maxBatch 32) vs none (maxBatch 1); POST /v1/predict/fraud latency at 200/s (client-side and
+ *      server-reported) vs the floor (one Redis window read + a bare session.run), and its p99 vs the budget
  *
  * Prints a Markdown table and writes the same data to bench-results.json at the repository root.
  * Every run uses its own topic prefix (bench-<timestamp>.) and deletes its topics at the end (the
  * features pairs' ClickHouse database too).
- * `--quick` runs smaller sizes (for working on the harness itself); `--only=throughput,processing,e2e,features`
+ * `--quick` runs smaller sizes (for working on the harness itself); `--only=throughput,processing,e2e,features,serving`
  * runs only the named sections (the others' rows are left out of the table and the JSON).
  */
 import os from 'node:os';
@@ -44,10 +48,11 @@ import { runLatency, type LatencyResult } from './latency.js';
 import { processingSample, type Guarantee, type ProcessingSample } from './processing.js';
 import { cleanupRun, type CleanupReport } from './cleanup.js';
 import { featuresProcessorPair, onlineReadPair, trainingSetPair, ONLINE_ENTITIES, type FeaturesContext, type FeaturesSizes, type RowSlot } from './features.js';
+import { batchingGainPair, engineThroughputPair, predictLatencyPair, BATCHING_MAX_BATCH, BATCHING_P95_BOUND_MS, BATCHING_TARGET_RATIO, ENGINE_BATCH_SIZES, ENGINE_TARGET_BATCH, ENGINE_TARGET_RATIO, PREDICT_RATE, type BatchingSearch, type ServingContext, type ServingSizes } from './serving.js';
 import { formatNumber, formatRatio, markdownTable, median } from './stats.js';
 
 const quick = process.argv.includes('--quick');
-const SECTIONS = ['throughput', 'processing', 'e2e', 'features'] as const;
+const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : SECTIONS);
@@ -59,6 +64,10 @@ const SIZES = quick
 const FEATURES_SIZES: FeaturesSizes = quick
   ? { featuresEvents: 10_000, featuresRepetitions: 2, onlineCalls: 400, onlineWarmupCalls: 100, onlineRepetitions: 2, trainingLabels: 20_000, trainingEvents: 20_000, trainingRepetitions: 2 }
   : { featuresEvents: 50_000, featuresRepetitions: 5, onlineCalls: 1_000, onlineWarmupCalls: 200, onlineRepetitions: 3, trainingLabels: 100_000, trainingEvents: 100_000, trainingRepetitions: 3 };
+/** Sizes of the serving section (test/bench/serving.ts). */
+const SERVING_SIZES: ServingSizes = quick
+  ? { engineRows: 20_000, engineRepetitions: 2, batchingStepSec: 0.4, batchingBudgetSec: 6, batchingRefineSteps: 1, predictSec: 3, predictWarmupSec: 1, predictRepetitions: 2 }
+  : { engineRows: 200_000, engineRepetitions: 3, batchingStepSec: 1.5, batchingBudgetSec: 25, batchingRefineSteps: 2, predictSec: 10, predictWarmupSec: 2, predictRepetitions: 3 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */
@@ -301,7 +310,7 @@ function cell(r: Row, which: 'ours' | 'reference'): string {
   const v = r[which];
   if (v === null) return r.error ? 'failed' : 'n/a';
   if (r.id.endsWith('_received')) return `${formatNumber(v)}`;
-  if (r.id.startsWith('features_online')) return `${formatNumber(v, 3)} ms`;
+  if (r.id.startsWith('features_online') || r.id.startsWith('serving_predict')) return `${formatNumber(v, 3)} ms`;
   return r.unit === 'ms' ? `${formatNumber(v, 1)} ms` : `${formatNumber(v)} ${r.unit}`;
 }
 
@@ -359,6 +368,19 @@ async function main(): Promise<void> {
     { ...row('features_online_read_p99', `online read of ${ONLINE_ENTITIES} entities (readOnlineFeatures) p99`, 'ms', `redis-benchmark -P ${ONLINE_ENTITIES} EVALSHA`, 'lower'), ratio_definition: 'reference/ours' },
     row('features_training_set', `training set: ${formatNumber(FEATURES_SIZES.trainingLabels)} labels, buildTrainingSet end to end`, 'rows/s', 'Feast get_historical_features', 'higher'),
   ];
+  const cores = os.availableParallelism();
+  const servingRows: Row[] = [
+    ...ENGINE_BATCH_SIZES.map((b) =>
+      row(`serving_engine_b${b}`, `serving engine throughput, requests of ${b} row${b === 1 ? '' : 's'} (${cores} workers, ${4 * cores} in flight)${b === ENGINE_TARGET_BATCH ? ` (target >= ${ENGINE_TARGET_RATIO})` : ''}`, 'rows/s', 'bare onnxruntime-node session.run, 1 thread', 'higher'),
+    ),
+    row('serving_batching_gain', `micro-batching: sustained single-row rows/s at p95 <= ${BATCHING_P95_BOUND_MS} ms, maxBatch ${BATCHING_MAX_BATCH} vs 1 (target >= ${BATCHING_TARGET_RATIO}x)`, 'rows/s', 'same engine, maxBatch 1', 'higher'),
+    row('serving_predict_p50', `POST /v1/predict/fraud at ${PREDICT_RATE}/s, client-side p50`, 'ms', 'Redis window read + bare session.run', 'lower'),
+    row('serving_predict_p99', `POST /v1/predict/fraud at ${PREDICT_RATE}/s, client-side p99`, 'ms', 'Redis window read + bare session.run', 'lower'),
+    row('serving_predict_server_p50', `POST /v1/predict/fraud at ${PREDICT_RATE}/s, server-reported latencyMs p50`, 'ms', 'Redis window read + bare session.run', 'lower'),
+    row('serving_predict_server_p99', `POST /v1/predict/fraud at ${PREDICT_RATE}/s, server-reported latencyMs p99`, 'ms', 'Redis window read + bare session.run', 'lower'),
+    row('serving_predict_budget', 'POST /v1/predict/fraud client-side p99 vs its budget', 'ms', 'FABRIC_PREDICT_TIMEOUT_MS', 'lower'),
+  ];
+  let batchingSearches: BatchingSearch[] = [];
   const latency = new Map<number, LatencyResult>();
   const latencyErrors = new Map<number, string>();
   let cleanupReport: CleanupReport | null = null;
@@ -398,6 +420,22 @@ async function main(): Promise<void> {
       progress(`features 3/3 training set vs Feast: ${formatNumber(FEATURES_SIZES.trainingLabels)} labels, ${FEATURES_SIZES.trainingRepetitions} alternations`);
       await attempt(ts, () => trainingSetPair(fctx, ts));
     }
+    if (runs('serving')) {
+      const engineRows = servingRows.slice(0, ENGINE_BATCH_SIZES.length);
+      const [gain, p50, p99, serverP50, serverP99, budget] = servingRows.slice(ENGINE_BATCH_SIZES.length) as [Row, Row, Row, Row, Row, Row];
+      const sctx: ServingContext = { common, base, log, runId, prefix, redisPrefix, seed: SEED + 4, apiKey: API_KEY, sizes: SERVING_SIZES, progress };
+      progress(`serving 1/3 engine throughput vs bare onnxruntime-node: batches of ${ENGINE_BATCH_SIZES.join(', ')}, ${formatNumber(SERVING_SIZES.engineRows)} rows × ${SERVING_SIZES.engineRepetitions} alternations each`);
+      await attempt(engineRows[0]!, () => engineThroughputPair(sctx, engineRows));
+      if (engineRows[0]!.error) for (const r of engineRows) r.error ??= engineRows[0]!.error;
+      progress(`serving 2/3 micro-batching: highest single-row rate with p95 <= ${BATCHING_P95_BOUND_MS} ms, maxBatch 1 then ${BATCHING_MAX_BATCH}`);
+      await attempt(gain, async () => {
+        batchingSearches = await batchingGainPair(sctx, gain);
+      });
+      progress(`serving 3/3 POST /v1/predict/fraud at ${PREDICT_RATE}/s vs the floor: ${SERVING_SIZES.predictRepetitions} × ${SERVING_SIZES.predictSec} s each`);
+      const predictRows = [p50, p99, serverP50, serverP99, budget];
+      await attempt(p50, () => predictLatencyPair(sctx, { p50, p99, serverP50, serverP99, budget }));
+      if (p50.error) for (const r of predictRows) r.error ??= p50.error;
+    }
   } finally {
     progress('cleaning up (topics, groups, subjects, Redis keys)');
     cleanupReport = await cleanup();
@@ -407,6 +445,7 @@ async function main(): Promise<void> {
   if (runs('processing')) rows.push(...processingRows);
   if (runs('e2e')) for (const rate of E2E_RATES) rows.push(...latencyRows(rate, latency.get(rate) ?? null, latencyErrors.get(rate) ?? null));
   if (runs('features')) rows.push(...featuresRows);
+  if (runs('serving')) rows.push(...servingRows);
 
   const durationSec = (performance.now() - started) / 1000;
   const cpus = os.cpus();
@@ -437,6 +476,11 @@ async function main(): Promise<void> {
       `Features rows: median of ${FEATURES_SIZES.featuresRepetitions} (processor), ${FEATURES_SIZES.onlineRepetitions} (online read) and ${FEATURES_SIZES.trainingRepetitions} (training set) back-to-back repetitions, reference first. The online-read rows are the exception to ratio = ours / reference: there ratio = reference / ours (redis-benchmark latency / ours), so higher is better and 1 is redis-benchmark's latency; target >= 0.4 (ratio_definition in the JSON).`,
     );
   }
+  if (runs('serving')) {
+    lines.push(
+      `Serving rows: engine rows = median of ${SERVING_SIZES.engineRepetitions} back-to-back repetitions (bare session first), ratio = engine / bare (target >= ${ENGINE_TARGET_RATIO} at batch ${ENGINE_TARGET_BATCH}); micro-batching: highest offered single-row rate whose p95 stays <= ${BATCHING_P95_BOUND_MS} ms, ratio = maxBatch ${BATCHING_MAX_BATCH} / maxBatch 1 (target >= ${BATCHING_TARGET_RATIO}x); predict rows: median over ${SERVING_SIZES.predictRepetitions} repetitions of the floor then ours, ratio = ours / floor (the budget row: p99 / budget, must stay < 1).`,
+    );
+  }
   for (const r of rows) for (const n of r.notes) lines.push(`- ${r.id}: ${n}`);
   for (const r of rows) {
     if (r.ours === null || r.samples.ours.length === 0) continue;
@@ -465,10 +509,12 @@ async function main(): Promise<void> {
     durationSec: Number(durationSec.toFixed(1)),
     machine,
     sections: [...only],
-    sizes: { ...SIZES, features: FEATURES_SIZES, batch: BATCH, httpInFlight: HTTP_IN_FLIGHT, producerWindow: PRODUCER_WINDOW, e2eRatesPerSec: E2E_RATES, e2eTickMs: E2E_TICK_MS, processingEventRatePerSec: PROCESSING_EVENT_RATE },
+    sizes: { ...SIZES, features: FEATURES_SIZES, serving: SERVING_SIZES, batch: BATCH, httpInFlight: HTTP_IN_FLIGHT, producerWindow: PRODUCER_WINDOW, e2eRatesPerSec: E2E_RATES, e2eTickMs: E2E_TICK_MS, processingEventRatePerSec: PROCESSING_EVENT_RATE },
     rows,
     /** Per rate (events/s): every stage's distribution and the processors' batch times. */
     latency: Object.fromEntries(latency),
+    /** Serving pair 2: every offered-load step of both configurations. */
+    ...(runs('serving') ? { servingBatching: batchingSearches } : {}),
     cleanup: cleanupReport,
   };
   await writeFile(RESULTS_FILE, `${JSON.stringify(json, null, 2)}\n`);

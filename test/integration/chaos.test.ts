@@ -9,11 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { Rng } from '../../sim/rng.js';
 import { loadConfig } from '../../topology/config.js';
-import { packagePath } from '../../topology/paths.js';
 import { stackDown, stackUp, type ComponentName } from '../../deploy/stack.js';
 import type { Transaction } from '../../schemas/types.generated.js';
 import { oracleFeaturesAtEvent } from '../shared/feature-oracle.js';
-import { loadModelArtifact } from '../../processors/scoring/model-artifact.js';
+import { demoModel } from '../shared/models.js';
 import { checkFeatures } from '../../processors/features/check.js';
 import { accountGroup } from '../../topology/features/groups.js';
 import { createNamespace, differences, Fleet, produceInput, seededTransactions, snapshot, waitRunning, waitSettled, type Head, type Namespace, type Snapshot } from '../chaos/harness.js';
@@ -99,8 +98,9 @@ describe('the clean run against an independent recomputation', () => {
 
   it('gives every prediction the score an independent ONNX run of its logged inputs gives', async () => {
     // The artifact's own bytes and declared input/output names, run here without the fabric's worker.
-    const model = await loadModelArtifact(packagePath('models'), 'fraud');
-    const session = await ort.InferenceSession.create(new Uint8Array(model.bytes));
+    const { entry, bytes } = demoModel('fraud');
+    const model = { inputs: entry.signature.inputs.map((i) => i.name), inputName: entry.signature.input_name, outputName: entry.signature.output_name, positiveClassIndex: entry.signature.positive_class_index };
+    const session = await ort.InferenceSession.create(new Uint8Array(bytes));
     const values = clean.predictionValues as { event_id: string; score: number | null; features: Record<string, number | null>; fallback: boolean }[];
     const width = model.inputs.length;
     const rows = new Float32Array(values.length * width);

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { fileURLToPath } from 'node:url';
 import { EMPTY, concatMap, of } from 'rxjs';
 import * as ort from 'onnxruntime-node';
-import { loadModelArtifact, type ModelArtifact } from '../../processors/scoring/model-artifact.js';
-import { ModelRunner, type RunnerState } from '../../processors/scoring/model-runner.js';
+import { ServingEngine, type EngineState, type ModelHandle } from '../../serving/engine/engine.js';
+import type { ServedModel } from '../../serving/models/live.js';
+import { demoModel, loadable } from '../shared/models.js';
 import { scoringProcessor } from '../../processors/scoring/processor.js';
 import { TestDriver } from '../../topology/runtime/test-driver.js';
 import { emit, reject, type ProcessorLogic, type SourceRecord } from '../../topology/runtime/processor.js';
@@ -12,26 +12,41 @@ import { sleep } from '../../topology/runtime/retry.js';
 import type { AccountFeatureUpdate, Prediction, Transaction } from '../../schemas/types.generated.js';
 import { fabricFailure } from '../shared/fabric-failure.js';
 
-const MODELS = fileURLToPath(new URL('../../models', import.meta.url));
 const T0 = Date.UTC(2024, 0, 1);
 const HOUR = 3_600_000;
 /** The fake features head routes events older than this to late.transactions. */
 const LATE_BEFORE = T0 - HOUR;
 
-let model: ModelArtifact;
+const { entry, bytes } = demoModel('fraud');
+/** The model as this test reads it: input order, tensor names, thresholds (from its registry entry). */
+const model = {
+  name: entry.name,
+  version: entry.version,
+  inputs: entry.signature.inputs.map((i) => i.name),
+  inputName: entry.signature.input_name,
+  outputName: entry.signature.output_name,
+  positiveClassIndex: entry.signature.positive_class_index,
+  thresholds: { block: entry.thresholds.block!, review: entry.thresholds.review! },
+};
 let direct: ort.InferenceSession;
-let runner: ModelRunner;
+let engine: ServingEngine;
+let handle: ModelHandle;
 
 beforeAll(async () => {
-  model = await loadModelArtifact(MODELS, 'fraud');
-  direct = await ort.InferenceSession.create(model.bytes, { executionProviders: ['cpu'], intraOpNumThreads: 1 });
-  runner = new ModelRunner(model, { provider: 'cpu', threads: 1, timeoutMs: 1_000, gpu: false, restartBaseMs: 5, restartCapMs: 20 });
-  await runner.start();
+  direct = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'], intraOpNumThreads: 1 });
+  engine = new ServingEngine({ workers: 1, threads: 1, provider: 'cpu', timeoutMs: 1_000, gpu: false, restartBaseMs: 5, restartCapMs: 20 });
+  await engine.start();
+  handle = await engine.load(loadable(entry, bytes));
 });
 
 afterAll(async () => {
-  await runner.close();
+  await engine.close();
 });
+
+/** The live models scoring reads per batch: one served version. */
+function serving(h: ModelHandle): { require(): ServedModel } {
+  return { require: () => ({ entry, handle: h }) };
+}
 
 /**
  * A tiny stand-in for the features processor at the head of the chain: rejects negative amounts
@@ -138,9 +153,9 @@ function expectedDecision(score: number): string {
   return score >= model.thresholds.block ? 'block' : score >= model.thresholds.review ? 'review' : 'allow';
 }
 
-function chain(r: ModelRunner = runner, silent?: ReadonlySet<string>): TestDriver {
-  const scoring = scoringProcessor({ runner: r, rules: { ...model.thresholds, fallbackDecision: 'review' } });
-  // The runner is shared by the tests: the driver is never closed (closing scoring closes its runner).
+function chain(h: ModelHandle = handle, silent?: ReadonlySet<string>): TestDriver {
+  const scoring = scoringProcessor({ models: serving(h) });
+  // The engine is shared by the tests and closed after them.
   return new TestDriver([fakeFeatures(silent), scoring], { startTime: T0 });
 }
 
@@ -168,7 +183,7 @@ describe('scoring chained after features', () => {
     const batch1 = transactions(24, 7);
     batch1[5] = { ...batch1[5]!, amount: -1 }; // rejected by the head: never reaches scoring
     const batch2 = transactions(16, 11, 24);
-    const spy = vi.spyOn(runner, 'score');
+    const spy = vi.spyOn(handle, 'score');
     await driver.pipe('events.transactions', batch1, { key });
     await driver.pipe('events.transactions', batch2, { key });
     expect(spy).toHaveBeenCalledTimes(2);
@@ -205,7 +220,7 @@ describe('scoring chained after features', () => {
     const txns = transactions(8, 3);
     txns[2] = { ...txns[2]!, ts: LATE_BEFORE - 1 };
     txns[6] = { ...txns[6]!, ts: T0 - 48 * HOUR };
-    const driver = chain(runner, new Set(['e4']));
+    const driver = chain(handle, new Set(['e4']));
     await driver.pipe('events.transactions', txns, { key });
     expect(driver.emitted<Transaction>('late.transactions').map((t) => t.event_id)).toEqual(['e2', 'e6']);
     const predictions = driver.emitted<Prediction>('predictions.fraud');
@@ -229,11 +244,11 @@ describe('scoring chained after features', () => {
     await clean.pipe('events.transactions', batch1, { key });
     await clean.pipe('events.transactions', batch2, { key });
 
-    const states: RunnerState[] = [];
-    const off = runner.onStateChange((s) => states.push(s));
+    const states: EngineState[] = [];
+    const off = engine.onStateChange((s) => states.push(s));
     const driver = chain();
     await driver.pipe('events.transactions', batch1, { key });
-    runner.injectFault('exit');
+    engine.injectFault('exit');
     const err = await failure(driver.pipe('events.transactions', batch2, { key }));
     expect(err.code).toBe('FABRIC_MODEL_UNAVAILABLE');
     expect(err.retriable).toBe(true);
@@ -253,7 +268,7 @@ describe('scoring chained after features', () => {
     await clean.pipe('events.transactions', txns, { key });
 
     const driver = chain();
-    runner.injectFault('hang');
+    engine.injectFault('hang');
     const err = await failure(driver.pipe('events.transactions', txns, { key }));
     expect(err.code).toBe('FABRIC_MODEL_TIMEOUT');
     expect(err.retriable).toBe(true);
@@ -263,11 +278,11 @@ describe('scoring chained after features', () => {
   });
 
   it('keeps failing batches retriably once repeated crashes spend the restart budget (state failed), committing nothing', async () => {
-    const states: RunnerState[] = [];
-    const fragile = new ModelRunner(model, { provider: 'cpu', threads: 1, timeoutMs: 1_000, gpu: false, maxRestarts: 1, restartBaseMs: 5, restartCapMs: 20, onStateChange: (s) => states.push(s) });
+    const states: EngineState[] = [];
+    const fragile = new ServingEngine({ workers: 1, threads: 1, provider: 'cpu', timeoutMs: 1_000, gpu: false, maxRestarts: 1, restartBaseMs: 5, restartCapMs: 20, onStateChange: (s) => states.push(s) });
     await fragile.start();
     try {
-      const driver = chain(fragile);
+      const driver = chain(await fragile.load(loadable(entry, bytes)));
       const txns = transactions(5, 41);
       for (let death = 0; death < 2; death++) {
         await fragile.whenReady(10_000);
@@ -287,8 +302,8 @@ describe('scoring chained after features', () => {
 });
 
 describe('scoring without a worker', () => {
-  function fakeRunner(score: () => Promise<never>): ModelRunner {
-    return { model, provider: 'cpu', state: 'ready', score, close: async () => undefined } as unknown as ModelRunner;
+  function fakeRunner(score: () => Promise<never>): ModelHandle {
+    return { key: 'fraud@test', provider: 'cpu', score } as unknown as ModelHandle;
   }
 
   it('falls back with model_error when the model refuses the input (deterministic), but rethrows timing failures', async () => {
@@ -304,7 +319,7 @@ describe('scoring without a worker', () => {
   });
 
   it('refuses to run unchained: its features come only from the upstream processor', async () => {
-    const scoring = scoringProcessor({ runner: fakeRunner(() => Promise.reject(new Error('not called'))), rules: { ...model.thresholds, fallbackDecision: 'review' } });
+    const scoring = scoringProcessor({ models: serving(fakeRunner(() => Promise.reject(new Error('not called')))) });
     const driver = new TestDriver(scoring, { startTime: T0 });
     await expect(driver.pipe('events.transactions', transactions(1, 61), { key })).rejects.toMatchObject({ code: 'FABRIC_CONFIG_INVALID' });
   });

@@ -28,6 +28,15 @@ export class Metrics {
   readonly scoringFallbacks = new Counter({ name: 'fabric_scoring_fallbacks_total', help: 'Fallback decisions by model and reason.', labelNames: ['model', 'reason'] as const, registers: [this.registry] });
   readonly scoringRunSeconds = new Histogram({ name: 'fabric_scoring_run_duration_seconds', help: 'Model run duration per micro-batch.', labelNames: ['model'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5], registers: [this.registry] });
 
+  readonly servingRows = new Counter({ name: 'fabric_serving_rows_total', help: 'Rows scored by the serving engine, by model, version and execution provider.', labelNames: ['model', 'version', 'provider'] as const, registers: [this.registry] });
+  readonly servingBatchRows = new Histogram({ name: 'fabric_serving_batch_rows', help: 'Rows per ONNX run (micro-batch size), by model.', labelNames: ['model'] as const, buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [this.registry] });
+  readonly servingRunSeconds = new Histogram({ name: 'fabric_serving_run_duration_seconds', help: 'ONNX run duration per micro-batch (worker round trip), by model and provider.', labelNames: ['model', 'provider'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5], registers: [this.registry] });
+  readonly servingWorkerRestarts = new Counter({ name: 'fabric_serving_worker_restarts_total', help: 'ONNX worker processes replaced after a crash or a run beyond the timeout.', registers: [this.registry] });
+  readonly modelLoads = new Counter({ name: 'fabric_model_loads_total', help: 'Model version loads by model, version and outcome (loaded, failed).', labelNames: ['model', 'version', 'outcome'] as const, registers: [this.registry] });
+  readonly modelServing = new Gauge({ name: 'fabric_model_serving_info', help: '1 for the model version (and provider) this process serves, by model.', labelNames: ['model', 'version', 'provider'] as const, registers: [this.registry] });
+  readonly predictCache = new Counter({ name: 'fabric_predict_cache_total', help: 'Prediction cache lookups by model and result (hit, miss).', labelNames: ['model', 'result'] as const, registers: [this.registry] });
+  readonly predictLatency = new Histogram({ name: 'fabric_predict_duration_seconds', help: 'POST /v1/predict latency (features, model, rules), by model.', labelNames: ['model'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [this.registry] });
+
   readonly featuresLate = new Counter({ name: 'fabric_features_late_events_total', help: 'Events routed to late.<stream> because they were beyond a feature group\'s allowed lateness (counted per batch attempt).', labelNames: ['group'] as const, registers: [this.registry] });
   readonly featuresCorrections = new Counter({ name: 'fabric_features_corrected_rows_total', help: 'Feature rows re-emitted because a late event within the lateness changed them (counted per batch attempt).', labelNames: ['group'] as const, registers: [this.registry] });
 

@@ -1,0 +1,97 @@
+import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { existsSync } from 'node:fs';
+import type { Redis } from 'ioredis';
+import type { Kafka } from 'kafkajs';
+import type { AvroSerde } from '../schemas/serde.js';
+import type { ModelVersion } from '../schemas/types.generated.js';
+import type { FabricConfig } from '../topology/config.js';
+import { FEATURE_GROUPS } from '../topology/features/groups.js';
+import type { Logger } from '../topology/runtime/log.js';
+import type { Metrics } from '../topology/runtime/metrics.js';
+import { messageOf } from '../topology/errors.js';
+import { packagePath } from '../topology/paths.js';
+import { ServingEngine } from '../serving/engine/engine.js';
+import { LiveModels, type LoadStatus } from '../serving/models/live.js';
+import { TASKS } from '../serving/models/tasks.js';
+import { RegistryAdmin } from '../serving/registry/admin.js';
+import { ModelRegistry, productionOf } from '../serving/registry/registry.js';
+import { LocalModelStore, type ModelStore } from '../serving/registry/store.js';
+
+/** The demo models `npm start` registers (and promotes when no version of them is in production). */
+export const DEMO_MODELS = ['fraud', 'recs'] as const;
+
+export function modelStore(config: Pick<FabricConfig, 'modelStoreDir'>): ModelStore {
+  return new LocalModelStore(isAbsolute(config.modelStoreDir) ? config.modelStoreDir : packagePath(config.modelStoreDir));
+}
+
+export function servingEngine(config: FabricConfig, metrics?: Metrics, log?: Logger): ServingEngine {
+  return new ServingEngine({
+    ...(config.servingWorkers > 0 ? { workers: config.servingWorkers } : {}),
+    ...(config.scoringThreads > 0 ? { threads: config.scoringThreads } : {}),
+    isolation: config.servingIsolation,
+    provider: config.scoringProvider,
+    gpu: config.gpu,
+    timeoutMs: config.scoringTimeoutMs,
+    ...(metrics ? { metrics } : {}),
+    ...(log ? { onStateChange: (state, cause) => log.info({ state, cause: cause?.message }, 'serving engine state') } : {}),
+  });
+}
+
+export function batchingOptions(config: FabricConfig): { maxBatch: number; maxQueueDelayMs: number; concurrency?: number } {
+  return { maxBatch: config.servingMaxBatch, maxQueueDelayMs: config.servingMaxQueueDelayMs, ...(config.servingConcurrency > 0 ? { concurrency: config.servingConcurrency } : {}) };
+}
+
+export function registryAdmin(deps: { kafka: Kafka; serde: AvroSerde; config: FabricConfig; log: Logger; store?: ModelStore; verify?: (entry: ModelVersion) => Promise<void> }): RegistryAdmin {
+  return new RegistryAdmin({ kafka: deps.kafka, serde: deps.serde, config: deps.config, store: deps.store ?? modelStore(deps.config), tasks: TASKS, groups: FEATURE_GROUPS, log: deps.log, ...(deps.verify ? { verify: deps.verify } : {}) });
+}
+
+/**
+ * Loads an entry's artifact in a throwaway one-worker engine: registration and promotion refuse a
+ * model whose session cannot be created or whose inputs differ from its signature, before any
+ * serving instance tries it.
+ */
+export function verifier(config: FabricConfig, store: ModelStore): (entry: ModelVersion) => Promise<void> {
+  return async (entry) => {
+    const engine = new ServingEngine({ workers: 1, threads: 1, provider: config.scoringProvider, gpu: config.gpu, timeoutMs: config.scoringTimeoutMs, maxRestarts: 0 });
+    try {
+      await engine.start();
+      const fetched = await store.fetch(entry.artifact);
+      await engine.load({ name: entry.name, version: entry.version, ...(fetched.path !== undefined ? { path: fetched.path } : { bytes: fetched.bytes }), inputName: entry.signature.input_name, outputName: entry.signature.output_name, positiveClassIndex: entry.signature.positive_class_index, inputs: entry.signature.inputs.map((i) => i.name) });
+    } finally {
+      await engine.close();
+    }
+  };
+}
+
+/**
+ * Registers the demo models from FABRIC_MODELS_DIR when the registry lacks their version, and
+ * promotes each to production when none of its versions is there (an operator's promotion is never undone).
+ */
+export async function ensureDemoModels(admin: RegistryAdmin, config: FabricConfig, log: Logger): Promise<void> {
+  for (const name of DEMO_MODELS) {
+    const dir = packagePath(`${config.modelsDir}/${name}`);
+    if (!existsSync(`${dir}/model.json`)) continue;
+    const { entry, created } = await admin.register({ artifact: dir, registeredBy: 'fabric start' });
+    if (created) log.info({ model: name, version: entry.version }, 'demo model registered');
+    const entries = await admin.entries();
+    if (!productionOf(entries, name)) {
+      await admin.promote(name, entry.version, 'production', 'fabric start', 'demo model: nothing of it was in production');
+      log.info({ model: name, version: entry.version }, 'demo model promoted to production');
+    }
+  }
+}
+
+/** Where each instance records its model loads (`models list` shows failures per version). */
+export function loadStatusKey(config: Pick<FabricConfig, 'redisKeyPrefix'>): string {
+  return `${config.redisKeyPrefix}models:loads`;
+}
+
+export function recordLoadStatus(redis: Redis, config: Pick<FabricConfig, 'redisKeyPrefix'>, log: Logger): (status: LoadStatus) => void {
+  const instance = `${hostname()}:${process.pid}`;
+  return (status) => {
+    void redis.hset(loadStatusKey(config), `${status.model}@${status.version}|${instance}`, JSON.stringify({ ...status, instance })).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'could not record a model load status'));
+  };
+}
+
+export { LiveModels, ModelRegistry, TASKS, FEATURE_GROUPS };

@@ -1,0 +1,175 @@
+import { createHash } from 'node:crypto';
+import avro from 'avsc';
+import type { Redis } from 'ioredis';
+import type { ModelVersion, Prediction, Transaction } from '../schemas/types.generated.js';
+import { loadAvroSchema } from '../schemas/catalog.js';
+import { FabricError, isFabricError, messageOf } from '../topology/errors.js';
+import { accountGroup } from '../topology/features/groups.js';
+import type { Metrics } from '../topology/runtime/metrics.js';
+import { readFeaturesAtEvents } from './features/online.js';
+import { fraudInputValues } from './models/fraud-inputs.js';
+import type { LiveModels, ServedModel } from './models/live.js';
+import { vectorize } from './models/vector.js';
+import { parseModelRef } from './registry/entry.js';
+import { decide, rulesFor, type FallbackReason } from './rules/threshold-rules.js';
+
+export interface PredictResult {
+  readonly model: string;
+  readonly version: string;
+  readonly event_id: string;
+  readonly score: number | null;
+  readonly decision: string;
+  readonly reasons: readonly string[];
+  readonly fallback: boolean;
+  readonly provider: string;
+  /** The input vector as served (after the missing-value policies), by input name. */
+  readonly features: Record<string, number | null>;
+  /** False when the online store no longer holds the whole window (features may undercount). */
+  readonly featuresExact: boolean;
+  readonly latencyMs: number;
+  readonly cached: boolean;
+}
+
+export interface PredictorDeps {
+  readonly models: LiveModels;
+  readonly redis: Redis;
+  readonly keyPrefix: string;
+  /** The answer's budget: beyond it, the fallback decision with reason model_timeout (HTTP 504). */
+  readonly timeoutMs: number;
+  /** Prediction cache TTL (0: off). */
+  readonly cacheTtlSec: number;
+  readonly metrics?: Metrics;
+  /** Writes the prediction to predictions.<model> (marked online); failures are the caller's to count. */
+  emit?(topic: string, key: string, prediction: Prediction): void;
+  now?(): number;
+}
+
+/** The model timed out: the answer carries the fallback decision and goes out as 504. */
+export class PredictTimeout extends FabricError {
+  constructor(readonly result: PredictResult, budgetMs: number) {
+    super('FABRIC_MODEL_TIMEOUT', `model ${result.model}@${result.version} did not answer within the ${budgetMs} ms budget; fallback decision ${result.decision}`);
+  }
+}
+
+const transactionType = avro.Type.forSchema(loadAvroSchema('transaction') as avro.Schema) as avro.types.RecordType;
+
+/** The first field of `event` that does not fit the Avro schema, as `field: problem`. */
+function explainInvalid(type: avro.types.RecordType, event: unknown): string | null {
+  if (event === null || typeof event !== 'object' || Array.isArray(event)) return 'the event must be a JSON object';
+  const problems: string[] = [];
+  type.isValid(event, {
+    errorHook(path, value) {
+      problems.push(`${path.join('.') || '(event)'}: ${value === undefined ? 'missing' : `invalid value ${JSON.stringify(value)?.slice(0, 60)}`}`);
+    },
+  });
+  return problems.length ? problems.join('; ') : null;
+}
+
+/**
+ * Synchronous online scoring (`POST /v1/predict/{model}[@version]`), on the same engine, features and
+ * rules as the stream: the event is validated against its stream's schema, its entity's features are
+ * computed as of the event as if it arrived now (the stream's row for it, given the same history), the
+ * model's signature builds the vector with its missing-value policies, the prediction cache answers a
+ * vector it has seen (keyed by model version and the vector's hash, so a promotion never serves a
+ * stale version's answer), else the engine scores it within the budget; the rules decide.
+ */
+export class OnlinePredictor {
+  private readonly now: () => number;
+
+  constructor(private readonly deps: PredictorDeps) {
+    this.now = deps.now ?? Date.now;
+  }
+
+  async predict(modelRef: string, event: unknown): Promise<PredictResult> {
+    const started = performance.now();
+    const { name, version } = parseModelRef(modelRef);
+    const served = await this.resolve(name, version);
+    if (served.entry.task !== 'fraud') throw new FabricError('FABRIC_CLI_USAGE', `model ${name} (task ${served.entry.task}) is not served by POST /v1/predict yet; its predictions are on predictions.${name}`);
+    const problem = explainInvalid(transactionType, event);
+    if (problem) throw new FabricError('FABRIC_EVENT_INVALID', `event does not match the transaction schema: ${problem}`);
+    const txn = event as Transaction;
+    const [at] = await readFeaturesAtEvents(this.deps.redis, this.deps.keyPrefix, accountGroup, [{ entity: txn.account_id, eventId: txn.event_id, ts: txn.ts, raw: txn as unknown as Record<string, unknown> }]);
+    const v = vectorize(served.entry, fraudInputValues(txn, at!.values));
+    const rules = rulesFor(served.entry);
+    const base = { model: served.entry.name, version: served.entry.version, event_id: txn.event_id, features: v.features, featuresExact: at!.exact };
+    const finish = (score: number | null, provider: string, cached: boolean, reason?: FallbackReason): PredictResult => {
+      const d = decide(rules, score, reason);
+      const result: PredictResult = { ...base, score, decision: d.decision, reasons: d.reasons, fallback: d.fallback, provider, latencyMs: Number((performance.now() - started).toFixed(3)), cached };
+      this.deps.metrics?.predictLatency.observe({ model: name }, result.latencyMs / 1000);
+      if (d.fallback) this.deps.metrics?.scoringFallbacks.inc({ model: name, reason: reason ?? 'model_error' });
+      this.record(served.entry, txn, result);
+      return result;
+    };
+    if (v.missing.length > 0) return finish(null, 'none', false, 'features_missing');
+    const cacheKey = this.deps.cacheTtlSec > 0 ? this.cacheKey(served.entry, v.row) : null;
+    if (cacheKey) {
+      const hit = await this.deps.redis.get(cacheKey).catch(() => null);
+      this.deps.metrics?.predictCache.inc({ model: name, result: hit === null ? 'miss' : 'hit' });
+      if (hit !== null) {
+        const [score, provider] = hit.split('|');
+        return finish(Number(score), provider ?? 'cpu', true);
+      }
+    }
+    const left = this.deps.timeoutMs - (performance.now() - started);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const { scores, provider } = await Promise.race([
+        served.handle.score([v.row]),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new PredictBudget()), Math.max(0, left));
+        }),
+      ]);
+      const score = Number(scores[0]!.toFixed(6));
+      if (cacheKey && Number.isFinite(score)) void this.deps.redis.set(cacheKey, `${score}|${provider}`, 'EX', this.deps.cacheTtlSec).catch(() => undefined);
+      return finish(score, provider, false);
+    } catch (err) {
+      if (err instanceof PredictBudget) throw new PredictTimeout(finish(null, 'none', false, 'model_timeout'), this.deps.timeoutMs);
+      if (isFabricError(err) && !err.retriable) return finish(null, 'none', false, 'model_error');
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async resolve(name: string, version: string | null): Promise<ServedModel> {
+    if (!this.deps.models.isRegistered(name)) throw new FabricError('FABRIC_MODEL_UNKNOWN', `model ${name} is not registered`);
+    if (version !== null) return this.deps.models.version(name, version);
+    const served = this.deps.models.served(name);
+    if (served) return served;
+    // First request for this model in this process: follow it (loads the production version).
+    await this.deps.models.follow(name);
+    return this.deps.models.require(name);
+  }
+
+  private cacheKey(entry: ModelVersion, row: readonly number[]): string {
+    const hash = createHash('sha256').update(Buffer.from(Float64Array.from(row).buffer)).digest('base64url').slice(0, 32);
+    return `${this.deps.keyPrefix}pcache:${entry.name}@${entry.version}:${entry.artifact.sha256.slice(0, 12)}:${hash}`;
+  }
+
+  private record(entry: ModelVersion, txn: Transaction, r: PredictResult): void {
+    if (!this.deps.emit) return;
+    try {
+      this.deps.emit(`predictions.${entry.name}`, txn.account_id, {
+        event_id: r.event_id,
+        entity_id: txn.account_id,
+        model: r.model,
+        version: r.version,
+        score: r.score,
+        decision: r.decision,
+        reasons: [...r.reasons],
+        fallback: r.fallback,
+        provider: r.provider,
+        event_ts: txn.ts,
+        features: r.features,
+        source_topic: 'online',
+        source_partition: -1,
+        source_offset: this.now(),
+        origin: 'online',
+      });
+    } catch (err) {
+      void messageOf(err);
+    }
+  }
+}
+
+class PredictBudget extends Error {}
