@@ -2,7 +2,7 @@ import type { Kafka } from 'kafkajs';
 import type { Redis } from 'ioredis';
 import type { AvroSerde } from '../../schemas/serde.js';
 import type { ClickHouseClient } from '../../topology/runtime/clickhouse.js';
-import { sqlIdentifier } from '../../topology/runtime/clickhouse.js';
+import { retryOnBrokenSocket, sqlIdentifier } from '../../topology/runtime/clickhouse.js';
 import { readToEnd } from '../../topology/runtime/topic-reader.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { featureEvent } from '../../topology/features/engine.js';
@@ -119,7 +119,9 @@ export async function backfill(options: BackfillOptions): Promise<BackfillReport
   for (let i = 0; i < selected.length; i += 20_000) {
     const chunk = selected.slice(i, i + 20_000);
     try {
-      await options.clickhouse.client.insert({ table, values: chunk.map((r) => featureTableRow(group, r)), format: 'JSONEachRow' });
+      const values = chunk.map((r) => featureTableRow(group, r));
+      // Idempotent (ReplacingMergeTree by version): a broken keep-alive socket is retried.
+      await retryOnBrokenSocket(() => options.clickhouse.client.insert({ table, values, format: 'JSONEachRow' }));
     } catch (err) {
       throw new FabricError('FABRIC_SINK_FAILED', `inserting into ${table} failed: ${messageOf(err)}`, { cause: err });
     }

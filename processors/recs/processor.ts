@@ -26,6 +26,8 @@ export interface RecsProcessorOptions {
 }
 
 const DAY_MS = 86_400_000;
+/** Interactions scored per step of a batch (each brings up to max_candidates rows). */
+const CHUNK_EVENTS = 500;
 
 interface Pending {
   readonly record: SourceRecord;
@@ -110,74 +112,79 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
     if (pending.length === 0) return outputs;
     const histories = users.size > 0 ? await userEvents(users) : new Map<string, RecsUserEvent[]>();
 
-    // Candidates per event, then one online read of every (item, event time) pair.
-    const candidatesOf = pending.map((p) => (p.user ? recsCandidates(histories.get(p.event.user_id) ?? [], { ts: p.event.ts, offset: Number(p.record.offset) }, maxCandidates) : []));
-    const pairKey = (item: string, ts: number): string => `${item}\u0000${ts}`;
-    const pairs = new Map<string, { entity: string; asOf: number }>();
-    pending.forEach((p, i) => {
-      for (const item of candidatesOf[i]!) pairs.set(pairKey(item, p.event.ts), { entity: item, asOf: p.event.ts });
-    });
-    const pairList = [...pairs.values()];
-    const itemValues = new Map<string, FeatureValues | null>();
-    (await readOnlineFeaturesAt(options.redis, options.keyPrefix, itemGroup, pairList)).forEach((r, i) => itemValues.set(pairKey(pairList[i]!.entity, pairList[i]!.asOf), r.values));
+    // In chunks of events: bounded memory and engine queue, and the event loop breathes between them.
+    const all = pending;
+    for (let start = 0; start < all.length; start += CHUNK_EVENTS) {
+      const pending = all.slice(start, start + CHUNK_EVENTS);
+      // Candidates per event, then one online read of every (item, event time) pair.
+      const candidatesOf = pending.map((p) => (p.user ? recsCandidates(histories.get(p.event.user_id) ?? [], { ts: p.event.ts, offset: Number(p.record.offset) }, maxCandidates) : []));
+      const pairKey = (item: string, ts: number): string => `${item}\u0000${ts}`;
+      const pairs = new Map<string, { entity: string; asOf: number }>();
+      pending.forEach((p, i) => {
+        for (const item of candidatesOf[i]!) pairs.set(pairKey(item, p.event.ts), { entity: item, asOf: p.event.ts });
+      });
+      const pairList = [...pairs.values()];
+      const itemValues = new Map<string, FeatureValues | null>();
+      (await readOnlineFeaturesAt(options.redis, options.keyPrefix, itemGroup, pairList)).forEach((r, i) => itemValues.set(pairKey(pairList[i]!.entity, pairList[i]!.asOf), r.values));
 
-    const rows: number[][] = [];
-    const scored = pending.map((p, i) => {
-      const list: { item: string; row: number; features: Record<string, number | null> }[] = [];
-      let missing = 0;
-      for (const item of candidatesOf[i]!) {
-        const asOf = { ts: p.event.ts, offset: Number(p.record.offset) };
-        const values = recsInputValues(p.user ?? {}, itemValues.get(pairKey(item, p.event.ts)) ?? {}, recsCrossFeatures(histories.get(p.event.user_id) ?? [], item, asOf));
-        const v = vectorize(entry, values);
-        if (v.missing.length > 0) missing++;
-        else list.push({ item, row: rows.push(v.row) - 1, features: v.features });
+      const rows: number[][] = [];
+      const scored = pending.map((p, i) => {
+        const list: { item: string; row: number; features: Record<string, number | null> }[] = [];
+        let missing = 0;
+        for (const item of candidatesOf[i]!) {
+          const asOf = { ts: p.event.ts, offset: Number(p.record.offset) };
+          const values = recsInputValues(p.user ?? {}, itemValues.get(pairKey(item, p.event.ts)) ?? {}, recsCrossFeatures(histories.get(p.event.user_id) ?? [], item, asOf));
+          const v = vectorize(entry, values);
+          if (v.missing.length > 0) missing++;
+          else list.push({ item, row: rows.push(v.row) - 1, features: v.features });
+        }
+        return { list, missing };
+      });
+      let scores: Float32Array | null = null;
+      let provider = 'none';
+      let modelError = false;
+      if (rows.length > 0) {
+        try {
+          ({ scores, provider } = await model.score(rows));
+          options.metrics?.scoringRows.inc({ model: modelName, provider }, rows.length);
+        } catch (err) {
+          if (!(err instanceof FabricError) || err.retriable) throw err;
+          ctx.log.warn({ err: err.message, rows: rows.length }, 'recs model run failed; fallback');
+          modelError = true;
+        }
       }
-      return { list, missing };
-    });
-    let scores: Float32Array | null = null;
-    let provider = 'none';
-    let modelError = false;
-    if (rows.length > 0) {
-      try {
-        ({ scores, provider } = await model.score(rows));
-        options.metrics?.scoringRows.inc({ model: modelName, provider }, rows.length);
-      } catch (err) {
-        if (!(err instanceof FabricError) || err.retriable) throw err;
-        ctx.log.warn({ err: err.message, rows: rows.length }, 'recs model run failed; fallback');
-        modelError = true;
-      }
+      pending.forEach((p, i) => {
+        const { list, missing } = scored[i]!;
+        let reasons: string[];
+        let items: Recommendation['items'] = [];
+        if (p.reason) reasons = [`fallback:${p.reason}`];
+        else if (modelError && list.length > 0) reasons = ['fallback:model_error'];
+        else if (list.length === 0) reasons = [missing > 0 ? 'fallback:features_missing' : 'no_candidates'];
+        else {
+          const ranked = list.map((c) => ({ ...c, score: Number(scores![c.row]!.toFixed(6)) })).sort((a, b) => b.score - a.score || (a.item < b.item ? -1 : a.item > b.item ? 1 : 0));
+          items = ranked.slice(0, topK).map((c, r) => ({ item_id: c.item, rank: r + 1, score: c.score, features: c.features }));
+          reasons = [`top ${items.length} of ${list.length} candidates`];
+        }
+        const fallback = items.length === 0 && reasons[0] !== 'no_candidates';
+        if (fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: reasons[0]!.replace('fallback:', '') });
+        const rec: Recommendation = {
+          event_id: p.event.event_id,
+          user_id: p.event.user_id,
+          model: entry.name,
+          version: entry.version,
+          provider: items.length > 0 ? provider : 'none',
+          event_ts: p.event.ts,
+          candidates: candidatesOf[i]!.length,
+          items,
+          reasons,
+          fallback,
+          source_topic: p.record.topic,
+          source_partition: p.record.partition,
+          source_offset: Number(p.record.offset),
+        };
+        outputs.push(emit(outputTopic, p.event.user_id, rec, p.record));
+      });
     }
-    pending.forEach((p, i) => {
-      const { list, missing } = scored[i]!;
-      let reasons: string[];
-      let items: Recommendation['items'] = [];
-      if (p.reason) reasons = [`fallback:${p.reason}`];
-      else if (modelError && list.length > 0) reasons = ['fallback:model_error'];
-      else if (list.length === 0) reasons = [missing > 0 ? 'fallback:features_missing' : 'no_candidates'];
-      else {
-        const ranked = list.map((c) => ({ ...c, score: Number(scores![c.row]!.toFixed(6)) })).sort((a, b) => b.score - a.score || (a.item < b.item ? -1 : a.item > b.item ? 1 : 0));
-        items = ranked.slice(0, topK).map((c, r) => ({ item_id: c.item, rank: r + 1, score: c.score, features: c.features }));
-        reasons = [`top ${items.length} of ${list.length} candidates`];
-      }
-      const fallback = items.length === 0 && reasons[0] !== 'no_candidates';
-      if (fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: reasons[0]!.replace('fallback:', '') });
-      const rec: Recommendation = {
-        event_id: p.event.event_id,
-        user_id: p.event.user_id,
-        model: entry.name,
-        version: entry.version,
-        provider: items.length > 0 ? provider : 'none',
-        event_ts: p.event.ts,
-        candidates: candidatesOf[i]!.length,
-        items,
-        reasons,
-        fallback,
-        source_topic: p.record.topic,
-        source_partition: p.record.partition,
-        source_offset: Number(p.record.offset),
-      };
-      outputs.push(emit(outputTopic, p.event.user_id, rec, p.record));
-    });
     return outputs;
   }
 

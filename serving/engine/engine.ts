@@ -281,14 +281,20 @@ export class ServingEngine {
     const worker = slot.worker!;
     const timeoutMs = this.options.timeoutMs;
     let timer: NodeJS.Timeout | undefined;
+    let settled = false;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        reject(new FabricError('FABRIC_MODEL_TIMEOUT', `model ${key} did not answer within ${timeoutMs} ms`));
-        void worker.kill(new Error(`a run exceeded ${timeoutMs} ms; the worker was recycled`));
+        // A main thread busy for longer than the timeout runs this timer before the answer that
+        // arrived meanwhile: let pending messages in first (the check phase follows the poll phase).
+        setImmediate(() => {
+          if (settled) return;
+          reject(new FabricError('FABRIC_MODEL_TIMEOUT', `model ${key} did not answer within ${timeoutMs} ms`));
+          void worker.kill(new Error(`a run exceeded ${timeoutMs} ms; the worker was recycled`));
+        });
       }, timeoutMs);
     });
     try {
-      const scores = await Promise.race([worker.run(key, rows, n), timeout]);
+      const scores = await Promise.race([worker.run(key, rows, n).finally(() => (settled = true)), timeout]);
       slot.failures = 0;
       return { scores, provider: slot.provider };
     } catch (err) {
@@ -480,7 +486,8 @@ export class ModelHandle {
     if (this.retired) throw this.retired;
     if (n === 0) return { scores: new Float32Array(0), provider: this.provider };
     if (flat.length !== n * this.width) throw new FabricError('FABRIC_MODEL_INVALID', `model ${this.key}: ${flat.length} values are not ${n} rows of ${this.width}`);
-    if (this.queuedRows + n > this.maxQueuedRows) throw new FabricError('FABRIC_MODEL_OVERLOADED', `model ${this.key}: ${this.queuedRows} rows already wait for a batch (limit ${this.maxQueuedRows})`);
+    // A request larger than the bound alone is admitted into an empty queue (its caller holds those rows anyway).
+    if (this.queuedRows > 0 && this.queuedRows + n > this.maxQueuedRows) throw new FabricError('FABRIC_MODEL_OVERLOADED', `model ${this.key}: ${this.queuedRows} rows already wait for a batch (limit ${this.maxQueuedRows})`);
     if (n <= this.maxBatch) return this.enqueue(flat, n);
     // Larger than a batch: chunks run in parallel on the workers, scores joined in order.
     const parts: Promise<ScoreResult>[] = [];

@@ -52,15 +52,37 @@ export async function readOnlineFeatures(redis: Redis, keyPrefix: string, group:
   return snapshots.map(({ entity, events, known, exact }) => ({ entity, values: known ? evaluate(group, events, { instant: asOf }) : null, exact }));
 }
 
-/** Features of (entity, instant) pairs, each as of its own instant, in one pipelined round trip per 1,000 pairs. */
+/**
+ * Features of (entity, instant) pairs, each as of its own instant: one snapshot per distinct entity
+ * (covering its earliest instant's window to its latest instant), pipelined per 1,000 entities, then
+ * evaluated per pair in process. Results in the order asked.
+ */
 export async function readOnlineFeaturesAt(redis: Redis, keyPrefix: string, group: FeatureGroup, reads: readonly { entity: string; asOf: number }[]): Promise<OnlineFeatures[]> {
-  const out: OnlineFeatures[] = [];
-  for (let i = 0; i < reads.length; i += MAX_ONLINE_ENTITIES) {
-    const chunk = reads.slice(i, i + MAX_ONLINE_ENTITIES);
-    const snapshots = await readSnapshots(redis, keyPrefix, group, chunk);
-    snapshots.forEach(({ entity, events, known, exact }, k) => out.push({ entity, values: known ? evaluate(group, events, { instant: chunk[k]!.asOf }) : null, exact }));
+  const spans = new Map<string, { from: number; asOf: number }>();
+  for (const { entity, asOf } of reads) {
+    const s = spans.get(entity);
+    if (!s) spans.set(entity, { from: asOf, asOf });
+    else {
+      if (asOf < s.from) s.from = asOf;
+      if (asOf > s.asOf) s.asOf = asOf;
+    }
   }
-  return out;
+  const list = [...spans].map(([entity, s]) => ({ entity, asOf: s.asOf, from: s.from }));
+  const snapshots = new Map<string, Awaited<ReturnType<typeof readSnapshots>>[number]>();
+  for (let i = 0; i < list.length; i += MAX_ONLINE_ENTITIES) {
+    for (const snap of await readSnapshots(redis, keyPrefix, group, list.slice(i, i + MAX_ONLINE_ENTITIES))) snapshots.set(snap.entity, snap);
+  }
+  const memo = new Map<string, OnlineFeatures>();
+  return reads.map(({ entity, asOf }) => {
+    const key = `${entity}\u0000${asOf}`;
+    let result = memo.get(key);
+    if (!result) {
+      const { events, known, exact } = snapshots.get(entity)!;
+      result = { entity, values: known ? evaluate(group, events, { instant: asOf }) : null, exact };
+      memo.set(key, result);
+    }
+    return result;
+  });
 }
 
 /** An event to evaluate features at, as if it arrived now, after every event the online store holds. */
@@ -89,17 +111,20 @@ export async function readFeaturesAtEvents(redis: Redis, keyPrefix: string, grou
   });
 }
 
-/** Each entity's events in (asOf - longest window, asOf] plus the anchor before it, sorted, in one round trip. */
-async function readSnapshots(redis: Redis, keyPrefix: string, group: FeatureGroup, reads: readonly { entity: string; asOf: number }[]): Promise<{ entity: string; events: FeatureEvent[]; known: boolean; exact: boolean }[]> {
+/**
+ * Each entity's events in (from - longest window, asOf] plus the anchor before that (from defaults to
+ * asOf), sorted, in one round trip: enough to evaluate the entity as of any instant in [from, asOf].
+ */
+async function readSnapshots(redis: Redis, keyPrefix: string, group: FeatureGroup, reads: readonly { entity: string; asOf: number; from?: number }[]): Promise<{ entity: string; events: FeatureEvent[]; known: boolean; exact: boolean }[]> {
   if (reads.length > MAX_ONLINE_ENTITIES) throw new FabricError('FABRIC_CLI_USAGE', `at most ${MAX_ONLINE_ENTITIES} entities per online read, got ${reads.length}`);
   if (reads.length === 0) return [];
   const keys = groupKeys(keyPrefix, group);
   defineOnlineRead(redis);
   const pipeline = redis.pipeline() as unknown as { fabricOnlineRead(...args: (string | number)[]): void; exec(): Promise<[Error | null, unknown][] | null> };
-  for (const { entity, asOf } of reads) pipeline.fabricOnlineRead(keys.window(entity), keys.latest(entity), asOf, asOf - group.maxWindowMs);
+  for (const { entity, asOf, from } of reads) pipeline.fabricOnlineRead(keys.window(entity), keys.latest(entity), asOf, (from ?? asOf) - group.maxWindowMs);
   const results = await pipeline.exec();
   if (!results) throw new FabricError('FABRIC_SINK_FAILED', 'Redis returned nothing for the online read');
-  return reads.map(({ entity, asOf }, i) => {
+  return reads.map(({ entity, asOf, from }, i) => {
     const [err, reply] = results[i]!;
     if (err) throw new FabricError('FABRIC_SINK_FAILED', `Redis failed the online read of ${group.name} ${entity}: ${messageOf(err)}`, { cause: err });
     const [win, anchor, bound, known] = reply as [string[], string[], string, number];
@@ -112,7 +137,7 @@ async function readSnapshots(redis: Redis, keyPrefix: string, group: FeatureGrou
         break;
       }
     }
-    return { entity, events, known: known > 0, exact: bound === '' || asOf - group.maxWindowMs >= Number(bound) };
+    return { entity, events, known: known > 0, exact: bound === '' || (from ?? asOf) - group.maxWindowMs >= Number(bound) };
   });
 }
 

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Kafka } from 'kafkajs';
@@ -119,7 +120,9 @@ export class RegistryAdmin {
   async write(entries: readonly ModelVersion[]): Promise<void> {
     const writer = await this.deps.serde.writer<ModelVersion>(modelsSubject(this.deps.config), MODEL_VERSION_SCHEMA());
     const messages = entries.map((e) => ({ key: entryKey(e.name, e.version), value: writer.encode(e) }));
-    const producer = this.deps.kafka.producer({ transactionalId: prefixed(this.deps.config, 'fabric.registry-admin'), idempotent: true, maxInFlightRequests: 1 });
+    // A transactional id of its own per write: the transaction makes one change atomic; two admins
+    // (or fabric instances registering the demo models at once) must not fence each other.
+    const producer = this.deps.kafka.producer({ transactionalId: prefixed(this.deps.config, `fabric.registry-admin-${randomBytes(6).toString('hex')}`), idempotent: true, maxInFlightRequests: 1 });
     await producer.connect();
     try {
       const tx = await producer.transaction();

@@ -72,7 +72,7 @@ const versionOf = (table: string): string => (table.startsWith('features_') ? 'v
 describe('ClickHouse tables versioned by source offset (feature rows by version)', () => {
   it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version', async () => {
     const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' ORDER BY name`);
-    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions']);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions', 'predictions_online']);
     for (const t of tables) expect(t.engine_full, t.name).toMatch(new RegExp(`^ReplacingMergeTree\\(${versionOf(t.name)}\\)`));
   });
 

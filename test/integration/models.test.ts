@@ -12,6 +12,10 @@ import { packagePath } from '../../topology/paths.js';
 import { loadStatusKey, modelStore, registryAdmin, verifier } from '../../app/serving.js';
 import type { RegistryAdmin } from '../../serving/registry/admin.js';
 import type { ModelVersion, Prediction } from '../../schemas/types.generated.js';
+import { OnlinePredictor, PredictTimeout } from '../../serving/predict.js';
+import type { ModelHandle } from '../../serving/engine/engine.js';
+import type { LiveModels } from '../../serving/models/live.js';
+import { demoModel } from '../shared/models.js';
 
 let f: TestFabric;
 let admin: RegistryAdmin;
@@ -196,5 +200,29 @@ describe('promotion: hot swap while events flow', () => {
     expect(p.find((x) => x.event_id === event.event_id)).toMatchObject({ version: current.version, fallback: false });
     const predict = await post('/v1/predict/fraud', transaction(5001, { account_id: 'B1', ts: Date.now() }));
     expect(predict).toMatchObject({ status: 200, json: { version: current.version } });
+  });
+});
+
+describe('POST /v1/predict faults', () => {
+  it('answers a slow model with the fallback decision after the budget (PredictTimeout, 504), and a missing input under a fallback policy with features_missing', async () => {
+    const { entry } = demoModel('fraud');
+    const hanging = { key: 'fraud@slow', provider: 'cpu', score: () => new Promise<never>(() => undefined) } as unknown as ModelHandle;
+    const models = { isRegistered: () => true, served: () => ({ entry, handle: hanging }), follow: async () => undefined, require: () => ({ entry, handle: hanging }), version: async () => ({ entry, handle: hanging }) } as unknown as LiveModels;
+    const predictor = new OnlinePredictor({ models, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 });
+    const started = performance.now();
+    const err = await predictor.predict('fraud', transaction(7000, { account_id: 'S1', ts: Date.now() })).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(PredictTimeout);
+    expect(performance.now() - started).toBeLessThan(5_000);
+    const timeout = err as PredictTimeout;
+    expect(timeout.status).toBe(504);
+    expect(timeout.result).toMatchObject({ score: null, decision: 'review', reasons: ['fallback:model_timeout'], fallback: true, provider: 'none' });
+    expect(timeout.result.features.amount).toBe(7010);
+
+    // A signature whose seconds_since_last_txn falls back when missing: the first event of an account has none.
+    const strict = { ...entry, signature: { ...entry.signature, inputs: entry.signature.inputs.map((i) => (i.name === 'seconds_since_last_txn' ? { ...i, missing: 'fallback' as const, default_value: null } : i)) } };
+    const strictModels = { ...models, served: () => ({ entry: strict, handle: hanging }) } as unknown as LiveModels;
+    const missing = await new OnlinePredictor({ models: strictModels, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 }).predict('fraud', transaction(7001, { account_id: `new-${Date.now()}`, ts: Date.now() }));
+    expect(missing).toMatchObject({ score: null, decision: 'review', reasons: ['fallback:features_missing'], fallback: true });
+    expect(missing.features.seconds_since_last_txn).toBeNull();
   });
 });

@@ -183,7 +183,8 @@ describe('ServingEngine: scores', () => {
     const done = await Promise.all([first, second, third]);
     expect(done.flatMap((r) => Array.from(r.scores))).toEqual(expected.slice(0, 15));
     // Once drained the same request is accepted.
-    expect(Array.from((await h.score(chunk(3))).scores)).toEqual(expected.slice(15, 20));
+    expect(Array.from((await h.score(chunk(3))).scores)).toEqual(expected.slice(15, 20));    // A single request larger than the bound is admitted into an empty queue (a stream batch must never be refused forever).
+    expect(Array.from((await h.score(rows)).scores)).toEqual(expected);
   });
 
   it('refuses rows of the wrong width with FABRIC_MODEL_INVALID (not retriable), before any run', async () => {

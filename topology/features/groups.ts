@@ -48,6 +48,10 @@ export const itemGroup: FeatureGroup = featureGroup({
   stream: 'interactions',
   schema: 'interaction',
   entity: 'item_id',
+  // Its input is the interactions re-keyed by item from every user partition: an item's events come
+  // from all of them, so the skew between those partitions' progress (a backlog, a slow batch) adds to
+  // the lateness the group must absorb before routing an event to late.interactions.
+  lateness: '2h',
   doc: 'An item\'s recent audience: views, clicks, purchases, click-through rate, distinct users, time since its previous interaction.',
   features: interactionFeatures('item', 'user_id'),
 });

@@ -18,6 +18,23 @@ export function createClickHouse(config: Pick<FabricConfig, 'clickhouseUrl' | 'c
 }
 
 /**
+ * Runs an idempotent ClickHouse call again when the connection broke before any answer (EPIPE,
+ * ECONNRESET, socket hang up): a keep-alive socket the server closed while this process was busy is
+ * reused once before the client notices. Other errors are the caller's.
+ */
+export async function retryOnBrokenSocket<T>(call: () => Promise<T>, attempts = 3): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await call();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const broken = code === 'EPIPE' || code === 'ECONNRESET' || /socket hang up|EPIPE|ECONNRESET/.test((err as Error).message ?? '');
+      if (!broken || i >= attempts) throw err;
+    }
+  }
+}
+
+/**
  * The one audited literal-escaping helper (18.16 has no server-side query parameters).
  * Strings are single-quoted with backslash escapes; numbers must be finite.
  */
