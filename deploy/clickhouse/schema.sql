@@ -72,25 +72,10 @@ CREATE TABLE IF NOT EXISTS {db}.predictions (
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000)))
 ORDER BY (model, event_id);
 
--- Answers of POST /v1/predict (origin online): one row per request (source_offset = the request's
--- epoch ms), kept apart from the stream's predictions of the same events.
-CREATE TABLE IF NOT EXISTS {db}.predictions_online (
-  event_id String,
-  entity_id String,
-  model String,
-  version String,
-  score Nullable(Float64),
-  decision String,
-  reasons Array(String),
-  fallback UInt8,
-  provider String,
-  event_ts_ms UInt64,
-  feature_names Array(String),
-  feature_values Array(Nullable(Float64)),
-  source_topic String,
-  source_partition Int32,
-  source_offset UInt64
-) ENGINE = ReplacingMergeTree(source_offset)
+-- Answers of POST /v1/predict (origin online): one row per request (versioned by its record's offset in
+-- predictions.<model>), kept apart from the stream's prediction of the same event.
+CREATE TABLE IF NOT EXISTS {db}.predictions_online AS {db}.predictions
+ENGINE = ReplacingMergeTree(source_offset)
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000)))
 ORDER BY (model, event_id, source_offset);
 

@@ -5,6 +5,7 @@ import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
+import { partitionEnds, whenPastEnds } from '../../topology/runtime/topic-reader.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { entryKey } from './entry.js';
 
@@ -46,15 +47,7 @@ export class ModelRegistry {
 
   private async follow(timeoutMs: number): Promise<void> {
     const topic = prefixed(this.config, MODELS_TOPIC);
-    const admin = this.kafka.admin();
-    await admin.connect();
-    let ends: { partition: number; high: string; low: string }[];
-    try {
-      ends = await admin.fetchTopicOffsets(topic);
-    } finally {
-      await admin.disconnect();
-    }
-    const remaining = new Map(ends.filter((e) => BigInt(e.high) > BigInt(e.low)).map((e) => [e.partition, BigInt(e.high)]));
+    const remaining = await partitionEnds(this.kafka, topic);
     this.groupId = prefixed(this.config, `fabric.registry-${randomBytes(6).toString('hex')}`);
     const consumer = this.kafka.consumer({ groupId: this.groupId, readUncommitted: false, maxWaitTimeInMs: 250 });
     this.consumer = consumer;
@@ -62,13 +55,7 @@ export class ModelRegistry {
     await consumer.subscribe({ topic, fromBeginning: true });
     let done!: () => void;
     const ready = new Promise<void>((resolve) => (done = resolve));
-    const reached = (partition: number, lastOffset: string): void => {
-      const end = remaining.get(partition);
-      if (end !== undefined && BigInt(lastOffset) + 1n >= end) remaining.delete(partition);
-      if (remaining.size === 0) done();
-    };
-    if (remaining.size === 0) done();
-    consumer.on(consumer.events.END_BATCH_PROCESS, (e) => reached(e.payload.partition, e.payload.lastOffset));
+    whenPastEnds(consumer, remaining, () => done());
     await consumer.run({
       autoCommit: false,
       eachBatch: async ({ batch }) => {

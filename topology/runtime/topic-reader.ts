@@ -41,8 +41,8 @@ async function withThrowawayConsumer<T>(kafka: Kafka, groupPrefix: string, read:
   }
 }
 
-/** Every record of `topic` (physical name, all partitions) from the beginning to its end as of the call. */
-export async function readToEnd(kafka: Kafka, topic: string, options: { groupPrefix: string; timeoutMs?: number }): Promise<ReadRecord[]> {
+/** The end offset of every partition of `topic` that holds records now (empty partitions left out). */
+export async function partitionEnds(kafka: Kafka, topic: string): Promise<Map<number, bigint>> {
   const admin = kafka.admin();
   await admin.connect();
   let ends: { partition: number; high: string; low: string }[];
@@ -51,7 +51,26 @@ export async function readToEnd(kafka: Kafka, topic: string, options: { groupPre
   } finally {
     await admin.disconnect();
   }
-  const remaining = new Map(ends.filter((e) => BigInt(e.high) > BigInt(e.low)).map((e) => [e.partition, BigInt(e.high)]));
+  return new Map(ends.filter((e) => BigInt(e.high) > BigInt(e.low)).map((e) => [e.partition, BigInt(e.high)]));
+}
+
+/**
+ * Calls `done` once the consumer has passed every end in `remaining` (which it empties). A transactional
+ * topic ends with commit or abort markers, and a tail of aborted records is filtered out before
+ * eachBatch: such a batch never reaches eachBatch, but END_BATCH_PROCESS reports its end.
+ */
+export function whenPastEnds(consumer: Consumer, remaining: Map<number, bigint>, done: () => void): void {
+  if (remaining.size === 0) return done();
+  consumer.on(consumer.events.END_BATCH_PROCESS, (e) => {
+    const end = remaining.get(e.payload.partition);
+    if (end !== undefined && BigInt(e.payload.lastOffset) + 1n >= end) remaining.delete(e.payload.partition);
+    if (remaining.size === 0) done();
+  });
+}
+
+/** Every record of `topic` (physical name, all partitions) from the beginning to its end as of the call. */
+export async function readToEnd(kafka: Kafka, topic: string, options: { groupPrefix: string; timeoutMs?: number }): Promise<ReadRecord[]> {
+  const remaining = await partitionEnds(kafka, topic);
   const records: ReadRecord[] = [];
   if (remaining.size === 0) return records;
   const timeoutMs = options.timeoutMs ?? 60_000;
@@ -59,17 +78,11 @@ export async function readToEnd(kafka: Kafka, topic: string, options: { groupPre
     await consumer.subscribe({ topic, fromBeginning: true });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`reading ${topic} to its end timed out after ${timeoutMs} ms`)), timeoutMs);
-      const reached = (partition: number, lastOffset: string): void => {
-        const end = remaining.get(partition);
-        if (end !== undefined && BigInt(lastOffset) + 1n >= end) remaining.delete(partition);
-        if (remaining.size === 0) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      // A transactional topic ends with commit or abort markers, and a tail of aborted records is filtered
-      // out before eachBatch: such a batch never reaches eachBatch, but END_BATCH_PROCESS reports its end.
-      consumer.on(consumer.events.END_BATCH_PROCESS, (e) => reached(e.payload.partition, e.payload.lastOffset));
+      const ends = new Map(remaining);
+      whenPastEnds(consumer, ends, () => {
+        clearTimeout(timer);
+        resolve();
+      });
       void consumer.run({
         autoCommit: false,
         eachBatch: async ({ batch }) => {
