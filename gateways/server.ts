@@ -132,25 +132,13 @@ export class Gateway {
       fail(err);
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let tooLarge = false;
-    res.onData((chunk, isLast) => {
-      if (tooLarge) return;
-      size += chunk.byteLength;
-      if (size > this.options.maxBodyBytes) {
-        tooLarge = true;
-        fail(new FabricError('FABRIC_HTTP_TOO_LARGE', `body exceeds ${this.options.maxBodyBytes} bytes`));
-        return;
-      }
-      // uWS reuses the chunk's memory after this callback: copy it.
-      chunks.push(Buffer.from(chunk.slice(0)));
-      if (!isLast) return;
+    readBody(res, this.options.maxBodyBytes, (err, body) => {
+      if (err) return fail(err);
       let events: unknown[];
       try {
-        events = parseEvents(Buffer.concat(chunks, size).toString('utf8'), contentType);
-      } catch (err) {
-        fail(err);
+        events = parseEvents(body!.toString('utf8'), contentType);
+      } catch (e) {
+        fail(e);
         return;
       }
       this.deps.ingest.ingest(stream, events).then((result) => {
