@@ -16,7 +16,7 @@ import { createClickHouse, type ClickHouseClient } from '../topology/runtime/cli
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
-import type { Prediction } from '../schemas/types.generated.js';
+import type { Prediction, Recommendation } from '../schemas/types.generated.js';
 import { DEMO_MODELS, batchingOptions, ensureDemoModels, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier, FEATURE_GROUPS, LiveModels, ModelRegistry, TASKS } from './serving.js';
 import { publishStatus } from './processor-status.js';
 import { Gateway } from '../gateways/server.js';
@@ -204,7 +204,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       if (kafkaUp) {
         const lm = await liveModels();
         for (const name of DEMO_MODELS) await lm.follow(name).catch((err: unknown) => log.warn({ model: name, err: messageOf(err) }, 'model not served by predict yet'));
-        const writers = new Map<string, Promise<AvroWriter<Prediction>>>();
+        const writers = new Map<string, Promise<AvroWriter<Prediction | Recommendation>>>();
         predictor = new OnlinePredictor({
           models: lm,
           redis: await resources.redis(),
@@ -216,7 +216,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
             const physical = prefixed(config, topic);
             let writer = writers.get(physical);
             if (!writer) {
-              writer = serde.writer<Prediction>(`${physical}-value`, loadAvroSchema('prediction'));
+              writer = serde.writer<Prediction | Recommendation>(`${physical}-value`, loadAvroSchema(topology.topic(topic).schema ?? 'prediction'));
               writers.set(physical, writer);
             }
             void writer

@@ -320,6 +320,8 @@ export interface Recommendation {
   source_topic: string;
   source_partition: number;
   source_offset: number;
+  /** stream: by the recs processor at the interaction; online: answered by POST /v1/predict/recs (source_* then name no Kafka record). */
+  origin: string;
 }
 
 /** The value type of each schema, by catalog name. */

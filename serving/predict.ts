@@ -1,15 +1,16 @@
 import { createHash } from 'node:crypto';
 import avro from 'avsc';
 import type { Redis } from 'ioredis';
-import type { ModelVersion, Prediction, Transaction } from '../schemas/types.generated.js';
+import type { Interaction, ModelVersion, Prediction, Recommendation, RecommendedItem, Transaction } from '../schemas/types.generated.js';
 import { loadAvroSchema } from '../schemas/catalog.js';
 import { FabricError, isFabricError, messageOf } from '../topology/errors.js';
-import { accountGroup } from '../topology/features/groups.js';
+import { accountGroup, userGroup } from '../topology/features/groups.js';
 import type { Metrics } from '../topology/runtime/metrics.js';
 import { readFeaturesAtEvents } from './features/online.js';
 import { fraudInputValues } from './models/fraud-inputs.js';
 import type { LiveModels, ServedModel } from './models/live.js';
 import { vectorize } from './models/vector.js';
+import { readUserHistories, recommend } from './models/recommend.js';
 import { parseModelRef } from './registry/entry.js';
 import { decide, rulesFor, type FallbackReason } from './rules/threshold-rules.js';
 
@@ -28,6 +29,9 @@ export interface PredictResult {
   readonly featuresExact: boolean;
   readonly latencyMs: number;
   readonly cached: boolean;
+  /** Recommendation models: the top items, best first (score and decision then describe the first). */
+  readonly items?: RecommendedItem[];
+  readonly candidates?: number;
 }
 
 export interface PredictorDeps {
@@ -40,7 +44,7 @@ export interface PredictorDeps {
   readonly cacheTtlSec: number;
   readonly metrics?: Metrics;
   /** Writes the prediction to predictions.<model> (marked online); failures are the caller's to count. */
-  emit?(topic: string, key: string, prediction: Prediction): void;
+  emit?(topic: string, key: string, prediction: Prediction | Recommendation): void;
   now?(): number;
 }
 
@@ -52,6 +56,7 @@ export class PredictTimeout extends FabricError {
 }
 
 const transactionType = avro.Type.forSchema(loadAvroSchema('transaction') as avro.Schema) as avro.types.RecordType;
+const interactionType = avro.Type.forSchema(loadAvroSchema('interaction') as avro.Schema) as avro.types.RecordType;
 
 /** The first field of `event` that does not fit the Avro schema, as `field: problem`. */
 function explainInvalid(type: avro.types.RecordType, event: unknown): string | null {
@@ -84,7 +89,7 @@ export class OnlinePredictor {
     const started = performance.now();
     const { name, version } = parseModelRef(modelRef);
     const served = await this.resolve(name, version);
-    if (served.entry.task !== 'fraud') throw new FabricError('FABRIC_CLI_USAGE', `model ${name} (task ${served.entry.task}) is not served by POST /v1/predict yet; its predictions are on predictions.${name}`);
+    if (served.entry.task === 'recs') return this.recommend(served, event, started);
     const problem = explainInvalid(transactionType, event);
     if (problem) throw new FabricError('FABRIC_EVENT_INVALID', `event does not match the transaction schema: ${problem}`);
     const txn = event as Transaction;
@@ -125,6 +130,46 @@ export class OnlinePredictor {
     } catch (err) {
       if (err instanceof PredictBudget) throw new PredictTimeout(finish(null, 'none', false, 'model_timeout'), this.deps.timeoutMs);
       if (isFabricError(err) && !err.retriable) return finish(null, 'none', false, 'model_error');
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * A recommendation for the user of an interaction, as the stream would make it at that event if it
+   * arrived now: user features as of the event, candidates and cross features from the user's window
+   * plus the event, item features as of its time; within the budget.
+   */
+  private async recommend(served: ServedModel, event: unknown, started: number): Promise<PredictResult> {
+    const problem = explainInvalid(interactionType, event);
+    if (problem) throw new FabricError('FABRIC_EVENT_INVALID', `event does not match the interaction schema: ${problem}`);
+    const ix = event as Interaction;
+    const [[at], histories] = await Promise.all([
+      readFeaturesAtEvents(this.deps.redis, this.deps.keyPrefix, userGroup, [{ entity: ix.user_id, eventId: ix.event_id, ts: ix.ts, raw: ix as unknown as Record<string, unknown> }]),
+      readUserHistories(this.deps.redis, this.deps.keyPrefix, new Map([[ix.user_id, ix.ts]])),
+    ]);
+    const history = [...(histories.get(ix.user_id) ?? [])];
+    const stored = history.find((e) => e.eventId === ix.event_id);
+    const offset = stored?.offset ?? Number.MAX_SAFE_INTEGER;
+    if (!stored) history.push({ eventId: ix.event_id, itemId: ix.item_id, action: ix.action, ts: ix.ts, offset });
+    history.sort((a, b) => a.ts - b.ts || a.offset - b.offset);
+    let timer: NodeJS.Timeout | undefined;
+    const budget = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new PredictBudget()), Math.max(0, this.deps.timeoutMs - (performance.now() - started)));
+    });
+    const base = { model: served.entry.name, version: served.entry.version, event_id: ix.event_id, features: {}, featuresExact: at!.exact, cached: false };
+    const finish = (r: { items: RecommendedItem[]; candidates: number; reasons: string[]; fallback: boolean; provider: string }): PredictResult => {
+      const result: PredictResult = { ...base, score: r.items[0]?.score ?? null, decision: r.items[0]?.item_id ?? 'none', reasons: r.reasons, fallback: r.fallback, provider: r.provider, items: r.items, candidates: r.candidates, latencyMs: Number((performance.now() - started).toFixed(3)) };
+      this.deps.metrics?.predictLatency.observe({ model: served.entry.name }, result.latencyMs / 1000);
+      this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, { event_id: ix.event_id, user_id: ix.user_id, model: result.model, version: result.version, provider: r.provider, event_ts: ix.ts, candidates: r.candidates, items: r.items, reasons: r.reasons, fallback: r.fallback, source_topic: 'online', source_partition: -1, source_offset: this.now(), origin: 'online' });
+      return result;
+    };
+    try {
+      const [answer] = await Promise.race([recommend(this.deps.redis, this.deps.keyPrefix, served, [{ userId: ix.user_id, ts: ix.ts, offset, user: at!.values }], new Map([[ix.user_id, history]])), budget]);
+      return finish(answer!);
+    } catch (err) {
+      if (err instanceof PredictBudget) throw new PredictTimeout(finish({ items: [], candidates: 0, reasons: ['fallback:model_timeout'], fallback: true, provider: 'none' }), this.deps.timeoutMs);
       throw err;
     } finally {
       clearTimeout(timer);

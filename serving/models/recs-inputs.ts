@@ -47,6 +47,8 @@ export const RECS_INPUT_SOURCES: readonly RecsInputSource[] = Object.freeze([
 
 /** One of the user's own interactions, with its position in the user group's input partition. */
 export interface RecsUserEvent {
+  /** The interaction's id, when known (online reads). */
+  readonly eventId?: string;
   readonly itemId: string;
   readonly action: 'view' | 'click' | 'purchase';
   readonly ts: number;

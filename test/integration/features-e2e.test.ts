@@ -314,5 +314,24 @@ describe('recommendations on the interactions stream (recs chained after feature
     // Within 1e-5 (the parity bound): ONNX Runtime's tree ensemble sums trees in another order for
     // other batch sizes, which moves float32 scores by an ulp and can flip the sixth decimal.
     want.forEach((score, i) => expect(Math.abs(data[i * probs.dims[1]! + entry.signature.positive_class_index]! - score)).toBeLessThanOrEqual(1e-5));
+
+    // POST /v1/predict/recs for interactions the stream already saw: the same candidates, user and cross
+    // features (item features are read now, the stream read them as of its own progress).
+    const userNames = new Set([...userGroup.featureNames, 'user_item_views_24h', 'user_item_clicks_24h', 'user_item_purchases_24h', 'user_item_seconds_since_last']);
+    for (const rec of recs.filter((r) => r.items.length > 0).slice(-5)) {
+      const me = all.find((e) => e.id === rec.event_id)!;
+      const res = await fetch(`${f.url}/v1/predict/recs`, { method: 'POST', headers: { authorization: 'Bearer dev-key' }, body: JSON.stringify(me.v) });
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { version: string; candidates: number; items: Recommendation['items']; reasons: string[] };
+      expect(body.version).toBe(entry.version);
+      expect(body.candidates).toBe(rec.candidates);
+      const streamItems = new Map(rec.items.map((i) => [i.item_id, i]));
+      for (const item of body.items) {
+        const same = streamItems.get(item.item_id);
+        if (!same) continue;
+        for (const n of userNames) expect(item.features[n], `${rec.event_id} ${item.item_id} ${n}`).toBe(same.features[n]);
+      }
+      expect(body.items.some((i) => streamItems.has(i.item_id))).toBe(true);
+    }
   });
 });
