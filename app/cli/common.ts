@@ -15,7 +15,7 @@ export function config(): FabricConfig {
 }
 
 export function cliLog(cfg: FabricConfig, quiet = false): Logger {
-  return createLogger({ logLevel: quiet ? 'warn' : cfg.logLevel });
+  return createLogger({ logLevel: quiet ? 'warn' : cfg.logLevel }, {}, { stderr: true });
 }
 
 export function positiveInt(name: string) {

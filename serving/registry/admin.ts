@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import type { Kafka } from 'kafkajs';
+import { basename, dirname, join } from 'node:path';
+import { Partitioners, type Kafka } from 'kafkajs';
 import type { ModelStage, ModelVersion } from '../../schemas/types.generated.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
@@ -9,7 +10,7 @@ import { FabricError, messageOf } from '../../topology/errors.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { readToEnd } from '../../topology/runtime/topic-reader.js';
 import type { Logger } from '../../topology/runtime/log.js';
-import { entryFor, entryKey, parseManifest, validateSignature, withStage, type RegisterOptions, type TaskInputs } from './entry.js';
+import { entryFor, entryKey, parseManifest, validateSignature, withStage, type Manifest, type RegisterOptions, type TaskInputs } from './entry.js';
 import { MODELS_TOPIC, MODEL_VERSION_SCHEMA, ModelRegistry, modelsSubject, productionOf, sortEntries } from './registry.js';
 import type { ModelStore } from './store.js';
 
@@ -72,7 +73,7 @@ export class RegistryAdmin {
       throw new FabricError('FABRIC_MODEL_INVALID', `artifact ${request.artifact}: ${err.message}`, { cause: err });
     });
     const manifestPath = request.manifest ?? (st.isDirectory() ? join(request.artifact, 'model.json') : join(dirname(request.artifact), 'model.json'));
-    const manifest = parseManifest(await readJson(manifestPath, 'manifest'), manifestPath);
+    const manifest = request.manifest || existsSync(manifestPath) ? parseManifest(await readJson(manifestPath, 'manifest'), manifestPath) : await this.inheritedManifest(request, st.isDirectory());
     const metrics = request.metricsFile ? await readJson(request.metricsFile, 'metrics') : undefined;
     const reference = request.referenceFile ? await readJson(request.referenceFile, 'reference profile') : undefined;
     const ref = await this.deps.store.put(request.artifact);
@@ -90,6 +91,28 @@ export class RegistryAdmin {
     await this.deps.verify?.(entry);
     await this.write([entry]);
     return { entry, created: true };
+  }
+
+  /**
+   * No manifest beside the artifact: a new version of a registered model inherits the signature,
+   * task, output, thresholds, parameters, owner and reference profile of its production version (else
+   * its latest); the load check then proves the new file takes the same inputs.
+   */
+  private async inheritedManifest(request: RegisterRequest, folder: boolean): Promise<Manifest> {
+    const name = request.name;
+    const mine = name ? (await this.entries()).filter((e) => e.name === name) : [];
+    const base = productionOf(mine, name ?? '') ?? mine.at(-1);
+    if (!name || !request.version || !base) throw new FabricError('FABRIC_MODEL_INVALID', `artifact ${request.artifact}: no model.json ${folder ? 'in the folder' : 'beside the file'} and no --manifest${name ? `, and model ${name} has no registered version to inherit a signature from` : ''}`);
+    const reference = JSON.parse(base.reference_json || '{}') as Record<string, unknown>;
+    return parseManifest({
+      name, version: request.version, task: base.task, file: folder ? 'model.onnx' : basename(request.artifact),
+      inputs: base.signature.inputs.map((i) => i.name), input_name: base.signature.input_name, output_name: base.signature.output_name,
+      positive_class_index: base.signature.positive_class_index, thresholds: base.thresholds,
+      ...(base.params.top_k ? { top_k: Number(base.params.top_k) } : {}), ...(base.params.max_candidates ? { max_candidates: Number(base.params.max_candidates) } : {}),
+      owner: base.owner, description: `inherited from ${base.name}@${base.version} (no manifest given)`,
+      signature: { inputs: base.signature.inputs.map((i) => ({ name: i.name, type: i.type, source: i.source, ...(i.group ? { group: i.group } : {}), missing: i.missing === 'default' ? { policy: 'default', value: i.default_value } : { policy: 'fallback' } })), output: { kind: base.signature.output_kind, positive_class_index: base.signature.positive_class_index, meaning: base.signature.output_meaning } },
+      reference,
+    }, `signature inherited from ${base.name}@${base.version}`);
   }
 
   /**
@@ -122,7 +145,7 @@ export class RegistryAdmin {
     const messages = entries.map((e) => ({ key: entryKey(e.name, e.version), value: writer.encode(e) }));
     // A transactional id of its own per write: the transaction makes one change atomic; two admins
     // (or fabric instances registering the demo models at once) must not fence each other.
-    const producer = this.deps.kafka.producer({ transactionalId: prefixed(this.deps.config, `fabric.registry-admin-${randomBytes(6).toString('hex')}`), idempotent: true, maxInFlightRequests: 1 });
+    const producer = this.deps.kafka.producer({ transactionalId: prefixed(this.deps.config, `fabric.registry-admin-${randomBytes(6).toString('hex')}`), idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
     await producer.connect();
     try {
       const tx = await producer.transaction();

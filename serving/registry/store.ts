@@ -75,6 +75,9 @@ export function checkExternalData(label: string, main: string, bytes: Uint8Array
   return locations;
 }
 
+/** Where a single-file model is kept in its artifact folder. */
+const CANONICAL_FILE = 'model.onnx';
+
 /** The local folder store: `<root>/sha256/<hex>/<files>`, written once (temp folder, then rename). */
 export class LocalModelStore implements ModelStore {
   readonly description: string;
@@ -113,7 +116,17 @@ export class LocalModelStore implements ModelStore {
     const mainBytes = contents.get(main)!;
     const locations = checkExternalData(label, main, mainBytes, new Set(names));
     // A folder's other files are kept only when the model refers to them (manifests and notes stay out).
-    const kept = st.isDirectory() ? files.filter((f) => f.path === main || locations.some((l) => normalize(join(main, '..', l)) === f.path)) : files;
+    let kept = st.isDirectory() ? files.filter((f) => f.path === main || locations.some((l) => normalize(join(main, '..', l)) === f.path)) : files;
+    // Store path -> source path. A model without external data is stored as model.onnx whatever its
+    // source name: its address is its bytes' hash, so the same bytes registered from another file name
+    // (a new version of the same model) find the same artifact.
+    const sources = new Map(kept.map((f) => [f.path, join(dir, f.path)]));
+    if (kept.length === 1) {
+      sources.clear();
+      sources.set(CANONICAL_FILE, join(dir, main));
+      kept = [{ ...kept[0]!, path: CANONICAL_FILE }];
+      main = CANONICAL_FILE;
+    }
     const ref: ArtifactRef = { sha256: sha256(mainBytes), size: mainBytes.length, uri: `store:sha256/${artifactAddress(main, kept)}`, file: main, files: kept };
     const target = this.folder(addressOf(ref));
     if (await exists(target)) {
@@ -125,7 +138,7 @@ export class LocalModelStore implements ModelStore {
     try {
       for (const f of kept) {
         await mkdir(join(tmp, f.path, '..'), { recursive: true });
-        await copyFile(join(dir, f.path), join(tmp, f.path));
+        await copyFile(sources.get(f.path)!, join(tmp, f.path));
       }
       await rename(tmp, target);
     } catch (err) {

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import avro from 'avsc';
 import * as ort from 'onnxruntime-node';
@@ -17,6 +19,7 @@ import type { ModelHandle } from '../../serving/engine/engine.js';
 import type { LiveModels } from '../../serving/models/live.js';
 import { demoModel } from '../shared/models.js';
 
+const execFileP = promisify(execFile);
 let f: TestFabric;
 let admin: RegistryAdmin;
 let unverified: RegistryAdmin;
@@ -224,5 +227,31 @@ describe('POST /v1/predict faults', () => {
     const missing = await new OnlinePredictor({ models: strictModels, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 }).predict('fraud', transaction(7001, { account_id: `new-${Date.now()}`, ts: Date.now() }));
     expect(missing).toMatchObject({ score: null, decision: 'review', reasons: ['fallback:features_missing'], fallback: true });
     expect(missing.features.seconds_since_last_txn).toBeNull();
+  });
+});
+
+describe('fabric models (the CLI an operator runs)', () => {
+  it('registers a bare model file under a new version (signature inherited), promotes it, and lists and shows it as JSON', async () => {
+    const env = { ...process.env, FABRIC_TOPIC_PREFIX: f.config.topicPrefix, FABRIC_REDIS_PREFIX: f.config.redisKeyPrefix, FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' };
+    const cli = async (...args: string[]): Promise<unknown> => JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'models', ...args, '--json'], { env, timeout: 120_000 })).stdout);
+    const bare = join(work, 'bare');
+    await import('node:fs/promises').then((fs) => fs.mkdir(bare, { recursive: true }));
+    await copyFile(join(FRAUD_DIR, 'model.onnx'), join(bare, 'fraud-v3.onnx'));
+    const registered = (await cli('register', '--name', 'fraud', '--version', '3.0.0', '--artifact', join(bare, 'fraud-v3.onnx'))) as ModelVersion & { created: boolean };
+    expect(registered).toMatchObject({ name: 'fraud', version: '3.0.0', stage: 'none', created: true, task: 'fraud' });
+    expect(registered.signature.inputs.map((i) => i.name)).toEqual(JSON.parse(await readFile(join(FRAUD_DIR, 'model.json'), 'utf8')).inputs);
+    // Stored under its bytes' address as model.onnx: the same artifact as 1.0.0's.
+    expect(registered.artifact).toMatchObject({ file: 'model.onnx', sha256: JSON.parse(await readFile(join(FRAUD_DIR, 'model.json'), 'utf8')).sha256 });
+    const changes = (await cli('promote', 'fraud@3.0.0', '--to', 'production', '--reason', 'cli test')) as ModelVersion[];
+    expect(changes.map((c) => [c.version, c.stage])).toContainEqual(['3.0.0', 'production']);
+    const list = (await cli('list')) as (ModelVersion & { load: string; serving: boolean })[];
+    expect(list.filter((e) => e.name === 'fraud' && e.stage === 'production').map((e) => e.version)).toEqual(['3.0.0']);
+    expect(list.find((e) => e.name === 'fraud' && e.version === 'broken-1')).toMatchObject({ load: 'failed' });
+    const shown = (await cli('show', 'fraud@3.0.0')) as ModelVersion;
+    expect(shown.stage_history.at(-1)).toMatchObject({ from: 'none', to: 'production', reason: 'cli test' });
+    // The CLI refuses bad input with a one-line reason and a non-zero exit.
+    const bad = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'models', 'promote', 'fraud@9.9.9', '--to', 'production'], { env, timeout: 60_000 }).then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(bad?.code).not.toBe(0);
+    expect(bad?.stderr).toMatch(/FABRIC_MODEL_UNKNOWN.*fraud@9\.9\.9 is not registered/);
   });
 });

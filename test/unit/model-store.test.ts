@@ -363,3 +363,20 @@ describe('LocalModelStore: content address', () => {
     expect(await onnxAdd((await store.fetch(refB)).path!, [0, 0])).toEqual([5, 6]);
   });
 });
+
+describe('LocalModelStore: single-file names', () => {
+  it('stores the same bytes from differently named files as one artifact, kept as model.onnx', async () => {
+    const bytes = await readFile(FRAUD_ONNX);
+    const dir = await mkdtemp(join(tmpdir(), 'fabric-names-'));
+    try {
+      await writeFile(join(dir, 'fraud-v2.onnx'), bytes);
+      const a = await store.put(FRAUD_ONNX);
+      const b = await store.put(join(dir, 'fraud-v2.onnx'));
+      expect(b).toEqual(a);
+      expect(b.file).toBe('model.onnx');
+      expect((await store.fetch(b)).bytes.equals(bytes)).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
