@@ -34,15 +34,12 @@
  * number of the simulator's item id, so rankings can break score ties by item id as serving does):
  *   tsx scripts/build-recs-training-set.ts <out.csv> [--seed 42] [--count 150000]
  */
-import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { resolve } from 'node:path';
 import { itemGroup, userGroup } from '../topology/features/groups.js';
 import { evaluate, featureEvent, type FeatureEvent, type FeatureValues } from '../topology/features/engine.js';
 import { RECS_INPUT_NAMES, RECS_MAX_CANDIDATES, recsCandidates, recsCrossFeatures, recsInputRow, type RecsCrossFeatures, type RecsUserEvent } from '../serving/models/recs-inputs.js';
 import { generateInteractions, type InteractionSimOptions } from '../sim/interactions.js';
-import { parseIntFlag } from './build-training-set.js';
+import { outPathArg, parseIntFlag, runIfMain, writeCsvLines } from './training-set-io.js';
 
 /** Event time of the training stream's start: fixed so the set depends only on seed and count. */
 export const RECS_TRAINING_START_TS = Date.UTC(2024, 0, 1);
@@ -263,32 +260,15 @@ export function itemNumber(itemId: string): number {
 
 /** Writes examples as CSV: `query`, `ts`, `item`, the input names, then `label`. */
 export async function writeRecsTrainingCsv(path: string, examples: Iterable<RecsExample>): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  const out = createWriteStream(path);
-  const done = new Promise<void>((ok, fail) => {
-    out.on('finish', ok);
-    out.on('error', fail);
-  });
-  out.write(`${['query', 'ts', 'item', ...RECS_INPUT_NAMES, 'label'].join(',')}\n`);
-  const chunk: string[] = [];
-  const flush = async (): Promise<void> => {
-    if (chunk.length === 0) return;
-    const ok = out.write(`${chunk.join('\n')}\n`);
-    chunk.length = 0;
-    if (!ok) await new Promise<void>((resume) => out.once('drain', () => resume()));
-  };
-  for (const e of examples) {
-    chunk.push(`${e.query},${e.ts},${itemNumber(e.itemId)},${e.row.join(',')},${e.label}`);
-    if (chunk.length === 5000) await flush();
-  }
-  await flush();
-  out.end();
-  await done;
+  await writeCsvLines(path, ['query', 'ts', 'item', ...RECS_INPUT_NAMES, 'label'], csvLines(examples));
+}
+
+function* csvLines(examples: Iterable<RecsExample>): Generator<string> {
+  for (const e of examples) yield `${e.query},${e.ts},${itemNumber(e.itemId)},${e.row.join(',')},${e.label}`;
 }
 
 async function main(args: string[]): Promise<void> {
-  const out = args.find((a, i) => !a.startsWith('--') && !(i > 0 && (args[i - 1] as string).startsWith('--')));
-  if (out === undefined) throw new Error('usage: build-recs-training-set.ts <out.csv> [--seed 42] [--count 150000]');
+  const out = outPathArg(args, 'usage: build-recs-training-set.ts <out.csv> [--seed 42] [--count 150000]');
   const seed = parseIntFlag(args, '--seed', 42);
   const count = parseIntFlag(args, '--count', RECS_TRAINING_COUNT);
   const stats = emptyRecsStats();
@@ -296,9 +276,4 @@ async function main(args: string[]): Promise<void> {
   console.log(`wrote ${stats.rows} rows (${stats.positives} positive) of ${stats.queries} queries (${stats.queriesWithPositive} with a positive, ${stats.censored} censored at the end) to ${out}`);
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    console.error(`build-recs-training-set: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, 'build-recs-training-set', main);

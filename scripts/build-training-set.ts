@@ -10,14 +10,12 @@
  *
  * CLI: tsx scripts/build-training-set.ts <out.csv> [--seed 42] [--count 200000]
  */
-import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { resolve } from 'node:path';
 import { accountGroup } from '../topology/features/groups.js';
 import { evaluate, featureEvent, type FeatureEvent } from '../topology/features/engine.js';
 import { FRAUD_INPUT_NAMES, fraudInputRow } from '../serving/models/fraud-inputs.js';
 import { generateTransactions, type TransactionSimOptions } from '../sim/transactions.js';
+import { outPathArg, parseIntFlag, runIfMain, writeCsvLines } from './training-set-io.js';
 
 /** Event time of the training stream's start: fixed so the set depends only on seed and count. */
 export const TRAINING_START_TS = Date.UTC(2024, 0, 1);
@@ -81,37 +79,15 @@ export function buildFraudTrainingSet(opts: FraudTrainingSetOptions): FraudTrain
 
 /** Writes the set as CSV: the input names, then `label`. */
 export async function writeFraudTrainingCsv(path: string, set: FraudTrainingSet): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  const out = createWriteStream(path);
-  const done = new Promise<void>((ok, fail) => {
-    out.on('finish', ok);
-    out.on('error', fail);
-  });
-  out.write(`${[...set.header, 'label'].join(',')}\n`);
-  const chunk: string[] = [];
-  for (let i = 0; i < set.rows.length; i++) {
-    chunk.push(`${(set.rows[i] as number[]).join(',')},${set.labels[i] as number}`);
-    if (chunk.length === 5000 || i === set.rows.length - 1) {
-      if (!out.write(`${chunk.join('\n')}\n`)) await new Promise<void>((ok) => out.once('drain', () => ok()));
-      chunk.length = 0;
-    }
-  }
-  out.end();
-  await done;
+  await writeCsvLines(path, [...set.header, 'label'], csvLines(set));
 }
 
-export function parseIntFlag(args: readonly string[], name: string, fallback: number): number {
-  const i = args.indexOf(name);
-  if (i < 0) return fallback;
-  const raw = args[i + 1];
-  const v = raw === undefined ? NaN : Number(raw);
-  if (!Number.isInteger(v) || v <= 0) throw new Error(`${name} needs a positive integer, got ${raw ?? 'nothing'}`);
-  return v;
+function* csvLines(set: FraudTrainingSet): Generator<string> {
+  for (let i = 0; i < set.rows.length; i++) yield `${(set.rows[i] as number[]).join(',')},${set.labels[i] as number}`;
 }
 
 async function main(args: string[]): Promise<void> {
-  const out = args.find((a, i) => !a.startsWith('--') && !(i > 0 && (args[i - 1] as string).startsWith('--')));
-  if (out === undefined) throw new Error('usage: build-training-set.ts <out.csv> [--seed 42] [--count 200000]');
+  const out = outPathArg(args, 'usage: build-training-set.ts <out.csv> [--seed 42] [--count 200000]');
   const seed = parseIntFlag(args, '--seed', 42);
   const count = parseIntFlag(args, '--count', 200_000);
   const set = buildFraudTrainingSet({ seed, count });
@@ -120,9 +96,4 @@ async function main(args: string[]): Promise<void> {
   console.log(`wrote ${set.rows.length} rows (${frauds} fraud) to ${out}`);
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    console.error(`build-training-set: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(1);
-  });
-}
+runIfMain(import.meta.url, 'build-training-set', main);

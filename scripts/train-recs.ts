@@ -2,7 +2,8 @@
  * `npm run train:recs`: builds the recs training set and trains + exports the model.
  *
  *   1. the Python venv at .stack/venv-train with scripts/requirements-train.txt (shared with
- *      `npm run train`; created once, reinstalled when the requirements file changes),
+ *      `npm run train` through scripts/train-venv.ts; created once, reinstalled when the requirements
+ *      file changes),
  *   2. the point-in-time training CSV at .stack/train/recs.csv (scripts/build-recs-training-set.ts)
  *      and its metadata (the signature's input sources, top-k, candidates cap, how the set was made),
  *   3. scripts/train_recs.py -> models/recs/model.onnx + models/recs/model.json, and the parity
@@ -11,49 +12,18 @@
  * Flags: --seed (default 42), --count (default 150000). PYTHON overrides the interpreter used to
  * create the venv (default python3). Exits non-zero with a one-line reason on failure.
  */
-import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { RECS_INPUT_SOURCES, RECS_MAX_CANDIDATES, RECS_TOP_K } from '../serving/models/recs-inputs.js';
 import { DEFAULT_ITEMS, DEFAULT_USERS } from '../sim/interactions.js';
-import { parseIntFlag } from './build-training-set.js';
 import { RECS_LABEL_HORIZON_MS, RECS_TRAINING_COUNT, RECS_TRAINING_RATE_PER_SEC, RECS_TRAINING_START_TS, emptyRecsStats, recsTrainingExamples, writeRecsTrainingCsv } from './build-recs-training-set.js';
+import { parseIntFlag, runIfMain } from './training-set-io.js';
+import { ROOT, TrainError, VENV_PYTHON, ensureVenv, run } from './train-venv.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const VENV = join(ROOT, '.stack', 'venv-train');
-const VENV_PYTHON = join(VENV, 'bin', 'python');
-const REQUIREMENTS = join(ROOT, 'scripts', 'requirements-train.txt');
-const STAMP = join(VENV, '.requirements.sha256');
 const CSV = join(ROOT, '.stack', 'train', 'recs.csv');
 const META = join(ROOT, '.stack', 'train', 'recs.meta.json');
 const OUT_DIR = join(ROOT, 'models', 'recs');
 const FIXTURE = join(ROOT, 'test', 'fixtures', 'parity', 'recs.json');
-
-class TrainError extends Error {}
-
-function run(cmd: string, args: string[], what: string): void {
-  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: 'inherit' });
-  if (r.error) throw new TrainError(`${what}: ${r.error.message}`);
-  if (r.status !== 0) throw new TrainError(`${what} failed (${r.signal ?? `exit ${r.status}`})`);
-}
-
-/** The same venv and stamp as scripts/train-fraud.ts. */
-function ensureVenv(): void {
-  const want = createHash('sha256').update(readFileSync(REQUIREMENTS)).digest('hex');
-  if (!existsSync(VENV_PYTHON)) {
-    const python = process.env.PYTHON ?? 'python3';
-    console.log(`creating ${relative(ROOT, VENV)} with ${python}`);
-    run(python, ['-m', 'venv', '--clear', VENV], `${python} -m venv`);
-  } else if (existsSync(STAMP) && readFileSync(STAMP, 'utf8').trim() === want) {
-    return;
-  }
-  console.log(`installing ${relative(ROOT, REQUIREMENTS)}`);
-  run(VENV_PYTHON, ['-m', 'pip', 'install', '--disable-pip-version-check', '--quiet', '-r', REQUIREMENTS], 'pip install');
-  run(VENV_PYTHON, ['-c', 'import numpy, sklearn, skl2onnx, onnx, onnxruntime'], 'checking the training venv');
-  writeFileSync(STAMP, `${want}\n`);
-}
 
 async function main(args: string[]): Promise<void> {
   const started = Date.now();
@@ -99,7 +69,4 @@ async function main(args: string[]): Promise<void> {
   console.log(`npm run train:recs: done in ${((Date.now() - started) / 1000).toFixed(1)}s`);
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
-  console.error(`train:recs: ${err instanceof Error ? err.message : String(err)}`);
-  process.exit(1);
-});
+runIfMain(import.meta.url, 'train:recs', main);

@@ -24,52 +24,32 @@ Usage: python scripts/train_fraud.py --csv .stack/train/fraud.csv --out-dir mode
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
-import os
-import sys
 import time
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-import skl2onnx
-import sklearn
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from train_common import (binary_signature, check_signature, csv_header, csv_matrix, export_model, fail, finish, manifest_head,
+                          manifest_tail, reference_profile)
 
 MODEL_NAME = "fraud"
 MODEL_VERSION = "1.0.0"
 RANDOM_STATE = 42
 VALIDATION_SHARE = 0.2
-# onnxruntime-node 1.22 (serving) loads these; pinning the opsets keeps the file stable across converters.
-TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 # Review: the lowest threshold whose alerts are at least this precise; block: far more certain.
 REVIEW_MIN_PRECISION = 0.5
 BLOCK_MIN_PRECISION = 0.95
+# Validation probabilities must differ by less than this (the parity fixture's limit is 1e-5: train_common.py).
 MAX_ONNX_DIFF = 1e-4
-# The parity fixture (test/unit/parity.test.ts) holds onnxruntime-node to 1e-5 of scikit-learn.
-MAX_FIXTURE_DIFF = 1e-5
-FIXTURE_ROWS = 200
-MISSING = -1.0
-
-
-def fail(msg: str) -> None:
-    print(f"train_fraud: {msg}", file=sys.stderr)
-    sys.exit(1)
 
 
 def load(path: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        header = next(csv.reader(f))
+    header = csv_header(path)
     if not header or header[-1] != "label":
         fail(f"{path}: last column must be 'label', got {header[-1:]}")
-    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    if data.shape[1] != len(header):
-        fail(f"{path}: {data.shape[1]} columns but {len(header)} names")
+    data = csv_matrix(path, header)
     x = data[:, :-1].astype(np.float32)
     y = data[:, -1].astype(np.int64)
     return header[:-1], x, y, data[:, :-1]
@@ -120,61 +100,6 @@ def choose_threshold(scores: np.ndarray, y: np.ndarray, min_precision: float) ->
     return mid
 
 
-def reference_profile(values: np.ndarray) -> dict:
-    """Decile profile for PSI: 9 inner cut points (deduplicated on ties), right-closed bins."""
-    values = values.astype(np.float64)
-    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
-    bins = np.searchsorted(edges, values, side="left")  # number of edges strictly below x
-    counts = np.bincount(bins, minlength=len(edges) + 1)
-    return {
-        "edges": [float(e) for e in edges],
-        "proportions": [float(c) / len(values) for c in counts],
-        "counts": [int(c) for c in counts],
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values)),
-        "count": int(len(values)),
-    }
-
-
-def parity_rows(x_va: np.ndarray, y_va: np.ndarray, x_all: np.ndarray, n: int = FIXTURE_ROWS) -> np.ndarray:
-    """Deterministic rows for the parity fixture (float32): half evenly spread validation rows, a fifth
-    positive validation rows, up to a tenth real rows with a missing (-1) input (from any split), and
-    the rest validation rows with 1, 2, 3, half or all of their inputs set to -1 (as train_recs.py)."""
-    rng = np.random.default_rng(RANDOM_STATE)
-
-    def spread(pool: np.ndarray, k: int) -> np.ndarray:
-        return pool[np.linspace(0, len(pool) - 1, min(k, len(pool))).astype(np.int64)] if len(pool) and k > 0 else pool[:0]
-
-    every = spread(np.arange(len(x_va)), n // 2)
-    positives = spread(np.flatnonzero(y_va == 1), n // 5)
-    real_missing = x_all[spread(np.flatnonzero(np.any(x_all == MISSING, axis=1)), n // 10)]
-    k = n - len(every) - len(positives) - len(real_missing)
-    synthetic = x_va[rng.choice(len(x_va), size=k, replace=False)].copy()
-    width = x_va.shape[1]
-    sizes = [1, 2, 3, max(1, width // 2), width]
-    for i, row in enumerate(synthetic):
-        row[rng.choice(width, size=sizes[i % len(sizes)], replace=False)] = MISSING
-    return np.concatenate([x_va[every], x_va[positives], real_missing, synthetic]).astype(np.float32)
-
-
-def write_fixture(path: str, name: str, sha256: str, rows: np.ndarray, sk: np.ndarray, ort_p: np.ndarray) -> None:
-    """The parity fixture: float32 inputs (printed exactly), scikit-learn's and onnxruntime's P(positive)."""
-    gap = float(np.max(np.abs(np.asarray(sk, dtype=np.float64) - np.asarray(ort_p, dtype=np.float64))))
-    if gap > MAX_FIXTURE_DIFF:
-        fail(f"parity fixture: onnxruntime differs from scikit-learn by {gap:.2e} (limit {MAX_FIXTURE_DIFF})")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    doc = {
-        "model": name,
-        "sha256": sha256,
-        "inputs": [[float(v) for v in r] for r in rows.astype(np.float32)],
-        "sklearn_proba": [float(p) for p in np.asarray(sk, dtype=np.float64)],
-        "onnxruntime_proba": [float(p) for p in np.asarray(ort_p, dtype=np.float64)],
-    }
-    with open(path, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.write("\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--csv", required=True)
@@ -192,8 +117,7 @@ def main() -> None:
     names, x, y, raw = load(args.csv)
     if args.expected_inputs is not None and names != args.expected_inputs.split(","):
         fail(f"CSV inputs {names} != expected {args.expected_inputs.split(',')}")
-    if names != [i["name"] for i in meta["signature_inputs"]]:
-        fail(f"CSV inputs {names} != signature {[i['name'] for i in meta['signature_inputs']]}")
+    check_signature(names, meta["signature_inputs"])
     n = len(y)
     row_ts = meta["row_ts"]
     if len(row_ts) != n:
@@ -231,55 +155,12 @@ def main() -> None:
     importances = sorted(zip(names, model.feature_importances_), key=lambda kv: -kv[1])
     print("  top inputs: " + ", ".join(f"{k} {v:.3f}" for k, v in importances[:6]))
 
-    onx = convert_sklearn(
-        model,
-        name=MODEL_NAME,
-        initial_types=[("input", FloatTensorType([None, len(names)]))],
-        options={id(model): {"zipmap": False}},
-        target_opset=TARGET_OPSET,
-    )
-    onx.doc_string = f"{MODEL_NAME} {MODEL_VERSION}: GradientBoostingClassifier over {','.join(names)}"
-    outputs = [o.name for o in onx.graph.output]
-    if [i.name for i in onx.graph.input] != ["input"] or outputs != ["label", "probabilities"]:
-        fail(f"unexpected ONNX signature: inputs {[i.name for i in onx.graph.input]}, outputs {outputs}")
-    onnx.checker.check_model(onx)
-    model_bytes = onx.SerializeToString()
-
-    sha256 = hashlib.sha256(model_bytes).hexdigest()
-    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    o_label, o_proba = sess.run(["label", "probabilities"], {"input": x_va})
-    diff = float(np.max(np.abs(o_proba - model.predict_proba(x_va))))
-    label_mismatch = int(np.sum(o_label != model.predict(x_va)))
-    print(f"onnxruntime vs scikit-learn on {len(y_va)} rows: max |dp| {diff:.2e}, label mismatches {label_mismatch}")
-    if diff >= MAX_ONNX_DIFF:
-        fail(f"ONNX probabilities differ from scikit-learn by {diff:.2e} (limit {MAX_ONNX_DIFF})")
-
-    os.makedirs(args.out_dir, exist_ok=True)
-    onnx_path = os.path.join(args.out_dir, "model.onnx")
-    with open(onnx_path, "wb") as f:
-        f.write(model_bytes)
+    ex = export_model(model, MODEL_NAME, MODEL_VERSION, names, x_va, MAX_ONNX_DIFF, args.out_dir, limit_passes=False)
     manifest = {
-        "name": MODEL_NAME,
-        "version": MODEL_VERSION,
-        "task": "fraud",
-        "sha256": sha256,
-        "format": "onnx",
-        "inputs": names,
-        "input_name": "input",
-        "output_name": "probabilities",
-        "label_output_name": "label",
-        "positive_class_index": 1,
-        "missing_value": -1,
+        **manifest_head(ex, "fraud"),
         "owner": "fraud-team",
         "description": "Scores a transaction by the probability that it is fraud; rules block or review it by the thresholds.",
-        "signature": {
-            "inputs": meta["signature_inputs"],
-            "output": {
-                "kind": "binary_probability",
-                "positive_class_index": 1,
-                "meaning": "probability the transaction is fraud",
-            },
-        },
+        "signature": binary_signature(meta["signature_inputs"], "probability the transaction is fraud"),
         "training": {
             "from_ts": int(row_ts[0]),
             "to_ts": int(row_ts[n_train - 1]),
@@ -304,7 +185,7 @@ def main() -> None:
             "train_fraud": int(y_tr.sum()),
             "validation_rows": int(len(y_va)),
             "validation_fraud": int(y_va.sum()),
-            "onnx_max_abs_diff": diff,
+            "onnx_max_abs_diff": ex.diff,
         },
         "estimator": {
             "type": "sklearn.ensemble.GradientBoostingClassifier",
@@ -314,33 +195,17 @@ def main() -> None:
             "random_state": RANDOM_STATE,
             "feature_importances": {k: float(v) for k, v in zip(names, model.feature_importances_)},
         },
-        "opset": {d.domain or "ai.onnx": d.version for d in onx.opset_import},
-        "libraries": {
-            "scikit-learn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "numpy": np.__version__,
-        },
-        "trained_on": {"seed": args.seed, "count": args.count, "generator": "sim/transactions.ts via scripts/build-training-set.ts"},
-        "reference": {
-            "amount": reference_profile(raw[n_train:, names.index("amount")]),  # float64, as in the events
-            "score": reference_profile(p_va),
-        },
-        "reference_info": {
-            "source": "validation split (amount: model input; score: positive-class probability)",
-            "binning": "bin i holds edges[i-1] < x <= edges[i] (bin 0: x <= edges[0]; last bin: x > edges[-1]); "
-                       "proportions has len(edges) + 1 entries; edges are deciles, deduplicated on ties",
-        },
+        **manifest_tail(
+            ex,
+            {"seed": args.seed, "count": args.count, "generator": "sim/transactions.ts via scripts/build-training-set.ts"},
+            {
+                "amount": reference_profile(raw[n_train:, names.index("amount")]),  # float64, as in the events
+                "score": reference_profile(p_va),
+            },
+            "validation split (amount: model input; score: positive-class probability)",
+        ),
     }
-    with open(os.path.join(args.out_dir, "model.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    fixture = parity_rows(x_va, y_va, x)
-    write_fixture(args.parity_fixture, MODEL_NAME, sha256, fixture, model.predict_proba(fixture)[:, 1],
-                  sess.run(["probabilities"], {"input": fixture})[0][:, 1])
-    print(f"wrote {onnx_path} ({len(model_bytes)} bytes, sha256 {sha256[:16]}...), model.json and "
-          f"{args.parity_fixture} ({len(fixture)} rows) in {time.time() - t0:.1f}s total")
+    finish(ex, manifest, args.parity_fixture, model, x_va, y_va, x, RANDOM_STATE, t0)
 
 
 if __name__ == "__main__":
