@@ -12,10 +12,10 @@ import type { Metrics } from '../topology/runtime/metrics.js';
 import { messageOf } from '../topology/errors.js';
 import { packagePath } from '../topology/paths.js';
 import { ServingEngine } from '../serving/engine/engine.js';
-import { LiveModels, type LoadStatus } from '../serving/models/live.js';
+import type { LoadStatus } from '../serving/models/live.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { RegistryAdmin } from '../serving/registry/admin.js';
-import { ModelRegistry, productionOf } from '../serving/registry/registry.js';
+import { productionOf } from '../serving/registry/registry.js';
 import { LocalModelStore, type ModelStore } from '../serving/registry/store.js';
 
 /** The demo models `npm start` registers (and promotes when no version of them is in production). */
@@ -94,4 +94,3 @@ export function recordLoadStatus(redis: Redis, config: Pick<FabricConfig, 'redis
   };
 }
 
-export { LiveModels, ModelRegistry, TASKS, FEATURE_GROUPS };

@@ -3,7 +3,7 @@ import avro from 'avsc';
 import type { Redis } from 'ioredis';
 import type { Interaction, ModelVersion, Prediction, Recommendation, RecommendedItem, Transaction } from '../schemas/types.generated.js';
 import { loadAvroSchema } from '../schemas/catalog.js';
-import { FabricError, isFabricError, messageOf } from '../topology/errors.js';
+import { FabricError, isFabricError } from '../topology/errors.js';
 import { accountGroup, userGroup } from '../topology/features/groups.js';
 import type { Metrics } from '../topology/runtime/metrics.js';
 import { readFeaturesAtEvents } from './features/online.js';
@@ -192,9 +192,7 @@ export class OnlinePredictor {
   }
 
   private record(entry: ModelVersion, txn: Transaction, r: PredictResult): void {
-    if (!this.deps.emit) return;
-    try {
-      this.deps.emit(`predictions.${entry.name}`, txn.account_id, {
+    this.deps.emit?.(`predictions.${entry.name}`, txn.account_id, {
         event_id: r.event_id,
         entity_id: txn.account_id,
         model: r.model,
@@ -211,9 +209,6 @@ export class OnlinePredictor {
         source_offset: this.now(),
         origin: 'online',
       });
-    } catch (err) {
-      void messageOf(err);
-    }
   }
 }
 

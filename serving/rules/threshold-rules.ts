@@ -1,10 +1,11 @@
+import type { ModelVersion } from '../../schemas/types.generated.js';
+
 /**
  * Serving rules for a scoring model: score thresholds give the decision; when no score can be had
  * the declared fallback decision applies, with the reason. On the stream path only deterministic
  * reasons occur (`features_late`, `features_missing` under a fallback policy, `model_error`);
  * `model_timeout` is for the synchronous predict API, which cannot retry a batch.
  */
-import type { ModelVersion } from '../../schemas/types.generated.js';
 
 export interface ThresholdRules {
   readonly block: number;
