@@ -55,9 +55,13 @@ async function loadReports(cfg: FabricConfig): Promise<Map<string, LoadReport[]>
   return out;
 }
 
-/** `loaded`, `failed: <why>`, `loading` or `-` (no instance tried it), from the instances' reports. */
-function loadSummary(reports: readonly LoadReport[] | undefined): { load: string; error?: string } {
-  if (!reports || reports.length === 0) return { load: '-' };
+/** Reports older than this are from instances long gone (the hash keeps one field per instance). */
+const REPORT_MAX_AGE_MS = 7 * 86_400_000;
+
+/** `loaded`, `failed: <why>`, `loading` or `-` (no instance tried it), from the instances' recent reports. */
+function loadSummary(all: readonly LoadReport[] | undefined): { load: string; error?: string } {
+  const reports = (all ?? []).filter((r) => Date.now() - r.at < REPORT_MAX_AGE_MS);
+  if (reports.length === 0) return { load: '-' };
   const failed = reports.filter((r) => r.state === 'failed');
   const loaded = reports.filter((r) => r.state === 'loaded');
   if (failed.length > 0 && failed.some((f) => !loaded.some((l) => l.at > f.at && l.instance === f.instance))) return { load: 'failed', error: failed.sort((a, b) => b.at - a.at)[0]!.error ?? '' };

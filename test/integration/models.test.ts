@@ -180,6 +180,11 @@ describe('promotion: hot swap while events flow', () => {
     expect(all.length).toBe(sent.length);
     expect(new Set(all.map((p) => p.event_id)).size).toBe(sent.length);
     expect(new Set(all.map((p) => p.version))).toEqual(new Set([before.version, next]));
+    for (const partition of new Set(all.map((p) => p.source_partition))) {
+      const versions = all.filter((p) => p.source_partition === partition).sort((x, y) => x.source_offset - y.source_offset).map((p) => p.version);
+      const firstNew = versions.indexOf(next);
+      if (firstNew >= 0) expect(versions.slice(firstNew).every((v) => v === next), `partition ${partition}: ${versions.join(',')}`).toBe(true);
+    }
     const entries = await admin.entries();
     expect(entries.find((e) => e.version === before.version && e.name === 'fraud')!.stage).toBe('archived');
     expect(entries.find((e) => e.version === next && e.name === 'fraud')!.stage_history.at(-1)).toMatchObject({ from: 'none', to: 'production', by: 'it', reason: 'hot swap test' });
