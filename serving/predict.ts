@@ -10,7 +10,8 @@ import { readFeaturesAtEvents } from './features/online.js';
 import { fraudInputValues } from './models/fraud-inputs.js';
 import type { LiveModels, ServedModel } from './models/live.js';
 import { vectorize } from './models/vector.js';
-import { readUserHistories, recommend } from './models/recommend.js';
+import { readUserHistories, recommend, type RecsAnswer } from './models/recommend.js';
+import { predictionRecord, recommendationRecord } from './models/records.js';
 import { parseModelRef } from './registry/entry.js';
 import { decide, rulesFor, type FallbackReason } from './rules/threshold-rules.js';
 
@@ -102,7 +103,7 @@ export class OnlinePredictor {
       const result: PredictResult = { ...base, score, decision: d.decision, reasons: d.reasons, fallback: d.fallback, provider, latencyMs: Number((performance.now() - started).toFixed(3)), cached };
       this.deps.metrics?.predictLatency.observe({ model: name }, result.latencyMs / 1000);
       if (d.fallback) this.deps.metrics?.scoringFallbacks.inc({ model: name, reason: reason ?? 'model_error' });
-      this.record(served.entry, txn, result);
+      this.deps.emit?.(`predictions.${name}`, txn.account_id, predictionRecord(served.entry, txn, score, d, provider, v.features, { kind: 'online', at: this.now() }));
       return result;
     };
     if (v.missing.length > 0) return finish(null, 'none', false, 'features_missing');
@@ -159,10 +160,10 @@ export class OnlinePredictor {
       timer = setTimeout(() => reject(new PredictBudget()), Math.max(0, this.deps.timeoutMs - (performance.now() - started)));
     });
     const base = { model: served.entry.name, version: served.entry.version, event_id: ix.event_id, features: {}, featuresExact: at!.exact, cached: false };
-    const finish = (r: { items: RecommendedItem[]; candidates: number; reasons: string[]; fallback: boolean; provider: string }): PredictResult => {
+    const finish = (r: RecsAnswer): PredictResult => {
       const result: PredictResult = { ...base, score: r.items[0]?.score ?? null, decision: r.items[0]?.item_id ?? 'none', reasons: r.reasons, fallback: r.fallback, provider: r.provider, items: r.items, candidates: r.candidates, latencyMs: Number((performance.now() - started).toFixed(3)) };
       this.deps.metrics?.predictLatency.observe({ model: served.entry.name }, result.latencyMs / 1000);
-      this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, { event_id: ix.event_id, user_id: ix.user_id, model: result.model, version: result.version, provider: r.provider, event_ts: ix.ts, candidates: r.candidates, items: r.items, reasons: r.reasons, fallback: r.fallback, source_topic: 'online', source_partition: -1, source_offset: this.now(), origin: 'online' });
+      this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, recommendationRecord(served.entry, ix, r, { kind: 'online', at: this.now() }));
       return result;
     };
     try {
@@ -191,25 +192,6 @@ export class OnlinePredictor {
     return `${this.deps.keyPrefix}pcache:${entry.name}@${entry.version}:${entry.artifact.sha256.slice(0, 12)}:${hash}`;
   }
 
-  private record(entry: ModelVersion, txn: Transaction, r: PredictResult): void {
-    this.deps.emit?.(`predictions.${entry.name}`, txn.account_id, {
-        event_id: r.event_id,
-        entity_id: txn.account_id,
-        model: r.model,
-        version: r.version,
-        score: r.score,
-        decision: r.decision,
-        reasons: [...r.reasons],
-        fallback: r.fallback,
-        provider: r.provider,
-        event_ts: txn.ts,
-        features: r.features,
-        source_topic: 'online',
-        source_partition: -1,
-        source_offset: this.now(),
-        origin: 'online',
-      });
-  }
 }
 
 class PredictBudget extends Error {}

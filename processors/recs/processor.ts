@@ -2,13 +2,14 @@ import type { Redis } from 'ioredis';
 import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
-import type { Interaction, Recommendation } from '../../schemas/types.generated.js';
+import type { Interaction } from '../../schemas/types.generated.js';
 import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import { userGroup } from '../../topology/features/groups.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { readUserHistories, recommend, type RecsQuery } from '../../serving/models/recommend.js';
 import type { RecsUserEvent } from '../../serving/models/recs-inputs.js';
+import { recommendationRecord } from '../../serving/models/records.js';
 import type { ServingModels } from '../scoring/processor.js';
 
 export interface RecsProcessorOptions {
@@ -89,26 +90,9 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
       const answers = await recommend(options.redis, options.keyPrefix, served, chunk.map((p) => p.query), histories, (err) => ctx.log.warn({ err: err.message }, 'recs model run failed; fallback'));
       chunk.forEach(({ record, event }, i) => {
         const a = answers[i]!;
-        const rows = a.items.length;
-        if (rows > 0) options.metrics?.scoringRows.inc({ model: modelName, provider: a.provider }, a.candidates);
         if (a.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: a.reasons[0]!.replace('fallback:', '') });
-        const rec: Recommendation = {
-          event_id: event.event_id,
-          user_id: event.user_id,
-          model: served.entry.name,
-          version: served.entry.version,
-          provider: a.provider,
-          event_ts: event.ts,
-          candidates: a.candidates,
-          items: a.items,
-          reasons: a.reasons,
-          fallback: a.fallback,
-          source_topic: record.topic,
-          source_partition: record.partition,
-          source_offset: Number(record.offset),
-          origin: 'stream',
-        };
-        outputs.push(emit(outputTopic, event.user_id, rec, record));
+        const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
+        outputs.push(emit(outputTopic, event.user_id, recommendationRecord(served.entry, event, a, origin), record));
       });
     }
     return outputs;

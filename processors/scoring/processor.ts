@@ -1,7 +1,6 @@
 import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
-import type { Prediction } from '../../schemas/types.generated.js';
 import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
@@ -9,6 +8,7 @@ import { splitTransactions } from '../shared/validate.js';
 import { decide, rulesFor, type FallbackReason } from '../../serving/rules/threshold-rules.js';
 import { ACCOUNT_FEATURE_NAMES, fraudInputValues } from '../../serving/models/fraud-inputs.js';
 import { vectorize } from '../../serving/models/vector.js';
+import { predictionRecord } from '../../serving/models/records.js';
 import type { ServedModel } from '../../serving/models/live.js';
 
 /** Where scoring gets the serving version of its model, per batch (LiveModels in the fabric). */
@@ -101,11 +101,9 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     let provider = 'none';
     let modelFailure: FallbackReason | undefined;
     if (rows.length > 0) {
-      const started = performance.now();
+      // The engine counts the rows and times the runs (fabric_serving_*), by model, version and provider.
       try {
         ({ scores, provider } = await model.score(rows));
-        options.metrics?.scoringRunSeconds.observe({ model: modelName }, (performance.now() - started) / 1000);
-        options.metrics?.scoringRows.inc({ model: modelName, provider }, rows.length);
       } catch (err) {
         // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
         // fallback a clean run would not have produced.
@@ -120,24 +118,8 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
       const score = reason ? null : Number(scores![row]!.toFixed(6));
       const decision = decide(rules, score, reason);
       if (decision.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: reason ?? 'model_error' });
-      const prediction: Prediction = {
-        event_id: txn.event_id,
-        entity_id: txn.account_id,
-        model: entry.name,
-        version: entry.version,
-        score,
-        decision: decision.decision,
-        reasons: decision.reasons,
-        fallback: decision.fallback,
-        provider: reason ? 'none' : provider,
-        event_ts: txn.ts,
-        features,
-        source_topic: record.topic,
-        source_partition: record.partition,
-        source_offset: Number(record.offset),
-        origin: 'stream',
-      };
-      outputs.push(emit(outputTopic, txn.account_id, prediction, record));
+      const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
+      outputs.push(emit(outputTopic, txn.account_id, predictionRecord(entry, txn, score, decision, reason ? 'none' : provider, features, origin), record));
     }
     return outputs;
   }

@@ -90,7 +90,7 @@ async function totals(metrics: Metrics): Promise<Totals> {
   for (const v of (await metrics.processorRecords.get()).values) entry(String(v.labels.processor)).records += v.value;
   let modelSeconds = 0;
   let modelRuns = 0;
-  for (const v of (await metrics.scoringRunSeconds.get()).values) {
+  for (const v of (await metrics.servingRunSeconds.get()).values) {
     if (v.metricName?.endsWith('_sum')) modelSeconds += v.value;
     else if (v.metricName?.endsWith('_count')) modelRuns += v.value;
   }

@@ -24,9 +24,7 @@ export class Metrics {
   readonly processorRestarts = new Counter({ name: 'fabric_processor_restarts_total', help: 'Consumer restarts after unexpected failures, by processor.', labelNames: ['processor'] as const, registers: [this.registry] });
   readonly processorLag = new Gauge({ name: 'fabric_processor_lag_records', help: 'Offset lag of the last batch, by processor/topic/partition.', labelNames: ['processor', 'topic', 'partition'] as const, registers: [this.registry] });
 
-  readonly scoringRows = new Counter({ name: 'fabric_scoring_rows_total', help: 'Rows scored, by model and provider.', labelNames: ['model', 'provider'] as const, registers: [this.registry] });
   readonly scoringFallbacks = new Counter({ name: 'fabric_scoring_fallbacks_total', help: 'Fallback decisions by model and reason.', labelNames: ['model', 'reason'] as const, registers: [this.registry] });
-  readonly scoringRunSeconds = new Histogram({ name: 'fabric_scoring_run_duration_seconds', help: 'Model run duration per micro-batch.', labelNames: ['model'] as const, buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5], registers: [this.registry] });
 
   readonly servingRows = new Counter({ name: 'fabric_serving_rows_total', help: 'Rows scored by the serving engine, by model, version and execution provider.', labelNames: ['model', 'version', 'provider'] as const, registers: [this.registry] });
   readonly servingBatchRows = new Histogram({ name: 'fabric_serving_batch_rows', help: 'Rows per ONNX run (micro-batch size), by model.', labelNames: ['model'] as const, buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [this.registry] });

@@ -1,0 +1,50 @@
+import type { Interaction, ModelVersion, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
+import type { Decision } from '../rules/threshold-rules.js';
+import type { RecsAnswer } from './recommend.js';
+
+/**
+ * Where a prediction came from: the input record the stream scored, or an online request (no
+ * record: partition -1, and the request's instant as its offset).
+ */
+export type Origin = { readonly kind: 'stream'; readonly topic: string; readonly partition: number; readonly offset: number } | { readonly kind: 'online'; readonly at: number };
+
+function source(origin: Origin): Pick<Prediction, 'source_topic' | 'source_partition' | 'source_offset' | 'origin'> {
+  return origin.kind === 'stream'
+    ? { source_topic: origin.topic, source_partition: origin.partition, source_offset: origin.offset, origin: 'stream' }
+    : { source_topic: 'online', source_partition: -1, source_offset: origin.at, origin: 'online' };
+}
+
+/** The prediction record (its lineage) of a scored transaction: one shape for the stream and predict. */
+export function predictionRecord(entry: ModelVersion, txn: Transaction, score: number | null, decision: Decision, provider: string, features: Record<string, number | null>, origin: Origin): Prediction {
+  return {
+    event_id: txn.event_id,
+    entity_id: txn.account_id,
+    model: entry.name,
+    version: entry.version,
+    score,
+    decision: decision.decision,
+    reasons: [...decision.reasons],
+    fallback: decision.fallback,
+    provider,
+    event_ts: txn.ts,
+    features,
+    ...source(origin),
+  };
+}
+
+/** The recommendation record of an interaction: one shape for the stream and predict. */
+export function recommendationRecord(entry: ModelVersion, ix: Pick<Interaction, 'event_id' | 'user_id' | 'ts'>, answer: RecsAnswer, origin: Origin): Recommendation {
+  return {
+    event_id: ix.event_id,
+    user_id: ix.user_id,
+    model: entry.name,
+    version: entry.version,
+    provider: answer.provider,
+    event_ts: ix.ts,
+    candidates: answer.candidates,
+    items: answer.items,
+    reasons: answer.reasons,
+    fallback: answer.fallback,
+    ...source(origin),
+  };
+}
