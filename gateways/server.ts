@@ -106,18 +106,26 @@ export class Gateway {
     this.app.any('/*', (res, req) => replyError(res, new FabricError('FABRIC_HTTP_NOT_FOUND', `no route for ${req.getMethod().toUpperCase()} ${req.getUrl()}`)));
   }
 
+  /**
+   * The one way a route answers after an await: onAborted registered first, metrics by route and
+   * status, nothing written to an aborted response.
+   */
+  private responder(res: uWS.HttpResponse, route: string, started: number): (status: number, body: unknown, headers?: Record<string, string>) => void {
+    const state = watch(res);
+    return (status, body, headers = {}) => {
+      this.deps.metrics.gatewayRequests.inc({ route, status: String(status) });
+      this.deps.metrics.gatewayLatency.observe({ route }, (performance.now() - started) / 1000);
+      if (!state.aborted) reply(res, status, body, headers);
+    };
+  }
+
   private postEvents(res: uWS.HttpResponse, req: uWS.HttpRequest): void {
     const started = performance.now();
     const stream = req.getParameter(0) ?? '';
     const auth = req.getHeader('authorization');
     const contentType = req.getHeader('content-type') || undefined;
     const declared = Number(req.getHeader('content-length') || '0');
-    const state = watch(res);
-    const finish = (status: number, body: unknown, headers: Record<string, string> = {}): void => {
-      this.deps.metrics.gatewayRequests.inc({ route: 'events', status: String(status) });
-      this.deps.metrics.gatewayLatency.observe({ route: 'events' }, (performance.now() - started) / 1000);
-      if (!state.aborted) reply(res, status, body, headers);
-    };
+    const finish = this.responder(res, 'events', started);
     const fail = (err: unknown): void => {
       const e = toFabricError(err);
       if (e.status >= 500) this.deps.log.warn({ code: e.code, err: e.message, stream }, 'ingest failed');
@@ -155,12 +163,7 @@ export class Gateway {
     const started = performance.now();
     const model = decodeURIComponent(req.getParameter(0) ?? '');
     const auth = req.getHeader('authorization');
-    const state = watch(res);
-    const finish = (status: number, body: unknown, headers: Record<string, string> = {}): void => {
-      this.deps.metrics.gatewayRequests.inc({ route: 'predict', status: String(status) });
-      this.deps.metrics.gatewayLatency.observe({ route: 'predict' }, (performance.now() - started) / 1000);
-      if (!state.aborted) reply(res, status, body, headers);
-    };
+    const finish = this.responder(res, 'predict', started);
     const fail = (err: unknown): void => {
       if (err instanceof PredictTimeout) return finish(504, { error: err.toJSON(), ...err.result });
       const e = isFabricError(err) ? err : new FabricError('FABRIC_MODEL_UNAVAILABLE', messageOf(err), { cause: err });

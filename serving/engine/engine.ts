@@ -86,6 +86,8 @@ export interface WorkerSlot {
 }
 
 interface Request {
+  /** Owned by the engine (built by score()): a lone request's buffer is transferred as it is. */
+  readonly owned: boolean;
   readonly rows: Float32Array;
   readonly n: number;
   readonly enqueued: number;
@@ -478,22 +480,26 @@ export class ModelHandle {
       if (row.length !== this.width) return Promise.reject(new FabricError('FABRIC_MODEL_INVALID', `row ${i} has ${row.length} inputs, model ${this.key} takes ${this.width}`));
       flat.set(row, i * this.width);
     }
-    return this.scoreFlat(flat, rows.length);
+    return this.scoreRows(flat, rows.length, true);
   }
 
-  /** As `score`, with rows already flat (row-major Float32Array of n * width). */
-  async scoreFlat(flat: Float32Array, n: number): Promise<ScoreResult> {
+  /** As `score`, with rows already flat (row-major Float32Array of n * width); the caller keeps its array. */
+  scoreFlat(flat: Float32Array, n: number): Promise<ScoreResult> {
+    return this.scoreRows(flat, n, false);
+  }
+
+  private async scoreRows(flat: Float32Array, n: number, owned: boolean): Promise<ScoreResult> {
     if (this.retired) throw this.retired;
     if (n === 0) return { scores: new Float32Array(0), provider: this.provider };
     if (flat.length !== n * this.width) throw new FabricError('FABRIC_MODEL_INVALID', `model ${this.key}: ${flat.length} values are not ${n} rows of ${this.width}`);
     // A request larger than the bound alone is admitted into an empty queue (its caller holds those rows anyway).
     if (this.queuedRows > 0 && this.queuedRows + n > this.maxQueuedRows) throw new FabricError('FABRIC_MODEL_OVERLOADED', `model ${this.key}: ${this.queuedRows} rows already wait for a batch (limit ${this.maxQueuedRows})`);
-    if (n <= this.maxBatch) return this.enqueue(flat, n);
+    if (n <= this.maxBatch) return this.enqueue(flat, n, owned);
     // Larger than a batch: chunks run in parallel on the workers, scores joined in order.
     const parts: Promise<ScoreResult>[] = [];
     for (let start = 0; start < n; start += this.maxBatch) {
       const m = Math.min(this.maxBatch, n - start);
-      parts.push(this.enqueue(flat.subarray(start * this.width, (start + m) * this.width), m));
+      parts.push(this.enqueue(flat.subarray(start * this.width, (start + m) * this.width), m, false));
     }
     const results = await Promise.all(parts);
     const scores = new Float32Array(n);
@@ -505,9 +511,9 @@ export class ModelHandle {
     return { scores, provider: results[0]!.provider };
   }
 
-  private enqueue(rows: Float32Array, n: number): Promise<ScoreResult> {
+  private enqueue(rows: Float32Array, n: number, owned: boolean): Promise<ScoreResult> {
     return new Promise<ScoreResult>((resolve, reject) => {
-      this.queue.push({ rows, n, enqueued: performance.now(), resolve, reject });
+      this.queue.push({ owned, rows, n, enqueued: performance.now(), resolve, reject });
       this.queuedRows += n;
       this.pump();
     });
@@ -567,12 +573,16 @@ export class ModelHandle {
 
   private dispatch(slot: WorkerSlot, batch: Request[], n: number): void {
     const width = this.width;
-    // A buffer of the batch's own: it is transferred to a worker thread (the callers keep theirs).
-    const rows = new Float32Array(n * width);
-    let at = 0;
-    for (const r of batch) {
-      rows.set(r.rows, at);
-      at += r.rows.length;
+    // The run's buffer is transferred to a worker thread: a lone request's own buffer when the engine
+    // built it, else a copy (callers keep their arrays; views of one array cannot be transferred apart).
+    const lone = batch.length === 1 && batch[0]!.owned;
+    const rows = lone ? batch[0]!.rows : new Float32Array(n * width);
+    if (!lone) {
+      let at = 0;
+      for (const r of batch) {
+        rows.set(r.rows, at);
+        at += r.rows.length;
+      }
     }
     this.inFlight++;
     const started = performance.now();
