@@ -72,11 +72,10 @@ export async function ensureDemoModels(admin: RegistryAdmin, config: FabricConfi
   for (const name of DEMO_MODELS) {
     const dir = packagePath(`${config.modelsDir}/${name}`);
     if (!existsSync(`${dir}/model.json`)) continue;
-    const { entry, created } = await admin.register({ artifact: dir, registeredBy: 'fabric start' });
+    const { entry, created, entries } = await admin.register({ artifact: dir, registeredBy: 'fabric start' });
     if (created) log.info({ model: name, version: entry.version }, 'demo model registered');
-    const entries = await admin.entries();
     if (!productionOf(entries, name)) {
-      await admin.promote(name, entry.version, 'production', 'fabric start', 'demo model: nothing of it was in production');
+      await admin.promote(name, entry.version, 'production', 'fabric start', 'demo model: nothing of it was in production', entries);
       log.info({ model: name, version: entry.version }, 'demo model promoted to production');
     }
   }

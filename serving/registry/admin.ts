@@ -68,12 +68,14 @@ export class RegistryAdmin {
     return sortEntries([...byKey.values()]);
   }
 
-  async register(request: RegisterRequest): Promise<{ entry: ModelVersion; created: boolean }> {
+  /** Registers a version; `entries` is the registry as it stands after (one read of the topic per call). */
+  async register(request: RegisterRequest): Promise<{ entry: ModelVersion; created: boolean; entries: ModelVersion[] }> {
     const st = await stat(request.artifact).catch((err: Error) => {
       throw new FabricError('FABRIC_MODEL_INVALID', `artifact ${request.artifact}: ${err.message}`, { cause: err });
     });
     const manifestPath = request.manifest ?? (st.isDirectory() ? join(request.artifact, 'model.json') : join(dirname(request.artifact), 'model.json'));
-    const manifest = request.manifest || existsSync(manifestPath) ? parseManifest(await readJson(manifestPath, 'manifest'), manifestPath) : await this.inheritedManifest(request, st.isDirectory());
+    const known = await this.entries();
+    const manifest = request.manifest || existsSync(manifestPath) ? parseManifest(await readJson(manifestPath, 'manifest'), manifestPath) : inheritedManifest(request, st.isDirectory(), known);
     const metrics = request.metricsFile ? await readJson(request.metricsFile, 'metrics') : undefined;
     const reference = request.referenceFile ? await readJson(request.referenceFile, 'reference profile') : undefined;
     const ref = await this.deps.store.put(request.artifact);
@@ -83,45 +85,23 @@ export class RegistryAdmin {
       throw new FabricError('FABRIC_MODEL_INVALID', `model ${entry.name}@${entry.version}: the signature's inputs differ from the manifest's input order`);
     }
     validateSignature(entry, this.deps.tasks, this.deps.groups);
-    const existing = (await this.entries()).find((e) => e.name === entry.name && e.version === entry.version);
+    const existing = known.find((e) => e.name === entry.name && e.version === entry.version);
     if (existing) {
       if (existing.artifact.sha256 !== entry.artifact.sha256) throw new FabricError('FABRIC_REGISTRY_CONFLICT', `model ${entry.name}@${entry.version} is already registered with artifact ${existing.artifact.sha256}; register new bytes under a new version`);
-      return { entry: existing, created: false };
+      return { entry: existing, created: false, entries: known };
     }
     await this.deps.verify?.(entry);
     await this.write([entry]);
-    return { entry, created: true };
-  }
-
-  /**
-   * No manifest beside the artifact: a new version of a registered model inherits the signature,
-   * task, output, thresholds, parameters, owner and reference profile of its production version (else
-   * its latest); the load check then proves the new file takes the same inputs.
-   */
-  private async inheritedManifest(request: RegisterRequest, folder: boolean): Promise<Manifest> {
-    const name = request.name;
-    const mine = name ? (await this.entries()).filter((e) => e.name === name) : [];
-    const base = productionOf(mine, name ?? '') ?? mine.at(-1);
-    if (!name || !request.version || !base) throw new FabricError('FABRIC_MODEL_INVALID', `artifact ${request.artifact}: no model.json ${folder ? 'in the folder' : 'beside the file'} and no --manifest${name ? `, and model ${name} has no registered version to inherit a signature from` : ''}`);
-    const reference = JSON.parse(base.reference_json || '{}') as Record<string, unknown>;
-    return parseManifest({
-      name, version: request.version, task: base.task, file: folder ? 'model.onnx' : basename(request.artifact),
-      inputs: base.signature.inputs.map((i) => i.name), input_name: base.signature.input_name, output_name: base.signature.output_name,
-      positive_class_index: base.signature.positive_class_index, thresholds: base.thresholds,
-      ...(base.params.top_k ? { top_k: Number(base.params.top_k) } : {}), ...(base.params.max_candidates ? { max_candidates: Number(base.params.max_candidates) } : {}),
-      owner: base.owner, description: `inherited from ${base.name}@${base.version} (no manifest given)`,
-      signature: { inputs: base.signature.inputs.map((i) => ({ name: i.name, type: i.type, source: i.source, ...(i.group ? { group: i.group } : {}), missing: i.missing === 'default' ? { policy: 'default', value: i.default_value } : { policy: 'fallback' } })), output: { kind: base.signature.output_kind, positive_class_index: base.signature.positive_class_index, meaning: base.signature.output_meaning } },
-      reference,
-    }, `signature inherited from ${base.name}@${base.version}`);
+    return { entry, created: true, entries: sortEntries([...known, entry]) };
   }
 
   /**
    * Moves a version to a stage. To production: the previous production version goes to archived in
    * the same transaction. Archived versions can be promoted again (a rollback).
    */
-  async promote(name: string, version: string, to: ModelStage, by: string, reason = ''): Promise<ModelVersion[]> {
+  async promote(name: string, version: string, to: ModelStage, by: string, reason = '', known?: readonly ModelVersion[]): Promise<ModelVersion[]> {
     if (!STAGES.includes(to) || to === 'none') throw new FabricError('FABRIC_CLI_USAGE', `stage ${JSON.stringify(to)} is not staging, production or archived`);
-    const entries = await this.entries();
+    const entries = known ?? (await this.entries());
     const entry = entries.find((e) => e.name === name && e.version === version);
     if (!entry) {
       const known = entries.filter((e) => e.name === name).map((e) => e.version);
@@ -164,6 +144,28 @@ export class RegistryAdmin {
 }
 
 export { sortEntries };
+
+/**
+ * No manifest beside the artifact: a new version of a registered model inherits the signature,
+ * task, output, thresholds, parameters, owner and reference profile of its production version (else
+ * its latest); the load check then proves the new file takes the same inputs.
+ */
+function inheritedManifest(request: RegisterRequest, folder: boolean, known: readonly ModelVersion[]): Manifest {
+  const name = request.name;
+  const mine = name ? known.filter((e) => e.name === name) : [];
+  const base = productionOf(mine, name ?? '') ?? mine.at(-1);
+  if (!name || !request.version || !base) throw new FabricError('FABRIC_MODEL_INVALID', `artifact ${request.artifact}: no model.json ${folder ? 'in the folder' : 'beside the file'} and no --manifest${name ? `, and model ${name} has no registered version to inherit a signature from` : ''}`);
+  const reference = JSON.parse(base.reference_json || '{}') as Record<string, unknown>;
+  return parseManifest({
+    name, version: request.version, task: base.task, file: folder ? 'model.onnx' : basename(request.artifact),
+    inputs: base.signature.inputs.map((i) => i.name), input_name: base.signature.input_name, output_name: base.signature.output_name,
+    positive_class_index: base.signature.positive_class_index, thresholds: base.thresholds,
+    ...(base.params.top_k ? { top_k: Number(base.params.top_k) } : {}), ...(base.params.max_candidates ? { max_candidates: Number(base.params.max_candidates) } : {}),
+    owner: base.owner, description: `inherited from ${base.name}@${base.version} (no manifest given)`,
+    signature: { inputs: base.signature.inputs.map((i) => ({ name: i.name, type: i.type, source: i.source, ...(i.group ? { group: i.group } : {}), missing: i.missing === 'default' ? { policy: 'default', value: i.default_value } : { policy: 'fallback' } })), output: { kind: base.signature.output_kind, positive_class_index: base.signature.positive_class_index, meaning: base.signature.output_meaning } },
+    reference,
+  }, `signature inherited from ${base.name}@${base.version}`);
+}
 
 async function readJson(path: string, what: string): Promise<unknown> {
   let text: string;

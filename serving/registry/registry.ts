@@ -29,7 +29,8 @@ export class ModelRegistry {
   private consumer: Consumer | null = null;
   private groupId = '';
   private caughtUp: Promise<void> | null = null;
-  private warnedUndecodable = 0;
+  /** Keys already warned about: a compacted topic replays the same old record on every read. */
+  private readonly undecodable = new Set<string>();
 
   constructor(
     private readonly kafka: Kafka,
@@ -86,7 +87,8 @@ export class ModelRegistry {
       entry = this.serde.decode<ModelVersion>(value);
       if (typeof entry?.name !== 'string' || entryKey(entry.name, entry.version) !== key) throw new Error(`record key ${key} does not name ${entry?.name}@${entry?.version}`);
     } catch (err) {
-      if (this.warnedUndecodable++ < 10) this.log.warn({ key, err: messageOf(err) }, 'skipping a _fabric.models record that is not a model version');
+      if (!this.undecodable.has(key) && this.undecodable.size < 10) this.log.warn({ key, err: messageOf(err) }, 'skipping a _fabric.models record that is not a model version (a registration from before the registry, or a newer schema)');
+      this.undecodable.add(key);
       return;
     }
     const previous = this.entries.get(key);

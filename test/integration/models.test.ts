@@ -18,6 +18,7 @@ import { OnlinePredictor, PredictTimeout } from '../../serving/predict.js';
 import type { ModelHandle } from '../../serving/engine/engine.js';
 import type { LiveModels } from '../../serving/models/live.js';
 import { demoModel } from '../shared/models.js';
+import { flatMetrics } from '../../serving/registry/entry.js';
 
 const execFileP = promisify(execFile);
 let f: TestFabric;
@@ -79,7 +80,7 @@ describe('the model registry on _fabric.models', () => {
     const entries = await admin.entries();
     const fraud = entries.find((e) => e.name === 'fraud' && e.stage === 'production')!;
     expect(fraud).toBeDefined();
-    const manifest = JSON.parse(await readFile(join(FRAUD_DIR, 'model.json'), 'utf8')) as { sha256: string; inputs: string[]; version: string };
+    const manifest = JSON.parse(await readFile(join(FRAUD_DIR, 'model.json'), 'utf8')) as { sha256: string; inputs: string[]; version: string; owner: string; metrics: unknown; training: { from_ts: number; to_ts: number } };
     expect(fraud.version).toBe(manifest.version);
     expect(fraud.artifact.sha256).toBe(manifest.sha256);
     expect(fraud.signature.inputs.map((i) => i.name)).toEqual(manifest.inputs);
@@ -87,6 +88,11 @@ describe('the model registry on _fabric.models', () => {
     expect(fraud.stage_history.map((c) => [c.from, c.to])).toEqual([['none', 'production']]);
     expect(Object.keys(fraud.metrics).length).toBeGreaterThan(0);
     expect(fraud.owner).not.toBe('');
+    // The values themselves: the manifest's metrics (numeric leaves), owner and training range.
+    expect(fraud.metrics).toEqual(flatMetrics(manifest.metrics));
+    expect(JSON.parse(fraud.metrics_json)).toEqual(manifest.metrics);
+    expect(fraud.owner).toBe(manifest.owner);
+    expect(fraud.training).toMatchObject({ from_ts: manifest.training.from_ts, to_ts: manifest.training.to_ts });
   });
 
   it('refuses a version registered again with other bytes, a signature asking for an undefined feature, and a corrupt artifact', async () => {
