@@ -10,6 +10,8 @@ import { featuresProcessor } from '../processors/features/processor.js';
 import { scoringProcessor } from '../processors/scoring/processor.js';
 import { recsProcessor } from '../processors/recs/processor.js';
 import type { LiveModels } from '../serving/models/live.js';
+import type { FrequencyCaps } from '../serving/rules/caps.js';
+import type { ServingRules } from '../processors/scoring/processor.js';
 import { referenceOf } from '../serving/registry/reference.js';
 import { trackingProcessor } from '../processors/tracking/processor.js';
 import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
@@ -31,6 +33,10 @@ export interface FabricResources {
   models(follow: string): Promise<LiveModels>;
   /** The serving engine's state, for readiness. */
   engineState(): string;
+  /** The rule sets in force (following _fabric.rules), shared with the gateway. */
+  rules(): Promise<ServingRules>;
+  /** The frequency-cap store in Redis. */
+  caps(): Promise<FrequencyCaps>;
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
@@ -77,7 +83,7 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
       topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Operational and drift alerts.' }),
       topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, schema: 'model_version', doc: 'The model registry: one record per model version (key name@version, the latest wins; a promotion rewrites the versions it moves in one transaction).' }),
-      topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, doc: 'Serving rules per model.' }),
+      topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, schema: 'rule_set', doc: 'Serving rules: one record per rule-set version (key model@version); a model\'s highest version is in force.' }),
       topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, doc: 'Entity metadata for enrichment.' }),
     ],
     processors: [
@@ -93,7 +99,7 @@ export function fabricTopology(): Topology<FabricResources> {
         outputs: ['predictions.fraud'],
         sinks: [],
         doc: 'Chained after features in its task: scores each event with the features computed for it, one ONNX run per batch, then the rules.',
-        create: async (r) => scoringProcessor({ models: await r.models('fraud'), model: 'fraud', metrics: r.metrics, engineState: () => r.engineState() }),
+        create: async (r) => scoringProcessor({ models: await r.models('fraud'), rules: await r.rules(), caps: await r.caps(), model: 'fraud', metrics: r.metrics, engineState: () => r.engineState() }),
       }),
       featuresNode(userGroup, {
         name: 'features-user',
@@ -108,7 +114,7 @@ export function fabricTopology(): Topology<FabricResources> {
         outputs: ['predictions.recs'],
         sinks: [],
         doc: 'Chained after features-user in its task: at each interaction, scores the user\'s candidate items (their last 24 h) with the recs model and emits the top-k.',
-        create: async (r) => recsProcessor({ models: await r.models('recs'), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
+        create: async (r) => recsProcessor({ models: await r.models('recs'), rules: await r.rules(), caps: await r.caps(), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
       }),
       featuresNode(itemGroup, {
         name: 'features-item',

@@ -17,9 +17,11 @@ import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
 import type { Prediction, Recommendation } from '../schemas/types.generated.js';
-import { DEMO_MODELS, batchingOptions, ensureDemoModels, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier } from './serving.js';
+import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier } from './serving.js';
 import { FEATURE_GROUPS } from '../topology/features/groups.js';
 import { LiveModels } from '../serving/models/live.js';
+import { RuleRegistry, RulesAdmin } from '../serving/rules/registry.js';
+import { FrequencyCaps } from '../serving/rules/caps.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { ModelRegistry } from '../serving/registry/registry.js';
 import { publishStatus } from './processor-status.js';
@@ -106,6 +108,8 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       })();
       return live;
     };
+    let rules: Promise<RuleRegistry> | null = null;
+    let caps: Promise<FrequencyCaps> | null = null;
     const resources: FabricResources = {
       config,
       metrics,
@@ -142,6 +146,19 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         return lm;
       },
       engineState: () => engine?.state ?? 'starting',
+      rules() {
+        rules ??= (async () => {
+          const registry = new RuleRegistry(kafka, serde, config, log.child({ component: 'rules' }));
+          closers.push({ name: 'rules', close: () => registry.close() });
+          await registry.start();
+          return registry;
+        })();
+        return rules;
+      },
+      caps() {
+        caps ??= resources.redis().then((r) => new FrequencyCaps(r, config.redisKeyPrefix, { graceMs: Math.max(config.featuresLatenessSec * 1000, 3_600_000) }));
+        return caps;
+      },
     };
 
     // A processor chained in another's task runs as part of its head's chain.
@@ -154,6 +171,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     if ((options.apply ?? true) && kafkaUp) {
       // npm start: the demo models are registered and promoted unless an operator already chose versions.
       await ensureDemoModels(registryAdmin({ kafka, serde, config, log, store, verify: verifier(config, store) }), config, log);
+      await ensureDemoRules(new RulesAdmin({ kafka, serde, config, log }), config, log);
     }
     const runners: ProcessorRunner[] = [];
     if (heads.size > 0) {
@@ -211,6 +229,8 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         const writers = new Map<string, Promise<AvroWriter<Prediction | Recommendation>>>();
         predictor = new OnlinePredictor({
           models: lm,
+          rules: await resources.rules(),
+          caps: await resources.caps(),
           redis: await resources.redis(),
           keyPrefix: config.redisKeyPrefix,
           timeoutMs: config.predictTimeoutMs,

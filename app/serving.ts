@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import type { Redis } from 'ioredis';
 import type { Kafka } from 'kafkajs';
 import type { AvroSerde } from '../schemas/serde.js';
@@ -17,6 +18,9 @@ import { TASKS } from '../serving/models/tasks.js';
 import { RegistryAdmin } from '../serving/registry/admin.js';
 import { productionOf } from '../serving/registry/registry.js';
 import { LocalModelStore, type ModelStore } from '../serving/registry/store.js';
+import { RulesAdmin } from '../serving/rules/registry.js';
+import { outputKindOf } from '../serving/rules/engine.js';
+import { parseRuleSet } from '../serving/rules/spec.js';
 
 /** The demo models `npm start` registers (and promotes when no version of them is in production). */
 export const DEMO_MODELS = ['fraud', 'recs'] as const;
@@ -78,6 +82,22 @@ export async function ensureDemoModels(admin: RegistryAdmin, config: FabricConfi
       await admin.promote(name, entry.version, 'production', 'fabric start', 'demo model: nothing of it was in production', entries);
       log.info({ model: name, version: entry.version }, 'demo model promoted to production');
     }
+  }
+}
+
+/**
+ * npm start: each demo model gets its demo rules (`rules.yaml` beside its artifact) unless a rule set
+ * was already set for it (an operator's rules are never overwritten).
+ */
+export async function ensureDemoRules(admin: RulesAdmin, config: FabricConfig, log: Logger): Promise<void> {
+  const registry = await admin.read();
+  for (const name of DEMO_MODELS) {
+    const file = packagePath(`${config.modelsDir}/${name}/rules.yaml`);
+    if (!existsSync(file) || registry.versions(name).length > 0) continue;
+    const task = JSON.parse(await readFile(packagePath(`${config.modelsDir}/${name}/model.json`), 'utf8')) as { task?: string };
+    const { spec } = RulesAdmin.validate(parseRuleSet(await readFile(file, 'utf8'), file), name, outputKindOf(task.task ?? name), file);
+    const { version } = await admin.set(spec, { by: 'fabric start', comment: 'demo rules', registry });
+    log.info({ model: name, version: version.version }, 'demo rules set');
   }
 }
 

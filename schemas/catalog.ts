@@ -15,6 +15,7 @@ export const SCHEMA_FILES = {
   drift_partial: 'drift_partial.avsc',
   model_version: 'model_version.avsc',
   recommendation: 'recommendation.avsc',
+  rule_set: 'rule_set.avsc',
 } as const;
 
 export type SchemaName = keyof typeof SCHEMA_FILES;

@@ -137,6 +137,10 @@ export interface Prediction {
   source_offset: number;
   /** stream: scored by the scoring processor from its input topic; online: answered by POST /v1/predict (source_* then name no Kafka record). */
   origin: string;
+  /** Version of the model's rule set in force (0: the defaults derived from the model version, before any rule set was set). */
+  rules_version: number;
+  /** Names of the rules that decided, filtered or changed this output, in order. */
+  rules_fired: string[];
 }
 
 /** A label observed after the fact (fraud confirmed, click, purchase). Topic outcomes.<stream>, key: entity id. */
@@ -298,6 +302,8 @@ export interface RecommendedItem {
   score: number;
   /** The model inputs as served for this candidate. */
   features: Record<string, null | number>;
+  /** Metadata of the item joined by the rule set's enrich rules (title, category, price, ...). */
+  attributes: Record<string, null | boolean | number | string>;
 }
 /** The recs model's top candidate items for a user at one of their interactions. Topic predictions.recs, key: user id. */
 export interface Recommendation {
@@ -312,7 +318,7 @@ export interface Recommendation {
   event_ts: number;
   /** How many candidate items were scored. */
   candidates: number;
-  /** The top-k candidates by score (ties by item id), best first. */
+  /** The items shown, best first: the top-k candidates by score (ties by item id) the rules kept. */
   items: RecommendedItem[];
   reasons: string[];
   /** True when no model score could be had (items empty; see reasons). */
@@ -322,6 +328,25 @@ export interface Recommendation {
   source_offset: number;
   /** stream: by the recs processor at the interaction; online: answered by POST /v1/predict/recs (source_* then name no Kafka record). */
   origin: string;
+  /** Version of the model's rule set in force (0: the defaults derived from the model version, before any rule set was set). */
+  rules_version: number;
+  /** Names of the rules that decided, filtered or changed this output, in order. */
+  rules_fired: string[];
+}
+
+/** One version of a model's serving rules. Topic _fabric.rules (compacted), key <model>@<version>; the highest version of a model is in force. */
+export interface RuleSetVersion {
+  model: string;
+  /** 1, 2, ... per model. */
+  version: number;
+  /** The rule set document as canonical JSON (validated before it was written). */
+  spec: string;
+  /** sha256 of spec. */
+  sha256: string;
+  /** Epoch ms. */
+  created_at: number;
+  created_by: string;
+  comment: string;
 }
 
 /** The value type of each schema, by catalog name. */
@@ -337,4 +362,5 @@ export interface SchemaTypes {
   drift_partial: DriftPartial;
   model_version: ModelVersion;
   recommendation: Recommendation;
+  rule_set: RuleSetVersion;
 }

@@ -10,10 +10,12 @@ import { readFeaturesAtEvents } from './features/online.js';
 import { fraudInputValues } from './models/fraud-inputs.js';
 import type { LiveModels, ServedModel } from './models/live.js';
 import { vectorize } from './models/vector.js';
-import { readUserHistories, recommend, type RecsAnswer } from './models/recommend.js';
+import { readUserHistories, recommend, type MetadataLookup, type RecsAnswer } from './models/recommend.js';
 import { predictionRecord, recommendationRecord } from './models/records.js';
 import { parseModelRef } from './registry/entry.js';
-import { decide, rulesFor, type FallbackReason } from './rules/threshold-rules.js';
+import type { ModelFallbackReason as FallbackReason } from './rules/spec.js';
+import type { CompiledRules, OutputKind } from './rules/engine.js';
+import { settleCaps, type FrequencyCaps } from './rules/caps.js';
 
 export interface PredictResult {
   readonly model: string;
@@ -24,6 +26,9 @@ export interface PredictResult {
   readonly reasons: readonly string[];
   readonly fallback: boolean;
   readonly provider: string;
+  /** The rule set that decided, and the rules that fired. */
+  readonly rulesVersion: number;
+  readonly rulesFired: readonly string[];
   /** The input vector as served (after the missing-value policies), by input name. */
   readonly features: Record<string, number | null>;
   /** False when the online store no longer holds the whole window (features may undercount). */
@@ -37,6 +42,12 @@ export interface PredictResult {
 
 export interface PredictorDeps {
   readonly models: LiveModels;
+  /** The rule set in force per model (hot-reloaded from _fabric.rules). */
+  readonly rules: { current(model: string, output: OutputKind): CompiledRules };
+  /** Needed when rules cap decisions or items. */
+  readonly caps?: FrequencyCaps;
+  /** Needed when rules read item metadata. */
+  readonly metadata?: MetadataLookup;
   readonly redis: Redis;
   readonly keyPrefix: string;
   /** The answer's budget: beyond it, the fallback decision with reason model_timeout (HTTP 504). */
@@ -96,14 +107,17 @@ export class OnlinePredictor {
     const txn = event as Transaction;
     const [at] = await readFeaturesAtEvents(this.deps.redis, this.deps.keyPrefix, accountGroup, [{ entity: txn.account_id, eventId: txn.event_id, ts: txn.ts, raw: txn as unknown as Record<string, unknown> }]);
     const v = vectorize(served.entry, fraudInputValues(txn, at!.values));
-    const rules = rulesFor(served.entry);
-    const base = { model: served.entry.name, version: served.entry.version, event_id: txn.event_id, features: v.features, featuresExact: at!.exact };
-    const finish = (score: number | null, provider: string, cached: boolean, reason?: FallbackReason): PredictResult => {
-      const d = decide(rules, score, reason);
-      const result: PredictResult = { ...base, score, decision: d.decision, reasons: d.reasons, fallback: d.fallback, provider, latencyMs: Number((performance.now() - started).toFixed(3)), cached };
+    const rules = this.deps.rules.current(name, 'decision');
+    const base = { model: served.entry.name, version: served.entry.version, event_id: txn.event_id, features: v.features, featuresExact: at!.exact, rulesVersion: rules.version };
+    const finish = async (score: number | null, provider: string, cached: boolean, reason?: FallbackReason): Promise<PredictResult> => {
+      const decided = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features: v.features, score, ...(reason ? { reason } : {}) }, served.entry);
+      if (decided.error) this.deps.metrics?.ruleErrors.inc({ model: name, rule: decided.error.rule });
+      const [d] = await settleCaps(rules, this.deps.caps, [txn], [decided]);
+      const result: PredictResult = { ...base, score, decision: d!.decision, reasons: d!.reasons, fallback: d!.fallback, rulesFired: d!.fired, provider, latencyMs: Number((performance.now() - started).toFixed(3)), cached };
       this.deps.metrics?.predictLatency.observe({ model: name }, result.latencyMs / 1000);
-      if (d.fallback) this.deps.metrics?.scoringFallbacks.inc({ model: name, reason: reason ?? 'model_error' });
-      this.deps.emit?.(`predictions.${name}`, txn.account_id, predictionRecord(served.entry, txn, score, d, provider, v.features, { kind: 'online', at: this.now() }));
+      if (d!.fallback) this.deps.metrics?.scoringFallbacks.inc({ model: name, reason: d!.error ? 'rule_error' : (reason ?? 'model_error') });
+      for (const rule of d!.fired) this.deps.metrics?.rulesFired.inc({ model: name, version: String(rules.version), rule });
+      this.deps.emit?.(`predictions.${name}`, txn.account_id, predictionRecord(served.entry, txn, score, d!, rules.version, provider, v.features, { kind: 'online', at: this.now() }));
       return result;
     };
     if (v.missing.length > 0) return finish(null, 'none', false, 'features_missing');
@@ -127,10 +141,10 @@ export class OnlinePredictor {
       ]);
       const score = Number(scores[0]!.toFixed(6));
       if (cacheKey && Number.isFinite(score)) void this.deps.redis.set(cacheKey, `${score}|${provider}`, 'EX', this.deps.cacheTtlSec).catch(() => undefined);
-      return finish(score, provider, false);
+      return await finish(score, provider, false);
     } catch (err) {
-      if (err instanceof PredictBudget) throw new PredictTimeout(finish(null, 'none', false, 'model_timeout'), this.deps.timeoutMs);
-      if (isFabricError(err) && !err.retriable) return finish(null, 'none', false, 'model_error');
+      if (err instanceof PredictBudget) throw new PredictTimeout(await finish(null, 'none', false, 'model_timeout'), this.deps.timeoutMs);
+      if (isFabricError(err) && !err.retriable) return await finish(null, 'none', false, 'model_error');
       throw err;
     } finally {
       clearTimeout(timer);
@@ -159,18 +173,28 @@ export class OnlinePredictor {
     const budget = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new PredictBudget()), Math.max(0, this.deps.timeoutMs - (performance.now() - started)));
     });
+    const rules = this.deps.rules.current(served.entry.name, 'ranking');
     const base = { model: served.entry.name, version: served.entry.version, event_id: ix.event_id, features: {}, featuresExact: at!.exact, cached: false };
     const finish = (r: RecsAnswer): PredictResult => {
-      const result: PredictResult = { ...base, score: r.items[0]?.score ?? null, decision: r.items[0]?.item_id ?? 'none', reasons: r.reasons, fallback: r.fallback, provider: r.provider, items: r.items, candidates: r.candidates, latencyMs: Number((performance.now() - started).toFixed(3)) };
+      const result: PredictResult = { ...base, score: r.items[0]?.score ?? null, decision: r.items[0]?.item_id ?? 'none', reasons: r.reasons, fallback: r.fallback, provider: r.provider, items: r.items, candidates: r.candidates, rulesVersion: r.rulesVersion, rulesFired: r.fired, latencyMs: Number((performance.now() - started).toFixed(3)) };
       this.deps.metrics?.predictLatency.observe({ model: served.entry.name }, result.latencyMs / 1000);
       this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, recommendationRecord(served.entry, ix, r, { kind: 'online', at: this.now() }));
       return result;
     };
     try {
-      const [answer] = await Promise.race([recommend(this.deps.redis, this.deps.keyPrefix, served, [{ userId: ix.user_id, ts: ix.ts, offset, user: at!.values }], new Map([[ix.user_id, history]])), budget]);
+      const deps = {
+        redis: this.deps.redis,
+        keyPrefix: this.deps.keyPrefix,
+        rules,
+        ...(this.deps.metadata ? { metadata: this.deps.metadata } : {}),
+        ...(this.deps.caps ? { caps: this.deps.caps } : {}),
+        onRuleError: (rule: string) => this.deps.metrics?.ruleErrors.inc({ model: served.entry.name, rule }),
+      };
+      const query = { userId: ix.user_id, event: ix as unknown as Record<string, unknown> & { event_id: string }, ts: ix.ts, offset, user: at!.values };
+      const [answer] = await Promise.race([recommend(deps, served, [query], new Map([[ix.user_id, history]])), budget]);
       return finish(answer!);
     } catch (err) {
-      if (err instanceof PredictBudget) throw new PredictTimeout(finish({ items: [], candidates: 0, reasons: ['fallback:model_timeout'], fallback: true, provider: 'none' }), this.deps.timeoutMs);
+      if (err instanceof PredictBudget) throw new PredictTimeout(finish({ items: [], candidates: 0, reasons: ['fallback:model_timeout'], fallback: true, provider: 'none', rulesVersion: rules.version, fired: [] }), this.deps.timeoutMs);
       throw err;
     } finally {
       clearTimeout(timer);

@@ -33,6 +33,7 @@ export const ERRORS = {
   FABRIC_MODEL_OVERLOADED: { status: 429, retriable: true, docs: 'Too many rows wait for a model\'s micro-batches (the per-model queue bound); retry after the Retry-After seconds.' },
   FABRIC_MODEL_STORE_UNAVAILABLE: { status: 503, retriable: true, docs: 'The model store could not be read (the artifact is missing or the store is down); the serving version stays in place and the load is retried.' },
   FABRIC_REGISTRY_CONFLICT: { status: 409, retriable: false, docs: 'A model registration conflicts with the registry: the version exists with other bytes, or a stage change is not allowed.' },
+  FABRIC_RULES_INVALID: { status: 400, retriable: false, docs: 'A rule set failed validation (JSON Schema, expression syntax or types, kinds the model does not take); the message gives the path of each problem. It never replaces the working rule set.' },
   FABRIC_STACK_FAILED: { status: 500, retriable: false, docs: 'A local stack component did not become healthy; the message carries its log tail.' },
   FABRIC_CLI_USAGE: { status: 400, retriable: false, docs: 'A command was called with missing or invalid arguments.' },
   FABRIC_LABELS_INVALID: { status: 400, retriable: false, docs: 'A labels file for a training set is malformed: the message names the file, line and column.' },

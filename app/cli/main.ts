@@ -20,6 +20,7 @@ import { runSimulation } from '../../sim/run.js';
 import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
 import { registerFeatureCommands } from './features.js';
 import { registerModelCommands } from './models.js';
+import { registerRuleCommands } from './rules.js';
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
@@ -180,6 +181,7 @@ program
   });
 
 registerModelCommands(program);
+registerRuleCommands(program);
 
 function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onRecord: (r: ReadRecord) => Promise<void>, idleMs = 3000): Promise<number> {
   return readUntilIdle(createKafka(cfg, cliLog(cfg, true), 'cli'), physical, { groupPrefix: prefixed(cfg, 'fabric.cli'), fromBeginning, max, idleMs, onRecord });

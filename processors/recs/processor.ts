@@ -7,13 +7,19 @@ import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import { userGroup } from '../../topology/features/groups.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
-import { readUserHistories, recommend, type RecsQuery } from '../../serving/models/recommend.js';
+import { readUserHistories, recommend, type MetadataLookup, type RecsQuery } from '../../serving/models/recommend.js';
+import type { FrequencyCaps } from '../../serving/rules/caps.js';
 import type { RecsUserEvent } from '../../serving/models/recs-inputs.js';
 import { recommendationRecord } from '../../serving/models/records.js';
-import type { ServingModels } from '../scoring/processor.js';
+import type { ServingModels, ServingRules } from '../scoring/processor.js';
 
 export interface RecsProcessorOptions {
   readonly models: ServingModels;
+  readonly rules: ServingRules;
+  /** Needed when the rules read item metadata (filters, diversity, enrichment). */
+  readonly metadata?: MetadataLookup;
+  /** Needed when the rules have frequency caps. */
+  readonly caps?: FrequencyCaps;
   readonly redis: Redis;
   readonly keyPrefix: string;
   /** Default `recs`. */
@@ -64,6 +70,8 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
     if (!upstream) throw new FabricError('FABRIC_CONFIG_INVALID', 'recs must be chained after the user features processor (after: features-user); it got no upstream outputs');
     const outputs: Output[] = [];
     const served = options.models.require(modelName);
+    // One rule set per batch: a new version applies from the next batch on.
+    const rules = options.rules.current(modelName, 'ranking');
     const pending: { record: SourceRecord; event: Interaction; query: RecsQuery }[] = [];
     const users = new Map<string, number>();
     for (const record of records) {
@@ -74,7 +82,7 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
       }
       const f = userFeaturesOf(record, event.event_id, upstream);
       if (f === 'duplicate') continue;
-      const base = { userId: event.user_id, ts: event.ts, offset: Number(record.offset) };
+      const base = { userId: event.user_id, event: event as unknown as RecsQuery['event'], ts: event.ts, offset: Number(record.offset) };
       if (f === 'late') {
         pending.push({ record, event, query: { ...base, user: null, reason: 'features_late' } });
         continue;
@@ -87,10 +95,27 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
     // In chunks of events: bounded memory and engine queue, and the event loop breathes between them.
     for (let start = 0; start < pending.length; start += CHUNK_EVENTS) {
       const chunk = pending.slice(start, start + CHUNK_EVENTS);
-      const answers = await recommend(options.redis, options.keyPrefix, served, chunk.map((p) => p.query), histories, (err) => ctx.log.warn({ err: err.message }, 'recs model run failed; fallback'));
+      const answers = await recommend(
+        {
+          redis: options.redis,
+          keyPrefix: options.keyPrefix,
+          rules,
+          ...(options.metadata ? { metadata: options.metadata } : {}),
+          ...(options.caps ? { caps: options.caps } : {}),
+          onModelError: (err) => ctx.log.warn({ err: err.message }, 'recs model run failed; fallback'),
+          onRuleError: (rule, message) => {
+            options.metrics?.ruleErrors.inc({ model: modelName, rule });
+            ctx.log.warn({ rule, err: message }, 'rule failed at run time; the item is excluded');
+          },
+        },
+        served,
+        chunk.map((p) => p.query),
+        histories,
+      );
       chunk.forEach(({ record, event }, i) => {
         const a = answers[i]!;
         if (a.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: a.reasons[0]!.replace('fallback:', '') });
+        for (const rule of a.fired) options.metrics?.rulesFired.inc({ model: modelName, version: String(a.rulesVersion), rule });
         const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
         outputs.push(emit(outputTopic, event.user_id, recommendationRecord(served.entry, event, a, origin), record));
       });

@@ -5,7 +5,9 @@ import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import { splitTransactions } from '../shared/validate.js';
-import { decide, rulesFor, type FallbackReason } from '../../serving/rules/threshold-rules.js';
+import type { ModelFallbackReason as FallbackReason } from '../../serving/rules/spec.js';
+import type { CompiledRules, OutputKind } from '../../serving/rules/engine.js';
+import { settleCaps, type FrequencyCaps } from '../../serving/rules/caps.js';
 import { ACCOUNT_FEATURE_NAMES, fraudInputValues } from '../../serving/models/fraud-inputs.js';
 import { vectorize } from '../../serving/models/vector.js';
 import { predictionRecord } from '../../serving/models/records.js';
@@ -17,8 +19,16 @@ export interface ServingModels {
   require(name: string): ServedModel;
 }
 
+/** Where processors get the rule set in force for a model, per batch (RuleRegistry in the fabric). */
+export interface ServingRules {
+  current(model: string, output: OutputKind): CompiledRules;
+}
+
 export interface ScoringProcessorOptions {
   readonly models: ServingModels;
+  readonly rules: ServingRules;
+  /** Needed when the rule set caps a decision (frequency_cap rules). */
+  readonly caps?: FrequencyCaps;
   /** Default `fraud`. */
   readonly model?: string;
   readonly outputTopic?: string;
@@ -75,7 +85,8 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     const outputs = split.rejects;
     // One version for the whole batch: a promotion lands between batches, never inside one.
     const { entry, handle: model } = options.models.require(modelName);
-    const rules = rulesFor(entry);
+    // One rule set for the whole batch too: a new version applies from the next batch on.
+    const rules = options.rules.current(modelName, 'decision');
     interface Item {
       readonly record: SourceRecord;
       readonly txn: (typeof split.valid)[number]['txn'];
@@ -113,14 +124,25 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
         modelFailure = 'model_error';
       }
     }
-    for (const { record, txn, row, reason: own, features } of items) {
-      const reason: FallbackReason | undefined = own ?? modelFailure;
+    const decided = items.map(({ txn, row, reason: own, features }) => {
+      const reason = own ?? modelFailure;
       const score = reason ? null : Number(scores![row]!.toFixed(6));
-      const decision = decide(rules, score, reason);
-      if (decision.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: reason ?? 'model_error' });
+      const outcome = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features, score, ...(reason ? { reason } : {}) }, entry);
+      if (outcome.error) {
+        options.metrics?.ruleErrors.inc({ model: modelName, rule: outcome.error.rule });
+        ctx.log.warn({ rule: outcome.error.rule, err: outcome.error.message, event: txn.event_id }, 'rule failed at run time; fallback decision');
+      }
+      return { score, reason, outcome };
+    });
+    const final = await settleCaps(rules, options.caps, items.map((it) => it.txn), decided.map((d) => d.outcome));
+    items.forEach(({ record, txn, features }, i) => {
+      const { score, reason } = decided[i]!;
+      const outcome = final[i]!;
+      if (outcome.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: outcome.error ? 'rule_error' : (reason ?? 'model_error') });
+      for (const rule of outcome.fired) options.metrics?.rulesFired.inc({ model: modelName, version: String(rules.version), rule });
       const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
-      outputs.push(emit(outputTopic, txn.account_id, predictionRecord(entry, txn, score, decision, reason ? 'none' : provider, features, origin), record));
-    }
+      outputs.push(emit(outputTopic, txn.account_id, predictionRecord(entry, txn, score, outcome, rules.version, reason ? 'none' : provider, features, origin), record));
+    });
     return outputs;
   }
 
@@ -143,3 +165,4 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     },
   };
 }
+

@@ -6,12 +6,16 @@ import { itemGroup, userGroup } from '../../topology/features/groups.js';
 import { readOnlineFeaturesAt } from '../features/online.js';
 import { decodeMembers, groupKeys } from '../features/redis-keys.js';
 import type { ServedModel } from './live.js';
-import { RECS_MAX_CANDIDATES, RECS_TOP_K, RECS_WINDOW_MS, recsCandidates, recsCrossFeatures, recsInputValues, type RecsUserEvent } from './recs-inputs.js';
+import type { FrequencyCaps } from '../rules/caps.js';
+import { selectTopK, type CompiledRules, type FilterOutcome, type RankedCandidate } from '../rules/engine.js';
+import { RECS_MAX_CANDIDATES, RECS_WINDOW_MS, recsCandidates, recsCrossFeatures, recsInputValues, type RecsUserEvent } from './recs-inputs.js';
 import { vectorize } from './vector.js';
 
 /** One recommendation request: a user at one of their interactions. */
 export interface RecsQuery {
   readonly userId: string;
+  /** The interaction (its fields are what rule conditions see as `event`). */
+  readonly event: Readonly<Record<string, unknown>> & { readonly event_id: string };
   /** The interaction's event time and its position among the user's events. */
   readonly ts: number;
   readonly offset: number;
@@ -27,6 +31,28 @@ export interface RecsAnswer {
   readonly reasons: string[];
   readonly fallback: boolean;
   readonly provider: string;
+  /** The rule set that selected the items, and the rules that fired. */
+  readonly rulesVersion: number;
+  readonly fired: string[];
+}
+
+/** Item metadata by kind and id (serving/metadata's store in the fabric). */
+export interface MetadataLookup {
+  getMany(kind: string, ids: readonly string[]): Promise<Map<string, Readonly<Record<string, string | number | boolean | null>>>>;
+}
+
+/** What the recommender needs besides the model: the stores and the rule set in force. */
+export interface RecommendDeps {
+  readonly redis: Redis;
+  readonly keyPrefix: string;
+  readonly rules: CompiledRules;
+  /** Needed when the rules read metadata (filters on item attributes, diversity, enrichment). */
+  readonly metadata?: MetadataLookup;
+  /** Needed when the rules have frequency caps. */
+  readonly caps?: FrequencyCaps;
+  onModelError?(err: FabricError): void;
+  /** A rule that failed at run time (counted by the caller). */
+  onRuleError?(rule: string, message: string): void;
 }
 
 /** Each user's events from (earliest - 24 h) on, as the user features processor holds them, in total order. */
@@ -48,16 +74,19 @@ export async function readUserHistories(redis: Redis, keyPrefix: string, users: 
 }
 
 /**
- * Scores the candidates of many queries in one engine call and ranks them: the one recommender the
- * stream (processors/recs) and POST /v1/predict/recs share. Candidates are the distinct items of the
- * user's last 24 h up to the query; cross features come from the same history; item features from
- * the online store as of the query's time (one snapshot per distinct item). Timing failures of the
- * model are thrown (the caller retries or answers 5xx); a run the model refuses gives every query
- * the fallback with reason model_error.
+ * Scores the candidates of many queries in one engine call, ranks them and applies the rule set: the
+ * one recommender the stream (processors/recs) and POST /v1/predict/recs share. Candidates are the
+ * distinct items of the user's last 24 h up to the query; cross features come from the same history;
+ * item features from the online store as of the query's time (one snapshot per distinct item). The
+ * ranked candidates then go through the rules: list and condition filters, the top-k walk with the
+ * diversity quota and the frequency caps (one Redis script per query, all queries in one pipeline, in
+ * order), and enrichment from the metadata store. Timing failures of the model are thrown (the caller
+ * retries or answers 5xx); a run the model refuses gives every query the fallback with reason
+ * model_error.
  */
-export async function recommend(redis: Redis, keyPrefix: string, served: ServedModel, queries: readonly RecsQuery[], histories: ReadonlyMap<string, readonly RecsUserEvent[]>, onModelError?: (err: FabricError) => void): Promise<RecsAnswer[]> {
+export async function recommend(deps: RecommendDeps, served: ServedModel, queries: readonly RecsQuery[], histories: ReadonlyMap<string, readonly RecsUserEvent[]>): Promise<RecsAnswer[]> {
+  const { redis, keyPrefix, rules } = deps;
   const { entry, handle: model } = served;
-  const topK = Number(entry.params.top_k ?? RECS_TOP_K);
   const maxCandidates = Number(entry.params.max_candidates ?? RECS_MAX_CANDIDATES);
   const candidatesOf = queries.map((q) => (q.user ? recsCandidates(histories.get(q.userId) ?? [], q, maxCandidates) : []));
   const pairKey = (item: string, ts: number): string => `${item}\u0000${ts}`;
@@ -89,22 +118,83 @@ export async function recommend(redis: Redis, keyPrefix: string, served: ServedM
       ({ scores, provider } = await model.score(rows));
     } catch (err) {
       if (!(err instanceof FabricError) || err.retriable) throw err;
-      onModelError?.(err);
+      deps.onModelError?.(err);
       modelError = true;
     }
   }
-  return queries.map((q, i) => {
+
+  // Metadata of every candidate the rules look at, one read per kind for all queries.
+  const attributes = new Map<string, Readonly<Record<string, string | number | boolean | null>>>();
+  const itemAttributes = rules.metadataNeeded.get('item');
+  if (itemAttributes && itemAttributes.length > 0 && !modelError) {
+    if (!deps.metadata) throw new FabricError('FABRIC_CONFIG_INVALID', `rules of ${rules.model} read item metadata, but no metadata store is configured`);
+    const ids = [...new Set(scored.flatMap((s) => s.list.map((c) => c.item)))];
+    for (const [id, attrs] of await deps.metadata.getMany('item', ids)) attributes.set(id, attrs);
+  }
+  const { k, rule: topKRule, diversity } = rules.topK(entry);
+
+  interface Pending {
+    readonly ranked: RankedCandidate[];
+    readonly features: Map<string, Record<string, number | null>>;
+    readonly filtered: FilterOutcome;
+  }
+  const pending: (Pending | RecsAnswer)[] = queries.map((q, i) => {
     const { list, missing } = scored[i]!;
-    let reasons: string[];
-    let items: RecommendedItem[] = [];
-    if (q.reason) reasons = [`fallback:${q.reason}`];
-    else if (modelError && list.length > 0) reasons = ['fallback:model_error'];
-    else if (list.length === 0) reasons = [missing > 0 ? 'fallback:features_missing' : 'no_candidates'];
-    else {
-      const ranked = list.map((c) => ({ ...c, score: Number(scores![c.row]!.toFixed(6)) })).sort((a, b) => b.score - a.score || (a.item < b.item ? -1 : a.item > b.item ? 1 : 0));
-      items = ranked.slice(0, topK).map((c, r) => ({ item_id: c.item, rank: r + 1, score: c.score, features: c.features }));
-      reasons = [`top ${items.length} of ${list.length} candidates`];
-    }
-    return { candidates: candidatesOf[i]!.length, items, reasons, fallback: items.length === 0 && reasons[0] !== 'no_candidates', provider: items.length > 0 ? provider : 'none' };
+    const base = { candidates: candidatesOf[i]!.length, items: [] as RecommendedItem[], provider: 'none', rulesVersion: rules.version, fired: [] as string[] };
+    if (q.reason) return { ...base, reasons: [`fallback:${q.reason}`], fallback: true };
+    if (modelError && list.length > 0) return { ...base, reasons: ['fallback:model_error'], fallback: true };
+    if (list.length === 0) return { ...base, reasons: [missing > 0 ? 'fallback:features_missing' : 'no_candidates'], fallback: missing > 0 };
+    const ranked = list
+      .map((c) => ({ id: c.item, score: Number(scores![c.row]!.toFixed(6)), attributes: attributes.get(c.item) ?? {} }))
+      .sort((a, b) => b.score - a.score || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const filtered = rules.filter({ event: q.event, entity: q.userId, features: q.user ?? {} }, ranked);
+    for (const e of filtered.errors) deps.onRuleError?.(e.rule, e.message);
+    return { ranked, features: new Map(list.map((c) => [c.item, c.features])), filtered };
   });
+
+  // The top-k walk: in Redis (atomic with the caps) when the rules cap, else here.
+  const open = pending.map((p, i) => ({ p, i })).filter((x): x is { p: Pending; i: number } => 'ranked' in x.p);
+  let chosen: number[][];
+  if (rules.itemCaps.length > 0) {
+    if (!deps.caps) throw new FabricError('FABRIC_CONFIG_INVALID', `rules of ${rules.model} have frequency caps, but no cap store is configured`);
+    chosen = await deps.caps.settle(
+      open.map(({ p, i }) => ({
+        model: rules.model,
+        entity: queries[i]!.userId,
+        member: queries[i]!.event.event_id,
+        ts: queries[i]!.ts,
+        caps: rules.itemCaps,
+        candidates: p.filtered.kept.map((c) => c.id),
+        groups: p.filtered.kept.map((c) => (diversity ? String(c.attributes[diversity.attribute] ?? '') : '')),
+        k,
+        maxPerGroup: diversity?.maxPerValue ?? 0,
+      })),
+    );
+  } else chosen = open.map(({ p }) => selectTopK(p.filtered.kept, k, diversity));
+
+  open.forEach(({ p, i }, n) => {
+    const { kept } = p.filtered;
+    const picked = chosen[n]!;
+    const fired: string[] = [...p.filtered.excluded.keys()];
+    const reasons: string[] = [...p.filtered.excluded].map(([rule, count]) => `${rule}: excluded ${count}`);
+    if (rules.itemCaps.length > 0) {
+      const uncapped = selectTopK(kept, k, diversity);
+      const held = uncapped.filter((x) => !picked.includes(x)).length;
+      if (held > 0 || picked.some((x) => !uncapped.includes(x))) {
+        fired.push(...rules.itemCaps.map((c) => c.name));
+        reasons.push(`${rules.itemCaps.map((c) => c.name).join(', ')}: ${held} item${held === 1 ? '' : 's'} already shown to this user within the window`);
+      }
+    }
+    if (topKRule) fired.push(topKRule);
+    const items: RecommendedItem[] = picked.map((x, r) => {
+      const c = kept[x]!;
+      const joined: Record<string, string | number | boolean | null> = {};
+      for (const e of rules.enrich) for (const a of e.attributes) if (c.attributes[a] !== undefined) joined[a] = typeof c.attributes[a] === 'bigint' ? Number(c.attributes[a]) : (c.attributes[a] as string | number | boolean | null);
+      return { item_id: c.id, rank: r + 1, score: c.score, features: p.features.get(c.id)!, attributes: joined };
+    });
+    if (items.some((it) => Object.keys(it.attributes).length > 0)) fired.push(...rules.enrich.map((e) => e.rule));
+    reasons.unshift(`top ${items.length} of ${p.ranked.length} candidates`);
+    pending[i] = { candidates: candidatesOf[i]!.length, items, reasons, fallback: false, provider: items.length > 0 ? provider : 'none', rulesVersion: rules.version, fired };
+  });
+  return pending as RecsAnswer[];
 }

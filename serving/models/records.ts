@@ -1,5 +1,5 @@
 import type { Interaction, ModelVersion, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
-import type { Decision } from '../rules/threshold-rules.js';
+import type { Decision } from '../rules/spec.js';
 import type { RecsAnswer } from './recommend.js';
 
 /**
@@ -14,8 +14,22 @@ function source(origin: Origin): Pick<Prediction, 'source_topic' | 'source_parti
     : { source_topic: 'online', source_partition: -1, source_offset: origin.at, origin: 'online' };
 }
 
+/** The rule set that decided an output, and the rules that fired. */
+export interface RulesApplied {
+  readonly version: number;
+  readonly fired: readonly string[];
+}
+
+/** What the rules decided for one event. */
+export interface DecisionTaken {
+  readonly decision: Decision;
+  readonly reasons: readonly string[];
+  readonly fallback: boolean;
+  readonly fired: readonly string[];
+}
+
 /** The prediction record (its lineage) of a scored transaction: one shape for the stream and predict. */
-export function predictionRecord(entry: ModelVersion, txn: Transaction, score: number | null, decision: Decision, provider: string, features: Record<string, number | null>, origin: Origin): Prediction {
+export function predictionRecord(entry: ModelVersion, txn: Transaction, score: number | null, decision: DecisionTaken, rulesVersion: number, provider: string, features: Record<string, number | null>, origin: Origin): Prediction {
   return {
     event_id: txn.event_id,
     entity_id: txn.account_id,
@@ -29,6 +43,8 @@ export function predictionRecord(entry: ModelVersion, txn: Transaction, score: n
     event_ts: txn.ts,
     features,
     ...source(origin),
+    rules_version: rulesVersion,
+    rules_fired: [...decision.fired],
   };
 }
 
@@ -46,5 +62,7 @@ export function recommendationRecord(entry: ModelVersion, ix: Pick<Interaction, 
     reasons: answer.reasons,
     fallback: answer.fallback,
     ...source(origin),
+    rules_version: answer.rulesVersion,
+    rules_fired: [...answer.fired],
   };
 }

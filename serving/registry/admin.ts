@@ -1,14 +1,14 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Partitioners, type Kafka } from 'kafkajs';
+import type { Kafka } from 'kafkajs';
 import type { ModelStage, ModelVersion } from '../../schemas/types.generated.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
 import { readToEnd } from '../../topology/runtime/topic-reader.js';
+import { writeControlRecords } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { entryFor, entryKey, parseManifest, validateSignature, withStage, type Manifest, type RegisterOptions, type TaskInputs } from './entry.js';
 import { MODELS_TOPIC, MODEL_VERSION_SCHEMA, ModelRegistry, modelsSubject, productionOf, sortEntries } from './registry.js';
@@ -123,23 +123,8 @@ export class RegistryAdmin {
   async write(entries: readonly ModelVersion[]): Promise<void> {
     const writer = await this.deps.serde.writer<ModelVersion>(modelsSubject(this.deps.config), MODEL_VERSION_SCHEMA());
     const messages = entries.map((e) => ({ key: entryKey(e.name, e.version), value: writer.encode(e) }));
-    // A transactional id of its own per write: the transaction makes one change atomic; two admins
-    // (or fabric instances registering the demo models at once) must not fence each other.
-    const producer = this.deps.kafka.producer({ transactionalId: prefixed(this.deps.config, `fabric.registry-admin-${randomBytes(6).toString('hex')}`), idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
-    await producer.connect();
-    try {
-      const tx = await producer.transaction();
-      try {
-        await tx.send({ topic: prefixed(this.deps.config, MODELS_TOPIC), acks: -1, messages });
-        await tx.commit();
-        for (const e of entries) this.written.set(entryKey(e.name, e.version), e);
-      } catch (err) {
-        await tx.abort().catch(() => undefined);
-        throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `writing ${MODELS_TOPIC}: ${messageOf(err)}`, { cause: err });
-      }
-    } finally {
-      await producer.disconnect().catch(() => undefined);
-    }
+    await writeControlRecords(this.deps.kafka, prefixed(this.deps.config, MODELS_TOPIC), prefixed(this.deps.config, 'fabric.registry-admin'), messages);
+    for (const e of entries) this.written.set(entryKey(e.name, e.version), e);
   }
 }
 

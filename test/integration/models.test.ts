@@ -19,6 +19,7 @@ import type { ModelHandle } from '../../serving/engine/engine.js';
 import type { LiveModels } from '../../serving/models/live.js';
 import { demoModel } from '../shared/models.js';
 import { flatMetrics } from '../../serving/registry/entry.js';
+import { MODEL_DEFAULT_RULES } from '../../serving/rules/engine.js';
 
 const execFileP = promisify(execFile);
 let f: TestFabric;
@@ -222,7 +223,7 @@ describe('POST /v1/predict faults', () => {
     const { entry } = demoModel('fraud');
     const hanging = { key: 'fraud@slow', provider: 'cpu', score: () => new Promise<never>(() => undefined) } as unknown as ModelHandle;
     const models = { isRegistered: () => true, served: () => ({ entry, handle: hanging }), follow: async () => undefined, require: () => ({ entry, handle: hanging }), version: async () => ({ entry, handle: hanging }) } as unknown as LiveModels;
-    const predictor = new OnlinePredictor({ models, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 });
+    const predictor = new OnlinePredictor({ rules: MODEL_DEFAULT_RULES, models, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 });
     const started = performance.now();
     const err = await predictor.predict('fraud', transaction(7000, { account_id: 'S1', ts: Date.now() })).then(() => null, (e: unknown) => e);
     expect(err).toBeInstanceOf(PredictTimeout);
@@ -235,7 +236,7 @@ describe('POST /v1/predict faults', () => {
     // A signature whose seconds_since_last_txn falls back when missing: the first event of an account has none.
     const strict = { ...entry, signature: { ...entry.signature, inputs: entry.signature.inputs.map((i) => (i.name === 'seconds_since_last_txn' ? { ...i, missing: 'fallback' as const, default_value: null } : i)) } };
     const strictModels = { ...models, served: () => ({ entry: strict, handle: hanging }) } as unknown as LiveModels;
-    const missing = await new OnlinePredictor({ models: strictModels, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 }).predict('fraud', transaction(7001, { account_id: `new-${Date.now()}`, ts: Date.now() }));
+    const missing = await new OnlinePredictor({ rules: MODEL_DEFAULT_RULES, models: strictModels, redis: f.redis, keyPrefix: f.config.redisKeyPrefix, timeoutMs: 50, cacheTtlSec: 0 }).predict('fraud', transaction(7001, { account_id: `new-${Date.now()}`, ts: Date.now() }));
     expect(missing).toMatchObject({ score: null, decision: 'review', reasons: ['fallback:features_missing'], fallback: true });
     expect(missing.features.seconds_since_last_txn).toBeNull();
   });

@@ -6,7 +6,7 @@ import { productionOf } from '../../serving/registry/registry.js';
 import { TASKS } from '../../serving/models/tasks.js';
 import { vectorize } from '../../serving/models/vector.js';
 import { fraudInputValues } from '../../serving/models/fraud-inputs.js';
-import { rulesFor, decide } from '../../serving/rules/threshold-rules.js';
+import { MODEL_DEFAULT_RULES } from '../../serving/rules/engine.js';
 import { demoModel } from '../shared/models.js';
 import { fabricFailure } from '../shared/fabric-failure.js';
 
@@ -97,7 +97,7 @@ describe('missing-value policies and the served vector', () => {
     const v = vectorize(strict, fraudInputValues(txn, { seconds_since_last_txn: null }));
     expect(v.missing).toEqual(['seconds_since_last_txn']);
     expect(v.features.seconds_since_last_txn).toBeNull();
-    expect(decide(rulesFor(strict), null, 'features_missing')).toEqual({ decision: 'review', reasons: ['fallback:features_missing'], fallback: true });
+    expect(MODEL_DEFAULT_RULES.current('fraud', 'decision').decide({ event: {}, entity: 'a', features: v.features, score: null, reason: 'features_missing' }, strict)).toEqual({ decision: 'review', reasons: ['fallback:features_missing'], fallback: true, fired: ['thresholds'] });
     // NaN counts as missing too.
     expect(applyMissingPolicy(strict.signature.inputs.slice(0, 1), [Number.NaN])).toEqual({ row: [-1], missing: [] });
   });

@@ -11,6 +11,7 @@ import { FabricError } from '../../topology/errors.js';
 import { sleep } from '../../topology/runtime/retry.js';
 import type { AccountFeatureUpdate, Prediction, Transaction } from '../../schemas/types.generated.js';
 import { fabricFailure } from '../shared/fabric-failure.js';
+import { MODEL_DEFAULT_RULES } from '../../serving/rules/engine.js';
 
 const T0 = Date.UTC(2024, 0, 1);
 const HOUR = 3_600_000;
@@ -154,7 +155,7 @@ function expectedDecision(score: number): string {
 }
 
 function chain(h: ModelHandle = handle, silent?: ReadonlySet<string>): TestDriver {
-  const scoring = scoringProcessor({ models: serving(h) });
+  const scoring = scoringProcessor({ rules: MODEL_DEFAULT_RULES, models: serving(h) });
   // The engine is shared by the tests and closed after them.
   return new TestDriver([fakeFeatures(silent), scoring], { startTime: T0 });
 }
@@ -319,7 +320,7 @@ describe('scoring without a worker', () => {
   });
 
   it('refuses to run unchained: its features come only from the upstream processor', async () => {
-    const scoring = scoringProcessor({ models: serving(fakeRunner(() => Promise.reject(new Error('not called')))) });
+    const scoring = scoringProcessor({ rules: MODEL_DEFAULT_RULES, models: serving(fakeRunner(() => Promise.reject(new Error('not called')))) });
     const driver = new TestDriver(scoring, { startTime: T0 });
     await expect(driver.pipe('events.transactions', transactions(1, 61), { key })).rejects.toMatchObject({ code: 'FABRIC_CONFIG_INVALID' });
   });

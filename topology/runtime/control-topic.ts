@@ -1,0 +1,154 @@
+import { randomBytes } from 'node:crypto';
+import { Partitioners, type Consumer, type Kafka } from 'kafkajs';
+import { FabricError, messageOf } from '../errors.js';
+import type { Logger } from './log.js';
+import { partitionEnds, readToEnd, whenPastEnds } from './topic-reader.js';
+
+export type ControlListener<T> = (key: string, value: T | undefined, previous: T | undefined) => void;
+
+export interface ControlTopicOptions<T> {
+  /** Physical topic name. */
+  readonly topic: string;
+  /** Prefix of the throwaway consumer group (physical). */
+  readonly groupPrefix: string;
+  /** Decodes and checks one record; throws when the record is not a valid T for its key. */
+  decode(key: string, value: Buffer): T;
+  /** Decodes a whole batch's schemas ahead (the serde's prefetch). */
+  prefetch?(values: readonly (Buffer | null)[]): Promise<void>;
+  /** What the records are, for log lines. */
+  readonly what: string;
+}
+
+/**
+ * Follows a compacted control topic (`_fabric.models`, `_fabric.rules`, ...) from its beginning for as
+ * long as the process runs: the latest record per key is that key's state and a tombstone deletes it.
+ * Every instance has its own reader in a group of its own that commits nothing (each reads
+ * everything), deleted on close; read_committed, so an aborted control-plane write is never seen.
+ * Records that do not decode are skipped with one warning per key, never fatal.
+ */
+export class ControlTopic<T> {
+  private readonly entries = new Map<string, T>();
+  private readonly listeners = new Set<ControlListener<T>>();
+  private consumer: Consumer | null = null;
+  private groupId = '';
+  private caughtUp: Promise<void> | null = null;
+  private readonly undecodable = new Set<string>();
+
+  constructor(private readonly kafka: Kafka, private readonly log: Logger, private readonly options: ControlTopicOptions<T>) {}
+
+  /** Starts following; resolves once every record present at the start has been applied (bounded). */
+  start(timeoutMs = 30_000): Promise<void> {
+    this.caughtUp ??= this.follow(timeoutMs);
+    return this.caughtUp;
+  }
+
+  private async follow(timeoutMs: number): Promise<void> {
+    const { topic } = this.options;
+    const remaining = await partitionEnds(this.kafka, topic);
+    this.groupId = `${this.options.groupPrefix}-${randomBytes(6).toString('hex')}`;
+    const consumer = this.kafka.consumer({ groupId: this.groupId, readUncommitted: false, maxWaitTimeInMs: 250 });
+    this.consumer = consumer;
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    let done!: () => void;
+    const ready = new Promise<void>((resolve) => (done = resolve));
+    whenPastEnds(consumer, remaining, () => done());
+    await consumer.run({
+      autoCommit: false,
+      eachBatch: async ({ batch }) => {
+        await this.options.prefetch?.(batch.messages.map((m) => m.value));
+        for (const m of batch.messages) this.apply(m.key?.toString() ?? null, m.value);
+      },
+    });
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      ready,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new FabricError('FABRIC_KAFKA_UNAVAILABLE', `${this.options.what}: reading ${topic} to its end took longer than ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  /** Reads the topic once to its end (tools: no follower left behind). */
+  async readOnce(timeoutMs = 15_000): Promise<void> {
+    const records = await readToEnd(this.kafka, this.options.topic, { groupPrefix: this.options.groupPrefix, timeoutMs });
+    await this.options.prefetch?.(records.map((r) => r.value));
+    for (const r of records) this.apply(r.key, r.value);
+  }
+
+  /** Applies one record (also used by tests and one-shot readers). */
+  apply(key: string | null, value: Buffer | null): void {
+    if (key === null) return;
+    const previous = this.entries.get(key);
+    if (value === null) {
+      this.entries.delete(key);
+      if (previous !== undefined) this.notify(key, undefined, previous);
+      return;
+    }
+    let decoded: T;
+    try {
+      decoded = this.options.decode(key, value);
+    } catch (err) {
+      if (!this.undecodable.has(key) && this.undecodable.size < 10) this.log.warn({ key, err: messageOf(err) }, `skipping a record of ${this.options.topic} that is not a valid ${this.options.what} (another format, or a newer schema)`);
+      this.undecodable.add(key);
+      return;
+    }
+    this.entries.set(key, decoded);
+    this.notify(key, decoded, previous);
+  }
+
+  private notify(key: string, value: T | undefined, previous: T | undefined): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(key, value, previous);
+      } catch (err) {
+        this.log.error({ err: messageOf(err), topic: this.options.topic }, 'control topic listener failed');
+      }
+    }
+  }
+
+  onChange(listener: ControlListener<T>): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  get(key: string): T | undefined {
+    return this.entries.get(key);
+  }
+
+  values(): T[] {
+    return [...this.entries.values()];
+  }
+
+  async close(): Promise<void> {
+    const consumer = this.consumer;
+    this.consumer = null;
+    if (!consumer) return;
+    await consumer.disconnect().catch(() => undefined);
+    const admin = this.kafka.admin();
+    await admin.connect().then(() => admin.deleteGroups([this.groupId])).catch(() => undefined);
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/**
+ * Writes control records in one Kafka transaction: readers (read_committed) see all of them or none.
+ * A transactional id of its own per write: the transaction makes one change atomic, and two writers
+ * (two operators, or fabric instances registering the demo models at once) must not fence each other.
+ */
+export async function writeControlRecords(kafka: Kafka, topic: string, transactionalPrefix: string, messages: readonly { key: string; value: Buffer | null }[]): Promise<void> {
+  const producer = kafka.producer({ transactionalId: `${transactionalPrefix}-${randomBytes(6).toString('hex')}`, idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
+  await producer.connect();
+  try {
+    const tx = await producer.transaction();
+    try {
+      await tx.send({ topic, acks: -1, messages: [...messages] });
+      await tx.commit();
+    } catch (err) {
+      await tx.abort().catch(() => undefined);
+      throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `writing ${topic}: ${messageOf(err)}`, { cause: err });
+    }
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+  }
+}
