@@ -40,7 +40,7 @@ export interface FabricResources {
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
-const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
+const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'predictions.recs', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
 
 /** Interactions re-keyed by item, so each item's events are in one partition of the item group's input. */
 export const ITEM_REPARTITION_TOPIC = 'repartition.interactions.item';
@@ -131,7 +131,7 @@ export function fabricTopology(): Topology<FabricResources> {
         doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (one row per event through the deduplicated views).',
         create: (r) => {
           const sink = new ClickHouseSink(r.clickhouse(), { database: r.config.clickhouseDatabase, flushRows: r.config.clickhouseFlushRows, lingerMs: r.config.clickhouseLingerMs, metrics: r.metrics });
-          return trackingProcessor({ sink, topics: TRACKED });
+          return trackingProcessor({ sink, topics: TRACKED, metrics: r.metrics });
         },
       }),
       processor({

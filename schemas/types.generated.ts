@@ -154,6 +154,8 @@ export interface Outcome {
   value: number;
   /** When the label was observed, epoch ms. */
   ts: number;
+  /** The item the outcome is about (recommendations: the item viewed, clicked or bought), joined with what was recommended to the user. */
+  item_id: null | string;
 }
 
 /** Population stability of one variable over one tumbling event-time window. Topic drift.metrics, key: model/variable. */

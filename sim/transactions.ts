@@ -337,6 +337,7 @@ export function outcomeFor(sim: SimulatedTransaction, observedTs: number): Outco
   return {
     event_id: sim.event.event_id,
     entity_id: sim.event.account_id,
+    item_id: null,
     label: sim.isFraud ? 'fraud' : 'legit',
     value: sim.isFraud ? 1 : 0,
     ts: observedTs,

@@ -27,6 +27,7 @@ export const ERRORS = {
   FABRIC_RECORD_UNDECODABLE: { status: 500, retriable: false, docs: 'A Kafka record could not be decoded with its schema; it goes to `dlq.<topic>`.' },
   FABRIC_RECORD_REJECTED: { status: 500, retriable: false, docs: 'A processor rejected a record (invalid content); it goes to `dlq.<topic>`.' },
   FABRIC_SINK_FAILED: { status: 503, retriable: true, docs: 'A sink (Redis, ClickHouse, Kafka) failed; the batch is retried and offsets are not committed.' },
+  FABRIC_SINK_REJECTED: { status: 500, retriable: false, docs: 'A sink refused a record\'s row for its content (ClickHouse could not parse or convert a value); the record goes to `dlq.<topic>` with the server\'s message, the other rows of the insert are written.' },
   FABRIC_MODEL_INVALID: { status: 500, retriable: false, docs: 'A model artifact is missing, fails its sha256 pin, or references files outside its folder.' },
   FABRIC_MODEL_UNAVAILABLE: { status: 503, retriable: true, docs: 'The model worker crashed or is restarting; the batch waits (stream) and the processor reports not ready after repeated failures.' },
   FABRIC_MODEL_TIMEOUT: { status: 504, retriable: true, docs: 'The model worker did not answer within FABRIC_SCORING_TIMEOUT_MS; the worker is recycled and the stream batch retried (nothing is committed meanwhile).' },

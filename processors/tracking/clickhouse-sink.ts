@@ -6,6 +6,28 @@ import { taskKey, type TaskId } from '../../topology/runtime/processor.js';
 
 export type Row = Record<string, unknown>;
 
+/** A row ClickHouse refused for its content, with the server's message; `ref` is what the task added it with. */
+export interface RejectedRow {
+  readonly table: string;
+  readonly ref: unknown;
+  readonly message: string;
+}
+
+/**
+ * ClickHouse error codes about a value in the data (cannot parse, type mismatch, out of range, unknown
+ * enum element): the row, not the server, is at fault. Anything else (network, memory, too many
+ * parts, an unknown column after a schema change) fails the round and the batch is retried.
+ */
+const ROW_ERROR_CODES = new Set([6, 26, 27, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131]);
+
+/** The server's exception code and text, from the client's error (both the 18.16 and current formats). */
+export function serverError(err: unknown): { code: number; message: string } | null {
+  const text = err instanceof Error ? err.message : String(err);
+  const m = /Code: (\d+)[.,]\s*(?:e\.displayText\(\) = )?(.*)/s.exec(text);
+  if (!m) return null;
+  return { code: Number(m[1]), message: m[2]!.replace(/,?\s*e\.what\(\) = DB::Exception\s*$/, '').replace(/\s+/g, ' ').trim().slice(0, 2000) };
+}
+
 export interface ClickHouseSinkOptions {
   readonly database: string;
   /**
@@ -19,8 +41,8 @@ export interface ClickHouseSinkOptions {
 }
 
 interface Round {
-  /** Rows by table; released once the round is settled, whatever the outcome. */
-  rows: Map<string, Row[]>;
+  /** Rows by table, each with its task and reference; released once the round is settled, whatever the outcome. */
+  rows: Map<string, { rows: Row[]; owners: { task: string; ref: unknown }[] }>;
   count: number;
   /** Keys of the tasks with rows in this round. */
   readonly tasks: Set<string>;
@@ -42,6 +64,12 @@ interface Round {
  * the sink only ever holds rows whose insert has not settled (`pending`). A row written twice (a round that failed on
  * its second table, a retried batch) is harmless: tables are ReplacingMergeTree versioned by source
  * offset, so the deduplicated views keep one row per event.
+ *
+ * A row ClickHouse refuses for its content (see ROW_ERROR_CODES) does not hold the others back: the
+ * failed insert is split in halves until the refused rows are alone, every other row is inserted,
+ * and the refused ones are returned by the flush of the task that added them, with the server's
+ * message (tracking sends their records to the DLQ). When every row of an insert is refused, the
+ * table and the rows disagree (a schema change): that fails the round instead, nothing is dead-lettered.
  */
 export class ClickHouseSink {
   private round: Round | null = null;
@@ -55,6 +83,8 @@ export class ClickHouseSink {
    * rejects once, which costs one retry of a batch that was not committed anyway.
    */
   private readonly unreported = new Map<string, Set<Round>>();
+  /** Per task key, rows refused since its last flush. */
+  private readonly rejected = new Map<string, RejectedRow[]>();
   private pendingRows = 0;
 
   constructor(private readonly client: ClickHouseClient, private readonly options: ClickHouseSinkOptions) {
@@ -71,8 +101,11 @@ export class ClickHouseSink {
     return this.pendingRows;
   }
 
-  /** Buffers `task`'s rows for `table`. A round that fills up is inserted at once; otherwise rows wait for a flush. */
-  add(table: string, rows: readonly Row[], task: TaskId): void {
+  /**
+   * Buffers `task`'s rows for `table`. A round that fills up is inserted at once; otherwise rows wait
+   * for a flush. `refs` (one per row) come back with a row ClickHouse refuses.
+   */
+  add(table: string, rows: readonly Row[], task: TaskId, refs?: readonly unknown[]): void {
     sqlIdentifier(table);
     const key = taskKey(task);
     let i = 0;
@@ -81,11 +114,14 @@ export class ClickHouseSink {
       const end = Math.min(rows.length, i + this.options.flushRows - round.count);
       let list = round.rows.get(table);
       if (!list) {
-        list = [];
+        list = { rows: [], owners: [] };
         round.rows.set(table, list);
       }
       // A loop, not push(...rows): spreading a large batch overflows the call stack.
-      for (let j = i; j < end; j++) list.push(rows[j]!);
+      for (let j = i; j < end; j++) {
+        list.rows.push(rows[j]!);
+        list.owners.push({ task: key, ref: refs?.[j] });
+      }
       round.count += end - i;
       this.pendingRows += end - i;
       i = end;
@@ -101,12 +137,12 @@ export class ClickHouseSink {
   }
 
   /**
-   * Resolves once every row `task` added before the call is inserted; rejects with a retriable
-   * FABRIC_SINK_FAILED if any round holding its rows failed since its last flush. The round still
-   * buffering is inserted after the linger, so other tasks' rows can join it. Without a task (shutdown),
-   * the same for every task, and the buffered round is inserted at once.
+   * Resolves once every row `task` added before the call is inserted or refused, with the refused
+   * ones; rejects with a retriable FABRIC_SINK_FAILED if any round holding its rows failed since its
+   * last flush. The round still buffering is inserted after the linger, so other tasks' rows can join
+   * it. Without a task (shutdown), the same for every task, and the buffered round is inserted at once.
    */
-  async flush(task?: TaskId): Promise<void> {
+  async flush(task?: TaskId): Promise<RejectedRow[]> {
     const keys = task ? [taskKey(task)] : [...this.unreported.keys()];
     const rounds = new Set<Round>();
     for (const key of keys) for (const round of this.unreported.get(key) ?? []) rounds.add(round);
@@ -127,6 +163,12 @@ export class ClickHouseSink {
       if (open.size === 0) this.unreported.delete(key);
     }
     if (error) throw error;
+    const refused: RejectedRow[] = [];
+    for (const key of keys) {
+      for (const r of this.rejected.get(key) ?? []) refused.push(r);
+      this.rejected.delete(key);
+    }
+    return refused;
   }
 
   /**
@@ -160,12 +202,40 @@ export class ClickHouseSink {
     this.chain = this.chain.then(() => this.insert(round));
   }
 
+  /**
+   * Inserts rows[from, to); when ClickHouse refuses a row's content, splits the range in halves until
+   * the refused rows are alone. Returns the refused rows' indexes and the server's messages; throws on
+   * any other failure.
+   */
+  private async insertOrIsolate(table: string, rows: readonly Row[], from: number, to: number): Promise<{ index: number; message: string }[]> {
+    try {
+      await this.client.insert({ table: `${this.options.database}.${table}`, values: from === 0 && to === rows.length ? (rows as Row[]) : rows.slice(from, to), format: 'JSONEachRow' });
+      this.options.metrics?.sinkRows.inc({ sink: 'clickhouse', table }, to - from);
+      return [];
+    } catch (err) {
+      const server = serverError(err);
+      if (!server || !ROW_ERROR_CODES.has(server.code)) throw err;
+      if (to - from === 1) return [{ index: from, message: `Code: ${server.code}. ${server.message}` }];
+      const mid = from + Math.floor((to - from) / 2);
+      return [...(await this.insertOrIsolate(table, rows, from, mid)), ...(await this.insertOrIsolate(table, rows, mid, to))];
+    }
+  }
+
   /** Never rejects: the outcome goes to the round's waiters. */
   private async insert(round: Round): Promise<void> {
     try {
-      for (const [table, rows] of round.rows) {
-        await this.client.insert({ table: `${this.options.database}.${table}`, values: rows, format: 'JSONEachRow' });
-        this.options.metrics?.sinkRows.inc({ sink: 'clickhouse', table }, rows.length);
+      const refused: (RejectedRow & { task: string })[] = [];
+      for (const [table, { rows, owners }] of round.rows) {
+        const bad = await this.insertOrIsolate(table, rows, 0, rows.length);
+        if (bad.length === rows.length && rows.length > 1) {
+          throw new Error(`ClickHouse refused every one of the ${rows.length} rows for ${table} (the table and the rows disagree: a schema change?): ${bad[0]!.message}`);
+        }
+        for (const { index, message } of bad) refused.push({ table, ref: owners[index]!.ref, message, task: owners[index]!.task });
+      }
+      for (const { task, ...row } of refused) {
+        const list = this.rejected.get(task) ?? [];
+        list.push(row);
+        this.rejected.set(task, list);
       }
       for (const key of round.tasks) {
         const open = this.unreported.get(key);

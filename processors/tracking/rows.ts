@@ -1,4 +1,4 @@
-import type { DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
+import type { DriftMetric, Interaction, Outcome, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
 import type { SourceRecord } from '../../topology/runtime/processor.js';
 import type { Row } from './clickhouse-sink.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
@@ -9,7 +9,8 @@ export interface TableMapping {
   readonly table: string;
   /** A record's table when it is not always `table`. */
   tableOf?(record: SourceRecord): string;
-  row(record: SourceRecord): Row;
+  /** The record's rows: one, or several (a recommendation: one per item shown). */
+  rows(record: SourceRecord): Row[];
 }
 
 function source(r: SourceRecord): Row {
@@ -19,16 +20,16 @@ function source(r: SourceRecord): Row {
 const mappings: Record<string, (topic: string) => TableMapping> = {
   'events.transactions': () => ({
     table: 'events_transactions',
-    row(r) {
+    rows(r) {
       const t = r.value as Transaction;
-      return { event_id: t.event_id, account_id: t.account_id, counterparty_id: t.counterparty_id, type: t.type, amount: t.amount, old_balance: t.old_balance, new_balance: t.new_balance, channel: t.channel, ts_ms: t.ts, ...source(r) };
+      return [{ event_id: t.event_id, account_id: t.account_id, counterparty_id: t.counterparty_id, type: t.type, amount: t.amount, old_balance: t.old_balance, new_balance: t.new_balance, channel: t.channel, ts_ms: t.ts, ...source(r) }];
     },
   }),
   'events.interactions': () => ({
     table: 'events_interactions',
-    row(r) {
+    rows(r) {
       const i = r.value as Interaction;
-      return { event_id: i.event_id, user_id: i.user_id, item_id: i.item_id, action: i.action, ts_ms: i.ts, ...source(r) };
+      return [{ event_id: i.event_id, user_id: i.user_id, item_id: i.item_id, action: i.action, ts_ms: i.ts, ...source(r) }];
     },
   }),
   // A feature row carries its event's own source position and its version (the input offset that
@@ -36,33 +37,49 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
   'features.': (topic) => {
     const group = featureGroupNamed(topic.slice('features.'.length));
     if (!group) throw new Error(`no feature group writes ${topic}`);
-    return { table: featureTable(group), row: (r) => featureTableRow(group, r.value as FeatureRow) };
+    return { table: featureTable(group), rows: (r) => [featureTableRow(group, r.value as FeatureRow)] };
   },
+  // Recommendations: one row per item shown, with its rank (and none for a fallback with no items).
+  // Answers of POST /v1/predict/recs are kept apart by request (request_id, their instant).
+  'predictions.recs': () => ({
+    table: 'recommendations',
+    rows(r) {
+      const rec = r.value as Recommendation;
+      const base = {
+        event_id: rec.event_id, user_id: rec.user_id, model: rec.model, version: rec.version, rules_version: rec.rules_version, rules_fired: rec.rules_fired, origin: rec.origin,
+        request_id: rec.origin === 'online' ? rec.source_offset : 0, candidates: rec.candidates, event_ts_ms: rec.event_ts, ...source(r),
+      };
+      return rec.items.map((item) => {
+        const names = Object.keys(item.attributes).sort();
+        return { ...base, item_id: item.item_id, rank: item.rank, score: item.score, attribute_names: names, attribute_values: names.map((n) => (item.attributes[n] === null || item.attributes[n] === undefined ? '' : String(item.attributes[n]))) };
+      });
+    },
+  }),
   'predictions.': () => ({
     table: 'predictions',
     // Answers of POST /v1/predict have their own table: they must not replace the stream's row of the same event.
     tableOf: (r) => ((r.value as Prediction).origin === 'online' ? 'predictions_online' : 'predictions'),
-    row(r) {
+    rows(r) {
       const p = r.value as Prediction;
       const names = Object.keys(p.features).sort();
-      return {
+      return [{
         event_id: p.event_id, entity_id: p.entity_id, model: p.model, version: p.version, score: p.score, decision: p.decision, reasons: p.reasons, fallback: p.fallback ? 1 : 0, provider: p.provider,
-        event_ts_ms: p.event_ts, feature_names: names, feature_values: names.map((n) => p.features[n] ?? null), ...source(r),
-      };
+        event_ts_ms: p.event_ts, feature_names: names, feature_values: names.map((n) => p.features[n] ?? null), rules_version: p.rules_version, rules_fired: p.rules_fired, ...source(r),
+      }];
     },
   }),
   'outcomes.': (topic) => ({
     table: 'outcomes',
-    row(r) {
+    rows(r) {
       const o = r.value as Outcome;
-      return { stream: topic.slice('outcomes.'.length), event_id: o.event_id, entity_id: o.entity_id, label: o.label, value: o.value, ts_ms: o.ts, ...source(r) };
+      return [{ stream: topic.slice('outcomes.'.length), event_id: o.event_id, entity_id: o.entity_id, label: o.label, value: o.value, ts_ms: o.ts, item_id: o.item_id ?? '', ...source(r) }];
     },
   }),
   'drift.metrics': () => ({
     table: 'drift_metrics',
-    row(r) {
+    rows(r) {
       const d = r.value as DriftMetric;
-      return { model: d.model, version: d.version, variable: d.variable, window_start_ms: d.window_start, window_end_ms: d.window_end, count: d.count, psi: d.psi, mean: d.mean, status: d.status, ...source(r) };
+      return [{ model: d.model, version: d.version, variable: d.variable, window_start_ms: d.window_start, window_end_ms: d.window_end, count: d.count, psi: d.psi, mean: d.mean, status: d.status, ...source(r) }];
     },
   }),
 };

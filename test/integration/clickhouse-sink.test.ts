@@ -31,7 +31,7 @@ const samples: Record<string, (n: number) => unknown> = {
     event_id: 'e-1', entity_id: 'acc-1', model: 'fraud', version: '1', score: n / 100, decision: 'review', reasons: ['r'], fallback: false, provider: 'cpu', event_ts: TS,
     features: { amount_sum_1h: 1, seconds_since_last_txn: null }, source_topic: 'features.account', source_partition: 0, source_offset: 1, origin: 'stream', rules_version: 0, rules_fired: [],
   }),
-  'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS }),
+  'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS, item_id: null }),
   'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok' }),
 };
 
@@ -83,7 +83,7 @@ describe('ClickHouse tables versioned by source offset (feature rows by version)
     for (const [offset, n] of [[5, 5], [5, 5], [9, 9], [7, 7]] as const) {
       for (const topic of Object.keys(samples)) {
         const mapping = mappingFor(topic)!;
-        sink.add(mapping.table, [mapping.row(record(topic, offset, n))], task);
+        sink.add(mapping.table, mapping.rows(record(topic, offset, n)), task);
       }
       await sink.flush(task);
     }

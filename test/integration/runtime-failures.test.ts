@@ -92,7 +92,7 @@ async function env(overrides: Parameters<typeof isolatedConfig>[0] = {}): Promis
 
 const echo = (r: { value: unknown }, pad = ''): Outcome => {
   const t = r.value as Transaction;
-  return { event_id: t.event_id, entity_id: t.account_id, label: `ok${pad}`, value: t.amount, ts: t.ts };
+  return { event_id: t.event_id, entity_id: t.account_id, label: `ok${pad}`, value: t.amount, ts: t.ts, item_id: null };
 };
 
 describe('stream runtime failures', () => {

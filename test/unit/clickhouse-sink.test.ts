@@ -41,7 +41,7 @@ function fakeClient() {
 
 const rows = (n: number, from = 0): Record<string, number>[] => Array.from({ length: n }, (_, i) => ({ i: from + i }));
 
-async function outcome(p: Promise<void>): Promise<string> {
+async function outcome(p: Promise<unknown>): Promise<string> {
   try {
     await p;
     return 'ok';
@@ -184,6 +184,56 @@ describe('ClickHouse sink (group commit)', () => {
     sink.add('t', rows(4), A);
     await sink.close();
     expect(inserts).toEqual([{ table: 'fabric.t', rows: 4, ok: true }]);
+  });
+});
+
+describe('ClickHouse sink: rows the server refuses', () => {
+  /** A client that refuses any insert holding a row with bad: true, as 18.16 answers (Code 27). */
+  function picky() {
+    const inserts: number[] = [];
+    const client = {
+      insert: async ({ values }: { values: { i: number; bad?: boolean }[] }) => {
+        inserts.push(values.length);
+        const bad = values.find((v) => v.bad);
+        if (bad) throw new Error(`Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected " before: abc (row ${bad.i}): (at row 1)\n, e.what() = DB::Exception`);
+      },
+    } as unknown as ClickHouseClient;
+    return { client, inserts };
+  }
+
+  it('isolates refused rows by halving, inserts every other row, and returns each refused row to its own task with the server message', async () => {
+    const { client, inserts } = picky();
+    const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 1000, lingerMs: 5 });
+    const a = Array.from({ length: 8 }, (_, i) => ({ i, ...(i === 5 ? { bad: true } : {}) }));
+    const b = [{ i: 100 }, { i: 101, bad: true }];
+    sink.add('t', a, A, a.map((r) => `a${r.i}`));
+    sink.add('t', b, B, b.map((r) => `b${r.i}`));
+    const [ra, rb] = await Promise.all([sink.flush(A), sink.flush(B)]);
+    expect(ra).toEqual([{ table: 't', ref: 'a5', message: 'Code: 27. DB::Exception: Cannot parse input: expected " before: abc (row 5): (at row 1)' }]);
+    expect(rb.map((r) => r.ref)).toEqual(['b101']);
+    // 10 rows, two refused: one insert of all, then halves down to each refused row alone.
+    const written = inserts.reduce((n, x) => n + x, 0);
+    expect(inserts[0]).toBe(10);
+    expect(inserts.filter((x) => x === 1).length).toBeGreaterThanOrEqual(2);
+    // Every good row was inserted exactly once among the successful inserts: 8 good rows.
+    expect(written).toBeGreaterThan(10);
+    expect(await sink.flush(A)).toEqual([]);
+  });
+
+  it('fails the round (retriable, nothing refused) when the server refuses every row: the table and the rows disagree', async () => {
+    const client = { insert: async () => Promise.reject(new Error('Code: 27. DB::Exception: Cannot parse input')) } as unknown as ClickHouseClient;
+    const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 1000, lingerMs: 1 });
+    sink.add('t', rows(4), A, [1, 2, 3, 4]);
+    expect(await outcome(sink.flush(A))).toBe('FABRIC_SINK_FAILED (retriable)');
+  });
+
+  it('does not split on errors that are not about a row (memory, network): the round fails and is retried', async () => {
+    let calls = 0;
+    const client = { insert: async () => { calls++; throw new Error('Code: 241. DB::Exception: Memory limit (for query) exceeded'); } } as unknown as ClickHouseClient;
+    const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 1000, lingerMs: 1 });
+    sink.add('t', rows(4), A);
+    expect(await outcome(sink.flush(A))).toBe('FABRIC_SINK_FAILED (retriable)');
+    expect(calls).toBe(1);
   });
 });
 

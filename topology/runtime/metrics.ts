@@ -24,6 +24,7 @@ export class Metrics {
   readonly processorRestarts = new Counter({ name: 'fabric_processor_restarts_total', help: 'Consumer restarts after unexpected failures, by processor.', labelNames: ['processor'] as const, registers: [this.registry] });
   readonly processorLag = new Gauge({ name: 'fabric_processor_lag_records', help: 'Offset lag of the last batch, by processor/topic/partition.', labelNames: ['processor', 'topic', 'partition'] as const, registers: [this.registry] });
 
+  readonly sinkRejected = new Counter({ name: 'fabric_sink_rejected_rows_total', help: 'Rows a sink refused for their content (sent to the DLQ with the server\'s message), by sink and table.', labelNames: ['sink', 'table'] as const, registers: [this.registry] });
   readonly rulesFired = new Counter({ name: 'fabric_rules_fired_total', help: 'Serving rules that decided, filtered or changed an output, by model, rule-set version and rule (counted per batch attempt).', labelNames: ['model', 'version', 'rule'] as const, registers: [this.registry] });
   readonly ruleErrors = new Counter({ name: 'fabric_rule_errors_total', help: 'Rule conditions that failed at run time (the rule set\'s fallback applied), by model and rule.', labelNames: ['model', 'rule'] as const, registers: [this.registry] });
   readonly scoringFallbacks = new Counter({ name: 'fabric_scoring_fallbacks_total', help: 'Fallback decisions by model and reason.', labelNames: ['model', 'reason'] as const, registers: [this.registry] });
