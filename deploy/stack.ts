@@ -34,8 +34,8 @@ const LOG_TAIL_LINES = 30;
 /** A log is set aside (one generation kept) when a start finds it larger than this, so it cannot grow forever. */
 const LOG_ROTATE_BYTES = 20 * 1024 * 1024;
 
-/** Debian packages installed when one of their binaries is missing (kcat is the raw-bytes Kafka reference tool). */
-const APT_PACKAGES = ['redis-server', 'clickhouse-server', 'kcat'] as const;
+/** Debian packages installed when one of their binaries is missing (kcat and clickhouse-client are the benchmarks' reference tools). */
+const APT_PACKAGES = ['redis-server', 'clickhouse-server', 'clickhouse-client', 'kcat'] as const;
 
 const REGISTRY_VERSION = '3.0.9';
 const REGISTRY_ZIP = `apicurio-registry-app-${REGISTRY_VERSION}-all.zip`;

@@ -19,6 +19,10 @@
  *      (maxBatch 32) vs none (maxBatch 1); POST /v1/predict/fraud latency at 200/s (client-side and
  *      server-reported) vs the floor (one Redis window read + a bare session.run), and its p99 vs the budget
  *
+ *  10. ledger (test/bench/ledger.ts): tracking sink rows/s vs clickhouse-client inserting the same rows
+ *      from a JSONEachRow file (same block size); rule evaluation per prediction, a 20-rule set vs the
+ *      defaults; frequency-cap check p50/p99 vs a Redis PING
+ *
  * Prints a Markdown table and writes the same data to bench-results.json at the repository root.
  * Every run uses its own topic prefix (bench-<timestamp>.) and deletes its topics at the end (the
  * features pairs' ClickHouse database too).
@@ -50,9 +54,10 @@ import { cleanupRun, type CleanupReport } from './cleanup.js';
 import { featuresProcessorPair, onlineReadPair, trainingSetPair, ONLINE_ENTITIES, type FeaturesContext, type FeaturesSizes, type RowSlot } from './features.js';
 import { batchingGainPair, engineThroughputPair, predictLatencyPair, BATCHING_MAX_BATCH, BATCHING_P95_BOUND_MS, BATCHING_TARGET_RATIO, ENGINE_BATCH_SIZES, ENGINE_TARGET_BATCH, ENGINE_TARGET_RATIO, PREDICT_RATE, type BatchingSearch, type ServingContext, type ServingSizes } from './serving.js';
 import { formatNumber, formatRatio, markdownTable, median } from './stats.js';
+import { capCheckPair, ruleEvaluationPair, sinkPair, type LedgerSizes, type Pair } from './ledger.js';
 
 const quick = process.argv.includes('--quick');
-const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving'] as const;
+const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : SECTIONS);
@@ -68,6 +73,8 @@ const FEATURES_SIZES: FeaturesSizes = quick
 const SERVING_SIZES: ServingSizes = quick
   ? { engineRows: 20_000, engineRepetitions: 2, batchingStepSec: 0.4, batchingBudgetSec: 6, batchingRefineSteps: 1, predictSec: 3, predictWarmupSec: 1, predictRepetitions: 2 }
   : { engineRows: 200_000, engineRepetitions: 3, batchingStepSec: 1.5, batchingBudgetSec: 25, batchingRefineSteps: 2, predictSec: 10, predictWarmupSec: 2, predictRepetitions: 3 };
+/** Sizes of the ledger section (test/bench/ledger.ts). */
+const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, repetitions: 2, ruleEvaluations: 100_000, capChecks: 2_000 } : { sinkRows: 300_000, sinkBatch: 5_000, repetitions: 3, ruleEvaluations: 1_000_000, capChecks: 10_000 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */
@@ -380,6 +387,12 @@ async function main(): Promise<void> {
     row('serving_predict_server_p99', `POST /v1/predict/fraud at ${PREDICT_RATE}/s, server-reported latencyMs p99`, 'ms', 'Redis window read + bare session.run', 'lower'),
     row('serving_predict_budget', 'POST /v1/predict/fraud client-side p99 vs its budget', 'ms', 'FABRIC_PREDICT_TIMEOUT_MS', 'lower'),
   ];
+  const ledgerRows: Row[] = [
+    row('ledger_sink', `tracking sink: ${formatNumber(LEDGER_SIZES.sinkRows)} prediction rows, inserts of ${formatNumber(LEDGER_SIZES.sinkBatch)} (target >= 0.5)`, 'rows/s', `clickhouse-client JSONEachRow from a file, blocks of ${formatNumber(LEDGER_SIZES.sinkBatch)}`, 'higher'),
+    row('rules_eval', 'rule evaluation per prediction, 20-rule set (lists, 16 CEL conditions, thresholds, cap request)', 'ns', 'defaults: one threshold rule', 'lower'),
+    row('rules_cap_p50', 'frequency-cap check (one Lua script) p50', 'ms', 'Redis PING, same client', 'lower'),
+    row('rules_cap_p99', 'frequency-cap check (one Lua script) p99', 'ms', 'Redis PING, same client', 'lower'),
+  ];
   let batchingSearches: BatchingSearch[] = [];
   const latency = new Map<number, LatencyResult>();
   const latencyErrors = new Map<number, string>();
@@ -436,6 +449,26 @@ async function main(): Promise<void> {
       await attempt(p50, () => predictLatencyPair(sctx, { p50, p99, serverP50, serverP99, budget }));
       if (p50.error) for (const r of predictRows) r.error ??= p50.error;
     }
+    if (runs('ledger')) {
+      const [sink, evaluation, capP50, capP99] = ledgerRows as [Row, Row, Row, Row];
+      const done = (r: Row, pair: Pair): void => {
+        r.samples = { ours: pair.ours.map((rate) => ({ elapsedMs: 0, messages: 0, rate })), reference: pair.reference.map((rate) => ({ elapsedMs: 0, messages: 0, rate })) };
+        r.ours = median(pair.ours);
+        r.reference = median(pair.reference);
+        r.ratio = r.ours / r.reference;
+      };
+      progress(`ledger 1/3 tracking sink vs clickhouse-client: ${formatNumber(LEDGER_SIZES.sinkRows)} rows × ${LEDGER_SIZES.repetitions}`);
+      await attempt(sink, async () => done(sink, await sinkPair(base, `bench_${runId.replace(/\W/g, '_')}`, tmp, LEDGER_SIZES, progress)));
+      progress('ledger 2/3 rule evaluation, 20 rules vs the defaults');
+      await attempt(evaluation, async () => done(evaluation, ruleEvaluationPair(LEDGER_SIZES)));
+      progress(`ledger 3/3 frequency-cap check vs PING: ${formatNumber(LEDGER_SIZES.capChecks)} calls`);
+      await attempt(capP50, async () => {
+        const { p50, p99 } = await capCheckPair(base, redisPrefix, LEDGER_SIZES);
+        done(capP50, p50);
+        done(capP99, p99);
+      });
+      if (capP50.error) capP99.error ??= capP50.error;
+    }
   } finally {
     progress('cleaning up (topics, groups, subjects, Redis keys)');
     cleanupReport = await cleanup();
@@ -446,6 +479,7 @@ async function main(): Promise<void> {
   if (runs('e2e')) for (const rate of E2E_RATES) rows.push(...latencyRows(rate, latency.get(rate) ?? null, latencyErrors.get(rate) ?? null));
   if (runs('features')) rows.push(...featuresRows);
   if (runs('serving')) rows.push(...servingRows);
+  if (runs('ledger')) rows.push(...ledgerRows);
 
   const durationSec = (performance.now() - started) / 1000;
   const cpus = os.cpus();
