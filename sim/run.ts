@@ -1,7 +1,9 @@
 /**
  * `fabric simulate`: streams generated events through the gateway in real time (HTTP, batched, a
- * bounded number of requests in flight) and, for transactions, publishes the fraud labels to
- * outcomes.<stream> after a delay, like a chargeback feed would.
+ * bounded number of requests in flight) and publishes outcomes to outcomes.<stream> after a delay:
+ * for transactions the fraud labels, like a chargeback feed would; for interactions each view, click
+ * and purchase as the feedback on the item (what recommendations are judged by), valued 1, a
+ * purchase at the item's price.
  *
  * History (`historyMs`): the one generator starts historyMs before now, so its first events (all
  * those of the past historyMs, then rate x duration live ones) are in the past and all due at once. They go out as fast as the gateway takes them (full batches, no
@@ -15,7 +17,7 @@
  */
 import type { Outcome } from '../schemas/types.generated.js';
 import { generateTransactions, outcomeFor, type SimulatedTransaction } from './transactions.js';
-import { generateInteractions } from './interactions.js';
+import { generateInteractions, itemCatalog } from './interactions.js';
 
 export interface SimulationOptions {
   readonly stream: 'transactions' | 'interactions';
@@ -72,6 +74,8 @@ export interface SimulationSummary {
 interface GeneratedEvent {
   readonly body: Record<string, unknown>;
   readonly label: SimulatedTransaction | null;
+  /** Interactions: the outcome the event is, observed at the given instant. */
+  readonly feedback?: (observedTs: number) => Outcome;
 }
 
 interface Lane {
@@ -272,8 +276,11 @@ function* allEvents(options: SimulationOptions, start: number): Generator<Genera
       yield { body: event, label: { event, isFraud: sim.isFraud } };
     }
   } else {
+    const price = new Map(itemCatalog({ seed: options.seed }).map((i) => [i.item_id, i.price]));
     for (const event of generateInteractions({ seed: options.seed, startTs: start, ratePerSec: options.ratePerSec, drift: options.drift })) {
-      yield { body: { ...event, event_id: `${options.runId}-${event.event_id}` }, label: null };
+      const body = { ...event, event_id: `${options.runId}-${event.event_id}` };
+      const feedback = (ts: number): Outcome => ({ event_id: body.event_id, entity_id: event.user_id, item_id: event.item_id, label: event.action, value: event.action === 'purchase' ? (price.get(event.item_id) ?? 1) : 1, ts });
+      yield { body, label: null, feedback };
     }
   }
 }
@@ -343,6 +350,9 @@ async function post(options: SimulationOptions, batch: GeneratedEvent[], summary
       // The label is due outcome-delay after the event time: at once for most history events.
       const ts = tsOf(e) + delayMs;
       outcomes?.push({ due: ts, outcome: outcomeFor(e.label, ts) });
+    } else if (e.feedback) {
+      const ts = tsOf(e) + delayMs;
+      outcomes?.push({ due: ts, outcome: e.feedback(ts) });
     }
   });
 }

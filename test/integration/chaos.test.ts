@@ -172,7 +172,7 @@ describe('chaos, each compared with the clean run', () => {
     expect(differences(clean, await snapshot(ns))).toEqual([]);
   }, SCENARIO_MS);
 
-  it('outages — registry stopped 10 s, ClickHouse stopped 30 s, Redis restarted, broker restarted — change nothing', async () => {
+  it('outages — registry stopped 10 s, ClickHouse stopped a minute, Redis restarted, broker restarted — change nothing', async () => {
     const ns = await namespace('outage');
     const f = fleet(ns, { features: 1, tracking: 1, drift: 1, 'drift-merge': 1 });
     // Every instance must be up before the registry goes: a process starting without it exits (its supervisor would restart it).
@@ -191,7 +191,7 @@ describe('chaos, each compared with the clean run', () => {
     // Processors keep working without the registry (schemas are cached; nothing may be dead-lettered).
     await outage('registry', 10_000, feed(1));
     // Tracking cannot insert: its partitions pause and retry, the rest of the fabric goes on.
-    await outage('clickhouse', 30_000, feed(2));
+    await outage('clickhouse', 60_000, feed(2));
     // Features cannot read or write windows: batches retry until Redis is back.
     await outage('redis', 2_000, feed(3));
     await outage('kafka', 1_000);

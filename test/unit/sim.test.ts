@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../../sim/rng.js';
-import { generateInteractions } from '../../sim/interactions.js';
+import { generateInteractions, itemCatalog } from '../../sim/interactions.js';
 import { generateTransactions, outcomeFor, type SimulatedTransaction } from '../../sim/transactions.js';
 import { runSimulation } from '../../sim/run.js';
 import type { Outcome, Transaction } from '../../schemas/types.generated.js';
@@ -169,8 +169,8 @@ describe('generateTransactions', () => {
   it('builds outcomes from the simulated label', () => {
     const f = base.find((s) => s.isFraud)!;
     const l = base.find((s) => !s.isFraud)!;
-    expect(outcomeFor(f, 123)).toEqual({ event_id: f.event.event_id, entity_id: f.event.account_id, label: 'fraud', value: 1, ts: 123 });
-    expect(outcomeFor(l, 456)).toEqual({ event_id: l.event.event_id, entity_id: l.event.account_id, label: 'legit', value: 0, ts: 456 });
+    expect(outcomeFor(f, 123)).toEqual({ event_id: f.event.event_id, entity_id: f.event.account_id, label: 'fraud', value: 1, ts: 123, item_id: null });
+    expect(outcomeFor(l, 456)).toEqual({ event_id: l.event.event_id, entity_id: l.event.account_id, label: 'legit', value: 0, ts: 456, item_id: null });
   });
 });
 
@@ -272,6 +272,29 @@ const idsByEntity = (events: readonly object[], key: string): Map<string, string
 };
 
 describe('runSimulation', () => {
+  it('publishes each interaction as an outcome about its item (valued 1, a purchase at the item price)', async () => {
+    const gw = await fakeGateway(() => null);
+    const outcomes: Outcome[] = [];
+    try {
+      const summary = await runSimulation({
+        stream: 'interactions', gatewayUrl: gw.url, apiKey: 'k', ratePerSec: 200, durationSec: 1, seed: 5, drift: false, runId: 'o',
+        startTs: Date.now(), tickMs: 20, maxInFlight: 2, maxBatch: 100, outcomeDelayMs: 50,
+        publishOutcomes: async (o) => void outcomes.push(...o),
+      });
+      expect(summary.outcomes).toBe(summary.accepted);
+      const price = new Map(itemCatalog({ seed: 5 }).map((i) => [i.item_id, i.price]));
+      const sent = new Map(gw.accepted.map((e) => [e.event_id as string, e]));
+      expect(outcomes).toHaveLength(gw.accepted.length);
+      for (const o of outcomes) {
+        const e = sent.get(o.event_id)!;
+        expect(o).toEqual({ event_id: e.event_id, entity_id: e.user_id, item_id: e.item_id, label: e.action, value: e.action === 'purchase' ? price.get(e.item_id as string) : 1, ts: (e.ts as number) + 50 });
+      }
+      expect(outcomes.some((o) => o.label === 'click')).toBe(true);
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('sends the history first, as fast as the gateway takes it, then live; every event once, per-entity in order, 429s retried', async () => {
     // Every third request is refused with 429 (Retry-After: 0): retried in place, never lost.
     const gw = await fakeGateway((n) => (n % 3 === 0 ? { status: 429, retryAfter: '0' } : null));
