@@ -100,6 +100,12 @@ export interface CompiledRules {
   fallbackDecision(reason: FallbackReason): Decision;
 }
 
+/** CEL reads plain objects only: an Avro record instance (a decoded event) becomes one. */
+function plain(o: Readonly<Record<string, unknown>>): Readonly<Record<string, unknown>> {
+  const proto: unknown = Object.getPrototypeOf(o);
+  return proto === Object.prototype || proto === null ? o : { ...o };
+}
+
 function fmt(x: number): string {
   return x.toFixed(4);
 }
@@ -233,7 +239,7 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
         if (input.score === null && cond.usesScore) continue;
         let holds: boolean;
         try {
-          holds = cond.when({ event: input.event, features: input.features, score: input.score, entity: input.entity, model: {} });
+          holds = cond.when({ event: plain(input.event), features: plain(input.features), score: input.score, entity: input.entity, model: {} });
         } catch (err) {
           const message = conditionError(err);
           return withCap({ decision: fallbackDecision('rule_error'), reasons: [`fallback:rule_error`, `${rule.name}: ${message}`], fired: [rule.name], fallback: true, error: { rule: rule.name, message } });
@@ -262,6 +268,8 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
   function filter(input: RankingInput, ranked: readonly RankedCandidate[]): FilterOutcome {
     const excluded = new Map<string, number>();
     const errors: { rule: string; message: string }[] = [];
+    const event = plain(input.event);
+    const features = plain(input.features);
     const kept: RankedCandidate[] = [];
     ranked.forEach((item, index) => {
       for (const c of ordered) {
@@ -273,7 +281,7 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
           out = rule.kind === 'deny' ? listed : !listed;
         } else if (rule.kind === 'condition') {
           try {
-            out = (c as { when: Condition }).when({ event: input.event, features: input.features, entity: input.entity, user: input.entity, item: { ...item.attributes, id: item.id, score: item.score, rank: index + 1 }, score: item.score, model: {} });
+            out = (c as { when: Condition }).when({ event, features, entity: input.entity, user: input.entity, item: { ...item.attributes, id: item.id, score: item.score, rank: index + 1 }, score: item.score, model: {} });
           } catch (err) {
             // A condition that cannot be evaluated excludes the item: never show what a rule could not clear.
             if (errors.length < 10) errors.push({ rule: rule.name, message: conditionError(err) });

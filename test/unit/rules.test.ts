@@ -92,6 +92,14 @@ describe('decision rules', () => {
     expect(onScore.decide({ event: txn, entity: 'C1', features: {}, score: null, reason: 'model_timeout' }, entry)).toMatchObject({ decision: 'review', reasons: ['fallback:model_timeout'] });
   });
 
+  it('reads decoded Avro records (class instances) as plain events', () => {
+    class Transaction {
+      constructor(readonly type: string, readonly amount: number, readonly new_balance: number, readonly old_balance: number, readonly account_id: string, readonly counterparty_id: string) {}
+    }
+    const record = new Transaction('CASH_OUT', 200_000, 0, 200_000, 'C5', 'M5');
+    expect(fraud.decide({ event: record as unknown as Record<string, unknown>, entity: 'C5', features: {}, score: 0.01 }, entry)).toMatchObject({ decision: 'review', fired: ['emptying-transfer'], fallback: false });
+  });
+
   it('a settled cap keeps the decision or turns it into the cap\'s otherwise, with the reason', () => {
     const o = decide({}, 0.1);
     expect(applyCap(o, true)).toBe(o);
