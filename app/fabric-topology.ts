@@ -11,6 +11,8 @@ import { scoringProcessor } from '../processors/scoring/processor.js';
 import { recsProcessor } from '../processors/recs/processor.js';
 import type { LiveModels } from '../serving/models/live.js';
 import type { FrequencyCaps } from '../serving/rules/caps.js';
+import type { MetadataStore } from '../serving/metadata/store.js';
+import { metadataProcessor } from '../processors/metadata/processor.js';
 import type { ServingRules } from '../processors/scoring/processor.js';
 import { referenceOf } from '../serving/registry/reference.js';
 import { trackingProcessor } from '../processors/tracking/processor.js';
@@ -37,6 +39,8 @@ export interface FabricResources {
   rules(): Promise<ServingRules>;
   /** The frequency-cap store in Redis. */
   caps(): Promise<FrequencyCaps>;
+  /** The metadata store in Redis (items' attributes for rules and enrichment). */
+  metadata(): Promise<MetadataStore>;
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
@@ -84,7 +88,7 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Operational and drift alerts.' }),
       topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, schema: 'model_version', doc: 'The model registry: one record per model version (key name@version, the latest wins; a promotion rewrites the versions it moves in one transaction).' }),
       topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, schema: 'rule_set', doc: 'Serving rules: one record per rule-set version (key model@version); a model\'s highest version is in force.' }),
-      topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, doc: 'Entity metadata for enrichment.' }),
+      topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, schema: 'metadata', doc: 'Entity metadata (key <kind>/<id>; a tombstone deletes): from PUT|DELETE /v1/metadata, fabric simulate\'s catalogue, or any producer.' }),
     ],
     processors: [
       featuresNode(accountGroup, {
@@ -114,13 +118,22 @@ export function fabricTopology(): Topology<FabricResources> {
         outputs: ['predictions.recs'],
         sinks: [],
         doc: 'Chained after features-user in its task: at each interaction, scores the user\'s candidate items (their last 24 h) with the recs model and emits the top-k.',
-        create: async (r) => recsProcessor({ models: await r.models('recs'), rules: await r.rules(), caps: await r.caps(), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
+        create: async (r) => recsProcessor({ models: await r.models('recs'), rules: await r.rules(), caps: await r.caps(), metadata: await r.metadata(), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
       }),
       featuresNode(itemGroup, {
         name: 'features-item',
         group: 'fabric.features-item',
         input: ITEM_REPARTITION_TOPIC,
         doc: 'The item feature group over interactions re-keyed by item.',
+      }),
+      processor({
+        name: 'metadata',
+        group: 'fabric.metadata',
+        inputs: ['_fabric.metadata'],
+        outputs: [],
+        sinks: ['redis'],
+        doc: 'Keeps the metadata store (Redis) equal to _fabric.metadata: upserts checked against their kind, tombstones delete, older writes ignored.',
+        create: async (r) => metadataProcessor({ store: await r.metadata() }),
       }),
       processor({
         name: 'tracking',

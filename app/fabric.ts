@@ -16,12 +16,14 @@ import { createClickHouse, type ClickHouseClient } from '../topology/runtime/cli
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
-import type { Prediction, Recommendation } from '../schemas/types.generated.js';
+import type { EntityMetadata, Prediction, Recommendation } from '../schemas/types.generated.js';
+import { MetadataService } from '../gateways/metadata.js';
 import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier } from './serving.js';
 import { FEATURE_GROUPS } from '../topology/features/groups.js';
 import { LiveModels } from '../serving/models/live.js';
 import { RuleRegistry, RulesAdmin } from '../serving/rules/registry.js';
 import { FrequencyCaps } from '../serving/rules/caps.js';
+import { MetadataStore } from '../serving/metadata/store.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { ModelRegistry } from '../serving/registry/registry.js';
 import { publishStatus } from './processor-status.js';
@@ -110,6 +112,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     };
     let rules: Promise<RuleRegistry> | null = null;
     let caps: Promise<FrequencyCaps> | null = null;
+    let metadataStore: Promise<MetadataStore> | null = null;
     const resources: FabricResources = {
       config,
       metrics,
@@ -158,6 +161,10 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       caps() {
         caps ??= resources.redis().then((r) => new FrequencyCaps(r, config.redisKeyPrefix, { graceMs: Math.max(config.featuresLatenessSec * 1000, 3_600_000) }));
         return caps;
+      },
+      metadata() {
+        metadataStore ??= resources.redis().then((r) => new MetadataStore(r, config.redisKeyPrefix));
+        return metadataStore;
       },
     };
 
@@ -231,6 +238,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
           models: lm,
           rules: await resources.rules(),
           caps: await resources.caps(),
+          metadata: await resources.metadata(),
           redis: await resources.redis(),
           keyPrefix: config.redisKeyPrefix,
           timeoutMs: config.predictTimeoutMs,
@@ -249,8 +257,15 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
           },
         });
       }
+      // The metadata webhook writes to _fabric.metadata (acks=all) and reads the store.
+      let metadata: MetadataService | undefined;
+      if (kafkaUp) {
+        const physical = prefixed(config, '_fabric.metadata');
+        const writer = await serde.writer<EntityMetadata>(`${physical}-value`, loadAvroSchema('metadata'));
+        metadata = new MetadataService({ sink: { send: (key, value) => producer.send([{ topic: physical, key, value }]) }, writer, store: await resources.metadata() });
+      }
       const gateway = new Gateway(
-        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness, ...(predictor ? { predictor } : {}) },
+        { ingest, apiKeys: new ApiKeys(config.gatewayApiKeys), metrics, log: log.child({ component: 'gateway' }), readiness, ...(predictor ? { predictor } : {}), ...(metadata ? { metadata } : {}) },
         { host: config.gatewayHost, port: config.gatewayPort, maxBodyBytes: config.gatewayMaxBodyBytes },
       );
       gatewayPort = await gateway.listen();

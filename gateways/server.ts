@@ -6,6 +6,7 @@ import type { ApiKeys } from './ingest/auth.js';
 import type { IngestService } from './ingest/ingest.js';
 import { parseEvents } from './ingest/parse.js';
 import { PredictTimeout, type OnlinePredictor } from '../serving/predict.js';
+import type { MetadataService } from './metadata.js';
 
 export interface GatewayOptions {
   readonly host: string;
@@ -30,6 +31,8 @@ export interface GatewayDeps {
   readiness(): Readiness;
   /** POST /v1/predict/{model}; absent: the route answers 404 FABRIC_MODEL_UNKNOWN. */
   readonly predictor?: OnlinePredictor;
+  /** PUT|DELETE|GET /v1/metadata/{kind}/{id}; absent: 503. */
+  readonly metadata?: MetadataService;
 }
 
 const STATUS_TEXT: Record<number, string> = { 200: '200 OK', 202: '202 Accepted', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found', 409: '409 Conflict', 413: '413 Payload Too Large', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable', 504: '504 Gateway Timeout' };
@@ -74,6 +77,9 @@ export class Gateway {
     });
     this.app.post('/v1/events/:stream', (res, req) => this.postEvents(res, req));
     this.app.post('/v1/predict/:model', (res, req) => this.postPredict(res, req));
+    this.app.put('/v1/metadata/:kind/:id', (res, req) => this.metadataRoute(res, req, 'put'));
+    this.app.del('/v1/metadata/:kind/:id', (res, req) => this.metadataRoute(res, req, 'delete'));
+    this.app.get('/v1/metadata/:kind/:id', (res, req) => this.metadataRoute(res, req, 'get'));
     this.app.ws<SocketData>('/v1/events/:stream', {
       maxPayloadLength: this.options.maxBodyBytes,
       maxBackpressure: 1024 * 1024,
@@ -188,6 +194,49 @@ export class Gateway {
         return fail(new FabricError('FABRIC_HTTP_MALFORMED', `body is not JSON: ${messageOf(e)}`));
       }
       predictor.predict(model, event).then((result) => finish(200, result), fail);
+    });
+  }
+
+  /** The metadata source's webhook: PUT (upsert) and DELETE need the admin scope; GET any key. */
+  private metadataRoute(res: uWS.HttpResponse, req: uWS.HttpRequest, method: 'put' | 'delete' | 'get'): void {
+    const started = performance.now();
+    const kind = decodeURIComponent(req.getParameter(0) ?? '');
+    const id = decodeURIComponent(req.getParameter(1) ?? '');
+    const auth = req.getHeader('authorization');
+    const finish = this.responder(res, 'metadata', started);
+    const fail = (err: unknown): void => {
+      const e = toFabricError(err);
+      if (e.status >= 500) this.deps.log.warn({ code: e.code, err: e.message, kind, id }, 'metadata request failed');
+      finish(e.status, { error: e.toJSON() }, e.retriable ? { 'Retry-After': '1' } : {});
+    };
+    let service: MetadataService;
+    try {
+      if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
+      if (method === 'get') this.deps.apiKeys.checkAny(auth);
+      else this.deps.apiKeys.checkAdmin(auth);
+      if (!this.deps.metadata) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', 'the metadata webhook is not available on this gateway (Kafka was unreachable at start)');
+      service = this.deps.metadata;
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (method === 'delete') {
+      service.delete(kind, id).then((r) => finish(200, r), fail);
+      return;
+    }
+    if (method === 'get') {
+      service.get(kind, id).then((r) => (r ? finish(200, r) : fail(new FabricError('FABRIC_HTTP_NOT_FOUND', `no ${kind} metadata for ${JSON.stringify(id)}`))), fail);
+      return;
+    }
+    readBody(res, this.options.maxBodyBytes, (err, body) => {
+      if (err) return fail(err);
+      let attributes: unknown;
+      try {
+        attributes = JSON.parse(body!.toString('utf8'));
+      } catch (e) {
+        return fail(new FabricError('FABRIC_HTTP_MALFORMED', `body is not JSON: ${messageOf(e)}`));
+      }
+      service.put(kind, id, attributes, 'webhook').then((r) => finish(200, r), fail);
     });
   }
 

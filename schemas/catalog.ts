@@ -14,6 +14,7 @@ export const SCHEMA_FILES = {
   drift_metric: 'drift_metric.avsc',
   drift_partial: 'drift_partial.avsc',
   model_version: 'model_version.avsc',
+  metadata: 'metadata.avsc',
   recommendation: 'recommendation.avsc',
   rule_set: 'rule_set.avsc',
 } as const;

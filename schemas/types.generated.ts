@@ -297,6 +297,19 @@ export interface ModelVersion {
   registered_at: number;
 }
 
+/** Descriptive attributes of an entity (an item's title, category, price) for enrichment and rules. Topic _fabric.metadata (compacted), key <kind>/<id>; a tombstone (null value) deletes. */
+export interface EntityMetadata {
+  /** A metadata kind declared in topology/metadata.ts (item). */
+  kind: string;
+  id: string;
+  /** Attribute values, checked against the kind's declaration. */
+  attributes: Record<string, null | boolean | number | string>;
+  /** When the source changed it, epoch ms. */
+  updated_at: number;
+  /** Who wrote it: the gateway webhook (with the key name), fabric simulate, a connector. */
+  source: string;
+}
+
 export interface RecommendedItem {
   item_id: string;
   /** 1 = best. */
@@ -363,6 +376,7 @@ export interface SchemaTypes {
   drift_metric: DriftMetric;
   drift_partial: DriftPartial;
   model_version: ModelVersion;
+  metadata: EntityMetadata;
   recommendation: Recommendation;
   rule_set: RuleSetVersion;
 }

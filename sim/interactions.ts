@@ -46,6 +46,16 @@ export const itemId = (i: number): string => `I${pad(i, 5)}`;
 export const categoryName = (c: number): string => `cat-${pad(c, 2)}`;
 export const interactionEventId = (seed: number, n: number): string => `i-${seed}-${pad(n, 10)}`;
 
+const CATEGORY_WORDS = ['Books', 'Music', 'Garden', 'Kitchen', 'Toys', 'Sports', 'Outdoor', 'Tools', 'Beauty', 'Games', 'Office', 'Travel'];
+
+/** The catalogue as metadata records (kind item): title, category and price of every item of the seed. */
+export function catalogueMetadata(opts: { seed: number; items?: number }): { id: string; attributes: { title: string; category: string; price: number; available: boolean } }[] {
+  return itemCatalog(opts).map((item, i) => ({
+    id: item.item_id,
+    attributes: { title: `${CATEGORY_WORDS[i % CATEGORIES % CATEGORY_WORDS.length]} item ${i}`, category: item.category, price: item.price, available: true },
+  }));
+}
+
 /** The item catalog of a seed (metadata for enrichment); independent of drift, rate and count. */
 export function itemCatalog(opts: { seed: number; items?: number }): CatalogItem[] {
   const rng = new Rng(deriveSeed(opts.seed, 11));

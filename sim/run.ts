@@ -17,7 +17,7 @@
  */
 import type { Outcome } from '../schemas/types.generated.js';
 import { generateTransactions, outcomeFor, type SimulatedTransaction } from './transactions.js';
-import { generateInteractions, itemCatalog } from './interactions.js';
+import { catalogueMetadata, generateInteractions, itemCatalog } from './interactions.js';
 
 export interface SimulationOptions {
   readonly stream: 'transactions' | 'interactions';
@@ -49,6 +49,11 @@ export interface SimulationOptions {
   /** First backoff after a 503 or network error without Retry-After, doubled per attempt up to 10 s (default 500). */
   readonly retryBaseMs?: number;
   readonly outcomeDelayMs?: number;
+  /**
+   * Interactions: publishes the seed's item catalogue (title, category, price) to the metadata store
+   * before the first event, so recommendations can be enriched and diversified by category.
+   */
+  readonly publishCatalogue?: (items: ReturnType<typeof catalogueMetadata>) => Promise<void>;
   /** Publishes labels (outcomes.<stream>); omitted when the caller has no Kafka access. */
   readonly publishOutcomes?: (outcomes: Outcome[]) => Promise<void>;
   readonly onProgress?: (s: SimulationSummary) => void;
@@ -66,6 +71,8 @@ export interface SimulationSummary {
   retries: number;
   fraud: number;
   outcomes: number;
+  /** Catalogue items published (interactions). */
+  catalogue: number;
   /** Ids of every event the gateway acknowledged. */
   acceptedIds: string[];
   errors: string[];
@@ -106,7 +113,12 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const isHistory = (e: GeneratedEvent): boolean => historyMs > 0 && tsOf(e) <= start;
   // History: every event of the past historyMs (a Poisson count); live: exactly rate x duration, as without history.
   const events = generator(options, start - historyMs, Math.round(options.ratePerSec * options.durationSec), isHistory);
-  const summary: SimulationSummary = { sent: 0, history: 0, accepted: 0, rejected: 0, failedRequests: 0, retries: 0, fraud: 0, outcomes: 0, acceptedIds: [], errors: [] };
+  const summary: SimulationSummary = { sent: 0, history: 0, accepted: 0, rejected: 0, failedRequests: 0, retries: 0, fraud: 0, outcomes: 0, catalogue: 0, acceptedIds: [], errors: [] };
+  if (options.stream === 'interactions' && options.publishCatalogue) {
+    const items = catalogueMetadata({ seed: options.seed });
+    await options.publishCatalogue(items);
+    summary.catalogue = items.length;
+  }
   const outcomes = options.publishOutcomes ? new DueQueue() : null;
   const keyField = KEY_FIELD[options.stream];
   const lanes: Lane[] = Array.from({ length: nLanes }, () => ({ queue: [], busy: false, inFlightTs: Infinity }));

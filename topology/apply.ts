@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readFile, readdir } from 'node:fs/promises';
 import { packagePath } from './paths.js';
 import type { Kafka, ITopicConfig } from 'kafkajs';
 import { AvroSerde } from '../schemas/serde.js';
@@ -9,6 +10,7 @@ import { createClickHouse, sqlIdentifier, sqlLiteral } from './runtime/clickhous
 import { FabricError, messageOf } from './errors.js';
 import { FEATURE_GROUPS } from './features/groups.js';
 import { featureColumns, featureTable, featureTableStatements } from './features/rows.js';
+import { entityStoryStatements } from './ledger-views.js';
 
 export interface ApplyReport {
   readonly topicsCreated: string[];
@@ -59,21 +61,92 @@ export async function applyTopology(topology: Topology, config: FabricConfig, ka
       throw new FabricError('FABRIC_REGISTRY_UNAVAILABLE', `registering ${subject} failed: ${messageOf(err)}`, { cause: err });
     }
   }
-  const ch = options.clickhouse === false ? { statements: 0, notices: [] } : await applyClickHouse(config);
+  const ch = options.clickhouse === false ? { statements: 0, notices: [] } : await applyClickHouse(config, topology);
   return { topicsCreated: created, topicsExisting: existing, subjects, clickhouseStatements: ch.statements, notices: ch.notices };
 }
 
-export async function clickhouseStatements(database: string): Promise<string[]> {
-  const sql = await readFile(packagePath('deploy', 'clickhouse', 'schema.sql'), 'utf8');
+/** One versioned migration: deploy/clickhouse/migrations/NNNN_name.sql. */
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly checksum: string;
+  /** Statements with {db} replaced, in order. */
+  readonly statements: readonly string[];
+}
+
+const MIGRATION_FILE = /^(\d{4})_([a-z0-9_]+)\.sql$/;
+
+/** Splits a migration's SQL into statements: "--" comment lines dropped, ";" at a line end separates. */
+export function splitStatements(sql: string, database: string): string[] {
   return sql
     .split('\n')
     .filter((line) => !line.trimStart().startsWith('--'))
     .join('\n')
     .split(/;\s*(?:\n|$)/)
-    .map((s) => s.trim())
+    .map((x) => x.trim())
     .filter(Boolean)
-    .map((s) => s.replaceAll('{db}', sqlIdentifier(database)))
-    .concat(FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, sqlIdentifier(database))));
+    .map((x) => x.replaceAll('{db}', sqlIdentifier(database)));
+}
+
+/** Every migration in version order (the folder deploy/clickhouse/migrations). */
+export async function clickhouseMigrations(database: string, dir = packagePath('deploy', 'clickhouse', 'migrations')): Promise<Migration[]> {
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.sql')).sort();
+  const out: Migration[] = [];
+  for (const file of files) {
+    const m = MIGRATION_FILE.exec(file);
+    if (!m) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `${file}: a migration is named NNNN_name.sql (four digits, lower-case name)`);
+    const version = Number(m[1]);
+    if (out.some((x) => x.version === version)) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `two migrations have version ${m[1]}`);
+    const text = await readFile(`${dir}/${file}`, 'utf8');
+    out.push({ version, name: `${m[1]}_${m[2]}`, checksum: createHash('sha256').update(text).digest('hex'), statements: splitStatements(text, database) });
+  }
+  return out;
+}
+
+/** Recorded migrations of a database (version -> checksum); none when it has no schema_migrations table yet. */
+async function appliedMigrations(client: ReturnType<typeof createClickHouse>, database: string): Promise<Map<number, string>> {
+  const rs = await client.query({ query: `SELECT version, any(checksum) AS checksum FROM ${sqlIdentifier(database)}.schema_migrations GROUP BY version`, format: 'JSONEachRow' });
+  return new Map((await rs.json<{ version: number; checksum: string }>()).map((r) => [Number(r.version), r.checksum]));
+}
+
+/** An ALTER TABLE ... ADD COLUMN whose column is there already (18.16 has no ADD COLUMN IF NOT EXISTS): done. */
+function columnExists(statement: string, err: unknown): boolean {
+  return /^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\s/i.test(statement) && /already exists|Code: (15|44)\b/.test(messageOf(err));
+}
+
+/**
+ * Applies the migrations a database lacks, in order, each recorded once it fully succeeded (version,
+ * name, checksum, statements, time). A recorded migration whose file changed is refused: history is
+ * not rewritten. A failure names the migration and the statement and records nothing: the migration
+ * runs again whole next time (its statements are written to be re-run). Returns the statements run.
+ */
+export async function migrateClickHouse(client: ReturnType<typeof createClickHouse>, database: string, migrations?: readonly Migration[]): Promise<{ applied: string[]; statements: number }> {
+  const db = sqlIdentifier(database);
+  const all = migrations ?? (await clickhouseMigrations(database));
+  await client.command({ query: `CREATE DATABASE IF NOT EXISTS ${db}` });
+  await client.command({ query: `CREATE TABLE IF NOT EXISTS ${db}.schema_migrations (version UInt32, name String, checksum String, statements UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version` });
+  const done = await appliedMigrations(client, database);
+  const applied: string[] = [];
+  let statements = 0;
+  for (const m of all) {
+    const recorded = done.get(m.version);
+    if (recorded !== undefined) {
+      if (recorded !== m.checksum) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name} was applied to ${database} with checksum ${recorded.slice(0, 12)}, but the file now has ${m.checksum.slice(0, 12)}: an applied migration is never edited; add a new one`);
+      continue;
+    }
+    for (const [i, query] of m.statements.entries()) {
+      try {
+        await client.command({ query });
+      } catch (err) {
+        if (columnExists(query, err)) continue;
+        throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name}, statement ${i + 1} (${query.replace(/\s+/g, ' ').slice(0, 120)}): ${messageOf(err)}`, { cause: err });
+      }
+      statements++;
+    }
+    await client.insert({ table: `${db}.schema_migrations`, values: [{ version: m.version, name: m.name, checksum: m.checksum, statements: m.statements.length, applied_at: Math.floor(Date.now() / 1000) }], format: 'JSONEachRow' });
+    applied.push(m.name);
+  }
+  return { applied, statements };
 }
 
 /**
@@ -113,14 +186,21 @@ async function migrateFeatureTables(client: ReturnType<typeof createClickHouse>,
   return { altered, notices };
 }
 
-/** Applies the ClickHouse DDL and brings the feature tables up to their definitions (see migrateFeatureTables). */
-export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl' | 'clickhouseUser' | 'clickhousePassword' | 'clickhouseDatabase'>): Promise<{ statements: number; notices: string[] }> {
+/**
+ * Applies the pending migrations, then the generated part: the feature tables (created, or brought up
+ * to their definitions, see migrateFeatureTables) and the entity story view over them.
+ */
+export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl' | 'clickhouseUser' | 'clickhousePassword' | 'clickhouseDatabase'>, topology?: Pick<Topology, 'streams'>): Promise<{ statements: number; notices: string[]; migrations: string[] }> {
   const client = createClickHouse(config);
   try {
-    const statements = await clickhouseStatements(config.clickhouseDatabase);
-    for (const query of statements) await client.command({ query });
+    const db = sqlIdentifier(config.clickhouseDatabase);
+    const { applied, statements } = await migrateClickHouse(client, config.clickhouseDatabase);
+    const generated = FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, db));
+    for (const query of generated) await client.command({ query });
     const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
-    return { statements: statements.length + altered, notices };
+    const story = topology ? entityStoryStatements(config.clickhouseDatabase, topology.streams, FEATURE_GROUPS) : [];
+    for (const query of story) await client.command({ query });
+    return { statements: statements + generated.length + altered + story.length, notices, migrations: applied };
   } catch (err) {
     if (err instanceof FabricError) throw err;
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });

@@ -14,7 +14,8 @@ import { readUntilIdle, type ReadRecord } from '../../topology/runtime/topic-rea
 import { consumerLag } from '../../topology/runtime/lag.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
-import type { Outcome } from '../../schemas/types.generated.js';
+import type { EntityMetadata, Outcome } from '../../schemas/types.generated.js';
+import { metadataKey } from '../../topology/metadata.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
 import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
@@ -120,22 +121,34 @@ program
   .option('--api-key <key>', 'API key (default: the first of FABRIC_GATEWAY_API_KEYS)')
   .option('--outcome-delay <ms>', 'delay before labels are published', (v) => Number.parseInt(v, 10), 5000)
   .option('--no-outcomes', 'do not publish labels')
+  .option('--no-catalogue', 'interactions: do not publish the item catalogue to _fabric.metadata')
   .option('--json', 'print the summary as JSON (with accepted event ids)')
-  .action(async (o: { stream: 'transactions' | 'interactions'; rate: number; duration: number; history: number; seed: number; drift: boolean; runId?: string; gateway?: string; apiKey?: string; outcomeDelay: number; outcomes: boolean; json?: boolean }) => {
+  .action(async (o: { stream: 'transactions' | 'interactions'; rate: number; duration: number; history: number; seed: number; drift: boolean; runId?: string; gateway?: string; apiKey?: string; outcomeDelay: number; outcomes: boolean; catalogue: boolean; json?: boolean }) => {
     const cfg = config();
     const log = cliLog(cfg, true);
     if (!Number.isInteger(o.seed)) throw new FabricError('FABRIC_CLI_USAGE', '--seed must be an integer');
     let producer: BatchingProducer | null = null;
     let publishOutcomes: ((outcomes: Outcome[]) => Promise<void>) | undefined;
+    let publishCatalogue: ((items: { id: string; attributes: Record<string, string | number | boolean> }[]) => Promise<void>) | undefined;
     const outcomesTopic = fabricTopology().stream(o.stream)?.outcomesTopic;
-    if (o.outcomes && outcomesTopic) {
+    const withCatalogue = o.stream === 'interactions' && o.catalogue;
+    if ((o.outcomes && outcomesTopic) || withCatalogue) {
       const serde = new AvroSerde({ url: cfg.registryUrl });
-      const topic = prefixed(cfg, outcomesTopic);
-      const writer = await serde.writer<Outcome>(`${topic}-value`, loadAvroSchema('outcome'));
       const p = new BatchingProducer(createKafka(cfg, log, 'simulate'), { lingerMs: 5, batchSize: 1000, maxQueued: 100_000, ackTimeoutMs: cfg.kafkaAckTimeoutMs }, log);
-      if (!(await p.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers} (needed for outcomes; --no-outcomes skips them)`);
+      if (!(await p.start())) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `Kafka is not reachable at ${cfg.kafkaBrokers} (needed for outcomes and the catalogue; --no-outcomes --no-catalogue skip them)`);
       producer = p;
-      publishOutcomes = (outcomes) => p.send(outcomes.map((x) => ({ topic, key: x.entity_id, value: writer.encode(x) })));
+      if (o.outcomes && outcomesTopic) {
+        const topic = prefixed(cfg, outcomesTopic);
+        const writer = await serde.writer<Outcome>(`${topic}-value`, loadAvroSchema('outcome'));
+        publishOutcomes = (outcomes) => p.send(outcomes.map((x) => ({ topic, key: x.entity_id, value: writer.encode(x) })));
+      }
+      if (withCatalogue) {
+        // The catalogue goes to _fabric.metadata like any metadata source's records (same records for a seed).
+        const topic = prefixed(cfg, '_fabric.metadata');
+        const writer = await serde.writer<EntityMetadata>(`${topic}-value`, loadAvroSchema('metadata'));
+        const now = Date.now();
+        publishCatalogue = (items) => p.send(items.map((i) => ({ topic, key: metadataKey('item', i.id), value: writer.encode({ kind: 'item', id: i.id, attributes: i.attributes, updated_at: now, source: 'fabric simulate' }) })));
+      }
     }
     // Progress on stderr (stdout is the summary's): one updated line on a TTY, else a JSON line every ~2 s.
     const total = Math.round(o.rate * (o.history / 1000 + o.duration));
@@ -168,11 +181,12 @@ program
         historyMs: o.history,
         onProgress,
         ...(publishOutcomes ? { publishOutcomes } : {}),
+        ...(publishCatalogue ? { publishCatalogue } : {}),
       });
       if (progressLine) process.stderr.write('\n');
       progressLine = false;
       const { acceptedIds, ...counts } = summary;
-      out(!!o.json, { ...counts, acceptedIds }, () => `sent ${counts.sent} (history ${counts.history}), accepted ${counts.accepted}, rejected ${counts.rejected}, failed requests ${counts.failedRequests}, fraud ${counts.fraud}, outcomes ${counts.outcomes}${counts.errors.length ? `\nerrors: ${counts.errors.slice(0, 5).join(' | ')}` : ''}`);
+      out(!!o.json, { ...counts, acceptedIds }, () => `sent ${counts.sent} (history ${counts.history}), accepted ${counts.accepted}, rejected ${counts.rejected}, failed requests ${counts.failedRequests}, fraud ${counts.fraud}, outcomes ${counts.outcomes}${counts.catalogue ? `, catalogue ${counts.catalogue} items` : ''}${counts.errors.length ? `\nerrors: ${counts.errors.slice(0, 5).join(' | ')}` : ''}`);
       if (counts.accepted < counts.sent) process.exitCode = 1;
     } finally {
       if (progressLine) process.stderr.write('\n');

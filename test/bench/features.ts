@@ -22,7 +22,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { Redis } from 'ioredis';
 import type { Admin, Kafka } from 'kafkajs';
 import { loadConfig, prefixed, type FabricConfig } from '../../topology/config.js';
-import { applyTopology, clickhouseStatements } from '../../topology/apply.js';
+import { applyClickHouse, applyTopology } from '../../topology/apply.js';
 import { createKafka } from '../../topology/runtime/kafka.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
@@ -485,7 +485,7 @@ export async function trainingSetPair(ctx: FeaturesContext, row: RowSlot): Promi
     const tg = performance.now();
     const history = accountHistory(ctx.seed + 20, ctx.sizes.trainingEvents, group.latenessMs ?? ctx.base.featuresLatenessSec * 1000);
     const generateSec = (performance.now() - tg) / 1000;
-    for (const query of await clickhouseStatements(database)) await ch.command({ query });
+    await applyClickHouse({ ...ctx.base, clickhouseDatabase: database });
     const table = `${database}.${featureTable(group)}`;
     for (let i = 0; i < history.length; i += 20_000) await ch.insert({ table, values: history.slice(i, i + 20_000).map((r) => featureTableRow(group, r)), format: 'JSONEachRow' });
     const counted = Number((await (await ch.query({ query: `SELECT count() AS n FROM ${table} FINAL`, format: 'JSONEachRow' })).json<{ n: string | number }>())[0]?.n);

@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../topology/config.js';
-import { applyClickHouse } from '../../topology/apply.js';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { applyClickHouse, clickhouseMigrations, migrateClickHouse } from '../../topology/apply.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { chRows } from './harness.js';
 
@@ -42,5 +45,59 @@ describe('feature tables brought up to their definitions', () => {
     ]);
 
     expect((await applyClickHouse(config)).notices).toEqual([]);
+  });
+});
+
+describe('versioned migrations (deploy/clickhouse/migrations)', () => {
+  const mdb = `it_migrations_${randomBytes(4).toString('hex')}`;
+  let dir: string;
+  const after: string[] = [];
+  afterAll(async () => {
+    for (const d of [mdb, ...after]) await client.command({ query: `DROP DATABASE IF EXISTS ${d}` });
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('applies each migration once, in order, recorded with its checksum; again changes nothing', async () => {
+    const migrations = await clickhouseMigrations(mdb);
+    expect(migrations.map((m) => m.name).slice(0, 2)).toEqual(['0001_base', '0002_ledger']);
+    const first = await migrateClickHouse(client, mdb);
+    expect(first.applied).toEqual(migrations.map((m) => m.name));
+    const recorded = await chRows<{ version: number; name: string; checksum: string }>(client, `SELECT version, name, checksum FROM ${mdb}.schema_migrations ORDER BY version`);
+    expect(recorded).toEqual(migrations.map((m) => ({ version: m.version, name: m.name, checksum: m.checksum })));
+    expect(await migrateClickHouse(client, mdb)).toEqual({ applied: [], statements: 0 });
+    // Partitioned by day, every table.
+    const keys = await chRows<{ name: string; partition_key: string }>(client, `SELECT name, partition_key FROM system.tables WHERE database = ${sqlLiteral(mdb)} AND engine LIKE '%MergeTree' AND name != 'schema_migrations' ORDER BY name`);
+    for (const k of keys) expect(k.partition_key, k.name).toMatch(/^toYYYYMMDD\(/);
+  });
+
+  it('refuses a recorded migration whose file changed, and records nothing of a migration that fails (it runs whole again, ADD COLUMN of an existing column counting as done)', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'fabric-migrations-'));
+    const mdb = `it_migrations_t_${randomBytes(4).toString('hex')}`;
+    after.push(mdb);
+    await writeFile(join(dir, '0001_t.sql'), 'CREATE TABLE IF NOT EXISTS {db}.t (a String) ENGINE = MergeTree ORDER BY a;\n');
+    await migrateClickHouse(client, mdb, await clickhouseMigrations(mdb, dir));
+    // 0002 adds a column, then fails on its second statement.
+    await writeFile(join(dir, '0002_u.sql'), 'ALTER TABLE {db}.t ADD COLUMN b UInt8 DEFAULT 1;\nCREATE TABLE {db}.t (a String) ENGINE = MergeTree ORDER BY a;\n');
+    await expect(migrateClickHouse(client, mdb, await clickhouseMigrations(mdb, dir))).rejects.toThrow(/^migration 0002_u, statement 2 \(CREATE TABLE it_migrations_\w+\.t .*already exists/);
+    expect((await chRows<{ name: string }>(client, `SELECT name FROM ${mdb}.schema_migrations WHERE name = '0002_u'`)).length).toBe(0);
+    // Fixed, it runs whole again: the ADD COLUMN of the column added last time counts as done.
+    await writeFile(join(dir, '0002_u.sql'), 'ALTER TABLE {db}.t ADD COLUMN b UInt8 DEFAULT 1;\nCREATE TABLE IF NOT EXISTS {db}.t2 (a String) ENGINE = MergeTree ORDER BY a;\n');
+    expect((await migrateClickHouse(client, mdb, await clickhouseMigrations(mdb, dir))).applied).toEqual(['0002_u']);
+    // History is never rewritten.
+    await writeFile(join(dir, '0001_t.sql'), 'CREATE TABLE IF NOT EXISTS {db}.t (a String, c String) ENGINE = MergeTree ORDER BY a;\n');
+    await expect(migrateClickHouse(client, mdb, await clickhouseMigrations(mdb, dir))).rejects.toMatchObject({ code: 'FABRIC_SCHEMA_MIGRATION_FAILED', message: expect.stringMatching(/migration 0001_t was applied .* with checksum \w+, but the file now has \w+: an applied migration is never edited/) });
+  });
+
+  it('brings a database the pre-migration schema created (no schema_migrations) up to date, keeping its rows', async () => {
+    const old = `it_oldschema_${randomBytes(4).toString('hex')}`;
+    try {
+      await client.command({ query: `CREATE DATABASE ${old}` });
+      await client.command({ query: `CREATE TABLE ${old}.predictions (event_id String, entity_id String, model String, version String, score Nullable(Float64), decision String, reasons Array(String), fallback UInt8, provider String, event_ts_ms UInt64, feature_names Array(String), feature_values Array(Nullable(Float64)), source_topic String, source_partition Int32, source_offset UInt64) ENGINE = ReplacingMergeTree(source_offset) PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000))) ORDER BY (model, event_id)` });
+      await client.command({ query: `INSERT INTO ${old}.predictions (event_id, entity_id, model, version, score, decision, event_ts_ms) VALUES ('e1', 'a', 'fraud', '1', 0.5, 'review', 1700000000000)` });
+      await applyClickHouse({ ...config, clickhouseDatabase: old });
+      expect(await chRows(client, `SELECT event_id, decision, rules_version, rules_fired FROM ${old}.v_predictions`)).toEqual([{ event_id: 'e1', decision: 'review', rules_version: 0, rules_fired: [] }]);
+    } finally {
+      await client.command({ query: `DROP DATABASE IF EXISTS ${old}` });
+    }
   });
 });

@@ -1,17 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../topology/config.js';
-import { clickhouseStatements } from '../../topology/apply.js';
+import { applyClickHouse } from '../../topology/apply.js';
+import { fabricTopology } from '../../app/fabric-topology.js';
 import { createClickHouse, sqlLiteral, type ClickHouseClient } from '../../topology/runtime/clickhouse.js';
 import type { SourceRecord, TaskId } from '../../topology/runtime/processor.js';
 import { ClickHouseSink } from '../../processors/tracking/clickhouse-sink.js';
 import { mappingFor } from '../../processors/tracking/rows.js';
-import type { AccountFeatureUpdate, DriftMetric, Interaction, Outcome, Prediction, Transaction } from '../../schemas/types.generated.js';
+import type { AccountFeatureUpdate, DriftMetric, Interaction, Outcome, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
 
 /**
  * The versioned, deduplicated tables on the running ClickHouse (18.16 locally): rows go through the
  * tracking row mappings and the group-commit sink into a database of this run's own, created from
- * deploy/clickhouse/schema.sql and dropped afterwards.
+ * the migrations (deploy/clickhouse/migrations) and dropped afterwards.
  */
 const config = loadConfig();
 const db = `it_sink_${randomBytes(4).toString('hex')}`;
@@ -31,6 +32,10 @@ const samples: Record<string, (n: number) => unknown> = {
     event_id: 'e-1', entity_id: 'acc-1', model: 'fraud', version: '1', score: n / 100, decision: 'review', reasons: ['r'], fallback: false, provider: 'cpu', event_ts: TS,
     features: { amount_sum_1h: 1, seconds_since_last_txn: null }, source_topic: 'features.account', source_partition: 0, source_offset: 1, origin: 'stream', rules_version: 0, rules_fired: [],
   }),
+  'predictions.recs': (n): Recommendation => ({
+    event_id: 'e-1', user_id: 'u-1', model: 'recs', version: '1', provider: 'cpu', event_ts: TS, candidates: n, reasons: ['top 1 of 1 candidates'], fallback: false, source_topic: 'events.interactions', source_partition: 0, source_offset: 1, origin: 'stream',
+    rules_version: 1, rules_fired: ['top'], items: [{ item_id: 'item-1', rank: 1, score: 0.5, features: { f: 1 }, attributes: { title: 'T', category: 'c', price: 9.5 } }],
+  }),
   'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS, item_id: null }),
   'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok' }),
 };
@@ -41,6 +46,7 @@ const marker: Record<string, string> = {
   events_interactions: "replaceAll(item_id, 'item-', '')",
   features_account: 'toString(txn_count_1h)',
   predictions: 'toString(round(score * 100))',
+  recommendations: 'toString(candidates)',
   outcomes: 'toString(value)',
   drift_metrics: 'toString(count)',
 };
@@ -56,9 +62,8 @@ async function rows<T>(query: string): Promise<T[]> {
 
 beforeAll(async () => {
   client = createClickHouse(config);
-  const statements = await clickhouseStatements(db);
   // Twice: applying the schema again must change nothing.
-  for (let i = 0; i < 2; i++) for (const query of statements) await client.command({ query });
+  for (let i = 0; i < 2; i++) await applyClickHouse({ ...config, clickhouseDatabase: db }, fabricTopology());
 });
 
 afterAll(async () => {
@@ -71,8 +76,8 @@ const versionOf = (table: string): string => (table.startsWith('features_') ? 'v
 
 describe('ClickHouse tables versioned by source offset (feature rows by version)', () => {
   it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version', async () => {
-    const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' ORDER BY name`);
-    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions', 'predictions_online']);
+    const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' AND name != 'schema_migrations' ORDER BY name`);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions', 'predictions_online', 'recommendations']);
     for (const t of tables) expect(t.engine_full, t.name).toMatch(new RegExp(`^ReplacingMergeTree\\(${versionOf(t.name)}\\)`));
   });
 
@@ -99,10 +104,19 @@ describe('ClickHouse tables versioned by source offset (feature rows by version)
 
   it('the analyst views answer, joined on deduplicated rows', async () => {
     const views = await rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine = 'View' ORDER BY name`);
-    expect(views.map((v) => v.name)).toEqual(['v_alerts', 'v_drift_metrics', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_features_item', 'v_features_user', 'v_fraud_performance', 'v_outcomes', 'v_predictions']);
-    for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);
-    expect(await rows(`SELECT event_id, entity_id, version, score, decision, label, label_value FROM ${db}.v_fraud_performance`)).toEqual([
-      { event_id: 'e-1', entity_id: 'acc-1', version: '1', score: 0.09, decision: 'review', label: 'fraud', label_value: 9 },
+    expect(views.map((v) => v.name)).toEqual([
+      'v_alerts', 'v_decisions_hourly', 'v_drift_metrics', 'v_entity_story', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_features_item', 'v_features_user',
+      'v_fraud_performance', 'v_fraud_precision_recall', 'v_outcomes', 'v_predictions', 'v_recommendation_ctr', 'v_recommendation_outcomes', 'v_recommendations', 'v_rule_hits',
     ]);
+    for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);
+    expect(await rows(`SELECT event_id, entity_id, version, rules_version, score, decision, label, label_value FROM ${db}.v_fraud_performance`)).toEqual([
+      { event_id: 'e-1', entity_id: 'acc-1', version: '1', rules_version: 0, score: 0.09, decision: 'review', label: 'fraud', label_value: 9 },
+    ]);
+    // The recommendation's one item, one row, with its attributes.
+    expect(await rows(`SELECT item_id, rank, attribute_names, attribute_values, rules_version, rules_fired FROM ${db}.v_recommendations`)).toEqual([
+      { item_id: 'item-1', rank: 1, attribute_names: ['category', 'price', 'title'], attribute_values: ['c', '9.5', 'T'], rules_version: 1, rules_fired: ['top'] },
+    ]);
+    // The story of acc-1, in time order: its event, features, prediction and outcome.
+    expect((await rows<{ kind: string }>(`SELECT kind FROM ${db}.v_entity_story WHERE entity_id = 'acc-1' ORDER BY ts_ms, kind`)).map((r) => r.kind).sort()).toEqual(['event', 'features', 'outcome', 'prediction']);
   });
 });

@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'csv-parse/sync';
 import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFabric } from './harness.js';
 import { runSimulation, type SimulationSummary } from '../../sim/run.js';
+import { catalogueMetadata, itemCatalog } from '../../sim/interactions.js';
+import { MetadataStore } from '../../serving/metadata/store.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
@@ -85,6 +87,20 @@ async function loadRaw(): Promise<void> {
   }
 }
 
+/** The catalogue through the metadata webhook (PUT, admin scope), then until the store has every item: recommendations then see categories from the first interaction on. */
+async function putCatalogue(items: { id: string; attributes: Record<string, unknown> }[]): Promise<void> {
+  for (let i = 0; i < items.length; i += 50) {
+    await Promise.all(
+      items.slice(i, i + 50).map(async (item) => {
+        const res = await fetch(`${f.url}/v1/metadata/item/${encodeURIComponent(item.id)}`, { method: 'PUT', headers: { authorization: 'Bearer dev-key', 'content-type': 'application/json' }, body: JSON.stringify(item.attributes) });
+        expect(res.status).toBe(200);
+      }),
+    );
+  }
+  const store = new MetadataStore(f.redis, f.config.redisKeyPrefix);
+  await waitFor(() => store.getMany('item', items.map((i) => i.id)), (m) => m.size === items.length, { what: 'the catalogue in the metadata store', timeoutMs: 60_000 });
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fabric-features-'));
   const config = isolatedConfig({ driftWindowSec: 60 });
@@ -93,7 +109,7 @@ beforeAll(async () => {
   const common = { gatewayUrl: f.url, apiKey: 'dev-key', durationSec: 3, drift: false, historyMs: HISTORY_MS, startTs: start } as const;
   [tx, ix] = await Promise.all([
     runSimulation({ ...common, stream: 'transactions', ratePerSec: 4, seed: 21, runId: 'fe2e' }),
-    runSimulation({ ...common, stream: 'interactions', ratePerSec: 6, seed: 22, runId: 'fe2e' }),
+    runSimulation({ ...common, stream: 'interactions', ratePerSec: 6, seed: 22, runId: 'fe2e', publishCatalogue: putCatalogue }),
   ]);
   // Every group's offline rows are in ClickHouse: the online store is then complete too.
   const db = config.clickhouseDatabase;
@@ -266,7 +282,7 @@ describe('feature groups end to end, against a recomputation from the raw events
 });
 
 describe('recommendations on the interactions stream (recs chained after features-user)', () => {
-  it('emits one recommendation per interaction: candidates, cross features and ranks recomputed independently, scores equal to a direct ONNX run of the logged vectors', async () => {
+  it('emits one recommendation per interaction under the demo rules: candidates, cross features and ranks recomputed independently, scores equal to a direct ONNX run of the logged vectors, no item shown twice to a user in 24 h, at most 2 per category', async () => {
     const serde = new AvroSerde({ url: f.config.registryUrl });
     const userEvents = raw.get('user')!;
     const all = [...userEvents.values()].flat();
@@ -275,6 +291,8 @@ describe('recommendations on the interactions stream (recs chained after feature
     // Exactly once: one per accepted interaction, none twice.
     expect(recs.map((r) => r.event_id).sort()).toEqual(all.map((e) => e.id).sort());
     const { entry, bytes } = demoModel('recs');
+    const category = new Map(itemCatalog({ seed: 22 }).map((i) => [i.item_id, i.category]));
+    const catalogue = new Map(catalogueMetadata({ seed: 22 }).map((i) => [i.id, { title: i.attributes.title, category: i.attributes.category, price: i.attributes.price }]));
     const session = await ort.InferenceSession.create(bytes);
     const names = entry.signature.inputs.map((i) => i.name);
     const rows: number[] = [];
@@ -290,7 +308,17 @@ describe('recommendations on the interactions stream (recs chained after feature
       expect(rec.candidates, rec.event_id).toBe(candidates.length);
       expect(rec.model).toBe('recs');
       expect(rec.version).toBe(entry.version);
-      expect(rec.items.length).toBe(Math.min(10, candidates.length));
+      // The demo rules (models/recs/rules.yaml): at most 10 items; the cap and the category quota may hold some back.
+      expect(rec.rules_version).toBe(1);
+      expect(rec.items.length).toBeLessThanOrEqual(Math.min(10, candidates.length));
+      const perCategory = new Map<string, number>();
+      for (const item of rec.items) {
+        const c = category.get(item.item_id)!;
+        perCategory.set(c, (perCategory.get(c) ?? 0) + 1);
+      }
+      expect(Math.max(0, ...perCategory.values()), rec.event_id).toBeLessThanOrEqual(2);
+      // Enriched from the catalogue published through the webhook.
+      for (const item of rec.items) expect(item.attributes, item.item_id).toEqual(catalogue.get(item.item_id));
       if (rec.items.length > 0) withItems++;
       rec.items.forEach((item, k) => {
         expect(item.rank).toBe(k + 1);
@@ -306,7 +334,17 @@ describe('recommendations on the interactions stream (recs chained after feature
         want.push(item.score);
       });
     }
-    expect(withItems).toBeGreaterThan(recs.length / 2);
+    // Never the same item to the same user twice within 24 h (the whole run spans less): every show of a user is of a distinct item.
+    const shown = new Map<string, { item: string; ts: number }[]>();
+    for (const rec of recs) for (const item of rec.items) shown.set(rec.user_id, [...(shown.get(rec.user_id) ?? []), { item: item.item_id, ts: rec.event_ts }]);
+    for (const [user, list] of shown) {
+      for (const a of list) for (const b of list) if (a !== b && a.item === b.item) expect(Math.abs(a.ts - b.ts), `${user} shown ${a.item} twice`).toBeGreaterThanOrEqual(24 * HOUR);
+    }
+    // Every user with a candidate got something at first (nothing was shown to them before).
+    const firstOfUser = new Map<string, Recommendation>();
+    for (const rec of [...recs].sort((a, b) => a.event_ts - b.event_ts)) if (!firstOfUser.has(rec.user_id)) firstOfUser.set(rec.user_id, rec);
+    for (const rec of firstOfUser.values()) if (rec.candidates > 0) expect(rec.items.length, rec.event_id).toBeGreaterThan(0);
+    expect(withItems).toBeGreaterThan(0);
     // Rescored here from the logged vectors alone.
     const out = await session.run({ [entry.signature.input_name]: new ort.Tensor('float32', Float32Array.from(rows), [want.length, names.length]) });
     const probs = out[entry.signature.output_name]!;

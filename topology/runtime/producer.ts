@@ -7,13 +7,14 @@ import { backoffMs, sleep } from './retry.js';
 export interface OutMessage {
   readonly topic: string;
   readonly key: string | null;
-  readonly value: Buffer;
+  /** Null: a tombstone (compacted topics). */
+  readonly value: Buffer | null;
   readonly headers?: IHeaders;
 }
 
 /** Bytes a message adds to a produce request (key, value, headers, plus record overhead). */
 export function messageBytes(m: OutMessage): number {
-  let n = 64 + m.value.length + (m.key ? Buffer.byteLength(m.key) : 0);
+  let n = 64 + (m.value?.length ?? 0) + (m.key ? Buffer.byteLength(m.key) : 0);
   if (m.headers) for (const [k, v] of Object.entries(m.headers)) n += k.length + (Buffer.isBuffer(v) ? v.length : String(v ?? '').length) + 8;
   return n;
 }

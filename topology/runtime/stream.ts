@@ -419,8 +419,14 @@ export class ProcessorRunner {
     const reader = this.readers.get(topic);
     const records: SourceRecord[] = [];
     const rejects: { raw: KafkaMessage; error: FabricError }[] = [];
+    // A compacted (control) topic's tombstone is a record with a null value: it deletes its key.
+    const compacted = this.deps.topology.topics.some((t) => t.name === topic && t.compacted);
     for (const m of messages) {
       if (!m.value) {
+        if (compacted) {
+          records.push({ topic, partition, offset: m.offset, key: m.key ? m.key.toString() : null, value: null, timestamp: Number(m.timestamp), headers: m.headers ?? {} });
+          continue;
+        }
         rejects.push({ raw: m, error: new FabricError('FABRIC_RECORD_UNDECODABLE', 'record has no value (tombstone) on a non-compacted stream') });
         continue;
       }

@@ -1,18 +1,24 @@
--- The fabric's ClickHouse schema. Runs on 18.16 and current ClickHouse: no DateTime64, TTL, Map or
--- query parameters. `{db}` is replaced by the configured database (validated identifier).
+-- Migration 0001: the fabric's base ClickHouse schema. Runs on 18.16 and current ClickHouse: no
+-- DateTime64, TTL, Map or query parameters. `{db}` is replaced by the configured database (validated
+-- identifier).
+--
+-- Migrations: every file NNNN_name.sql in this folder is applied by `fabric topology apply` (and at
+-- fabric start) in order, once, and recorded in {db}.schema_migrations with its sha256; a recorded file
+-- that changed is refused (add a new migration instead). A migration that fails is recorded nowhere and
+-- runs again whole next time, so its statements are written to be re-run: CREATE ... IF NOT EXISTS,
+-- DROP ... IF EXISTS; an ALTER TABLE ... ADD COLUMN of a column that exists counts as done. Statements
+-- end with ";" at the end of a line; lines starting with "--" are comments. Feature tables
+-- (features_<group>) and the entity story view are generated from the definitions after the migrations.
 --
 -- Exactly one row per event: every table is a ReplacingMergeTree versioned by `source_offset` (the
 -- Kafka offset the row was read from), and its ORDER BY key holds the event's identity: its event id
 -- (drift metrics: model, variable and window; alerts, which carry no id: their source position).
 -- A redelivered or retried insert of the same event collapses into one row, the one with the highest
 -- offset; rows inserted twice from the same offset are identical. Merges happen in the background, so
--- readers use the v_* views, which read with FINAL and never show an event twice. Partitions derive
--- from the event's own time, so an event's duplicates share a partition (where merges dedupe).
---
--- Every statement is CREATE ... IF NOT EXISTS: applying the schema again changes nothing. A database
--- created before tables were versioned keeps its old engine, ReplacingMergeTree() without a version
--- (it keeps the last inserted duplicate, not the highest offset): there is no silent migration;
--- recreate that database, or copy its tables into a new one with INSERT ... SELECT, to get versions.
+-- readers use the v_* views, which read with FINAL and never show an event twice. Partitions are days
+-- of the event's own time, so an event's duplicates share a partition (where merges dedupe), and
+-- `fabric retention apply` drops whole days. (Databases created before migrations keep drift_metrics
+-- and alerts partitioned by month; retention drops such a month once all of it is past retention.)
 
 CREATE DATABASE IF NOT EXISTS {db};
 
@@ -107,7 +113,7 @@ CREATE TABLE IF NOT EXISTS {db}.drift_metrics (
   source_partition Int32,
   source_offset UInt64
 ) ENGINE = ReplacingMergeTree(source_offset)
-PARTITION BY toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(window_start_ms, 1000)))
 ORDER BY (model, variable, window_start_ms);
 
 CREATE TABLE IF NOT EXISTS {db}.alerts (
@@ -119,7 +125,7 @@ CREATE TABLE IF NOT EXISTS {db}.alerts (
   source_partition Int32,
   source_offset UInt64
 ) ENGINE = ReplacingMergeTree(source_offset)
-PARTITION BY toYYYYMM(toDateTime(intDiv(ts_ms, 1000)))
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_ms, 1000)))
 ORDER BY (kind, ts_ms, source_partition, source_offset);
 
 -- The deduplicated views, one per table: what analysts and checks read.
