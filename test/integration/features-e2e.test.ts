@@ -9,6 +9,7 @@ import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFab
 import { runSimulation, type SimulationSummary } from '../../sim/run.js';
 import { catalogueMetadata, itemCatalog } from '../../sim/interactions.js';
 import { MetadataStore } from '../../serving/metadata/store.js';
+import { sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { AvroSerde } from '../../schemas/serde.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup, itemGroup, userGroup } from '../../topology/features/groups.js';
@@ -345,6 +346,13 @@ describe('recommendations on the interactions stream (recs chained after feature
     for (const rec of [...recs].sort((a, b) => a.event_ts - b.event_ts)) if (!firstOfUser.has(rec.user_id)) firstOfUser.set(rec.user_id, rec);
     for (const rec of firstOfUser.values()) if (rec.candidates > 0) expect(rec.items.length, rec.event_id).toBeGreaterThan(0);
     expect(withItems).toBeGreaterThan(0);
+    // The ledger: one row per item shown, the same items; and no user-item pair twice (the run spans less than 24 h).
+    const db = f.config.clickhouseDatabase;
+    const shownCount = recs.reduce((n, r) => n + r.items.length, 0);
+    const ledger = await waitFor(() => chRows<{ rows: string; pairs: string }>(f.clickhouse, `SELECT count() AS rows, uniqExact(user_id, item_id) AS pairs FROM ${db}.v_recommendations WHERE origin = 'stream'`), (r) => Number(r[0]!.rows) >= shownCount, { what: 'recommendation rows in ClickHouse', timeoutMs: 60_000 });
+    expect(ledger[0]).toEqual({ rows: String(shownCount), pairs: String(shownCount) });
+    const sample = recs.find((r) => r.items.length > 1)!;
+    expect(await chRows(f.clickhouse, `SELECT item_id, rank, score FROM ${db}.v_recommendations WHERE origin = 'stream' AND event_id = ${sqlLiteral(sample.event_id)} ORDER BY rank`)).toEqual(sample.items.map((i) => ({ item_id: i.item_id, rank: i.rank, score: i.score })));
     // Rescored here from the logged vectors alone.
     const out = await session.run({ [entry.signature.input_name]: new ort.Tensor('float32', Float32Array.from(rows), [want.length, names.length]) });
     const probs = out[entry.signature.output_name]!;
