@@ -6,7 +6,7 @@
  * across `down`/`up`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, copyFile, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kafka, logLevel } from 'kafkajs';
@@ -273,6 +273,8 @@ interface Component {
   probe(config: FabricConfig, timeoutMs: number): Promise<string>;
   /** Installs, fetches and renders whatever is missing; returns how to start the process. */
   prepare(ctx: UpContext): Promise<Launch>;
+  /** Brings the configuration of a component already running up to date (what it reloads by itself). */
+  refresh?(ctx: UpContext): Promise<void>;
 }
 
 function ensurePackages(ctx: UpContext): Promise<void> {
@@ -553,10 +555,20 @@ const clickhouse: Component = {
       .replaceAll('{{HTTP_PORT}}', String(config.clickhousePort))
       .replaceAll('{{TCP_PORT}}', String(config.clickhouseTcpPort));
     await writeFile(join(paths.clickhouse, 'config.xml'), rendered);
-    await copyFile(join(ctx.deployDir, 'local', 'clickhouse', 'users.xml'), join(paths.clickhouse, 'users.xml'));
+    await renderClickHouseUsers(ctx);
     return { command: server, args: [`--config-file=${join(paths.clickhouse, 'config.xml')}`], cwd: paths.clickhouse };
   },
 };
+
+/**
+ * users.xml beside config.xml, with the read-only `analyst` user allowed on the configured database
+ * only. ClickHouse re-reads users.xml by itself, so a running server picks a new one up within seconds.
+ */
+async function renderClickHouseUsers(ctx: UpContext): Promise<void> {
+  const template = await readFile(join(ctx.deployDir, 'local', 'clickhouse', 'users.xml'), 'utf8');
+  await writeFile(join(ctx.paths.clickhouse, 'users.xml'), template.replaceAll('{{DATABASE}}', ctx.config.clickhouseDatabase));
+}
+clickhouse.refresh = renderClickHouseUsers;
 
 const COMPONENTS: readonly Component[] = [kafka, registry, redis, clickhouse];
 
@@ -648,6 +660,7 @@ async function ensureUp(component: Component, ctx: UpContext): Promise<Component
   if (now.ok) {
     const origin = pid === null ? ' (not started by this stack: no live pid file)' : '';
     log(`${name}: already up at ${address}${origin}`);
+    if (pid !== null) await component.refresh?.(ctx);
     return { name, up: true, address, pid, detail: `${now.detail}${origin}` };
   }
 
