@@ -11,6 +11,8 @@ import { FabricError, messageOf } from './errors.js';
 import { FEATURE_GROUPS } from './features/groups.js';
 import { featureColumns, featureTable, featureTableStatements } from './features/rows.js';
 import { entityStoryStatements } from './ledger-views.js';
+import type { Partition, PlannedDrop } from './retention.js';
+import type { ClickHouseClient } from './runtime/clickhouse.js';
 
 export interface ApplyReport {
   readonly topicsCreated: string[];
@@ -207,4 +209,19 @@ export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl'
   } finally {
     await client.close();
   }
+}
+
+/** Active partitions of the database's tables (views and the migrations record left out). */
+export async function listPartitions(client: ClickHouseClient, database: string): Promise<Partition[]> {
+  const rs = await client.query({
+    query: `SELECT table, partition_id, sum(rows) AS rows FROM system.parts WHERE active AND database = ${sqlLiteral(database)} AND table != 'schema_migrations' GROUP BY table, partition_id ORDER BY table, partition_id`,
+    format: 'JSONEachRow',
+  });
+  return (await rs.json<{ table: string; partition_id: string; rows: string | number }>()).map((r) => ({ table: r.table, partition: r.partition_id, rows: Number(r.rows) }));
+}
+
+/** Drops the planned partitions, one statement each. */
+export async function dropPartitions(client: ClickHouseClient, database: string, drops: readonly PlannedDrop[]): Promise<void> {
+  const db = sqlIdentifier(database);
+  for (const d of drops) await client.command({ query: `ALTER TABLE ${db}.${sqlIdentifier(d.table)} DROP PARTITION ID ${sqlLiteral(d.partition)}` });
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseRetention } from './retention.js';
 import { FabricError } from './errors.js';
 
 /**
@@ -84,6 +85,19 @@ export const SETTINGS = {
 
   clickhouseLingerMs: s('FABRIC_CLICKHOUSE_LINGER_MS', ms, '1000', 'How long the ClickHouse sink gathers rows from all partitions before one insert per table.'),
   clickhouseFlushRows: s('FABRIC_CLICKHOUSE_FLUSH_ROWS', positive, '5000', 'Rows buffered per table before an insert.'),
+  clickhouseRetention: s(
+    'FABRIC_CLICKHOUSE_RETENTION',
+    z.string().transform((v, ctx) => {
+      try {
+        return parseRetention(v);
+      } catch (err) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
+    'events_*=30d,features_*=90d,predictions*=90d,recommendations=90d,outcomes=180d,drift_metrics=365d,alerts=365d',
+    'Days of event time each ClickHouse table keeps, as table=Nd (a trailing * matches a prefix; keep: forever); the first matching rule applies, a table no rule matches is kept. Applied by `fabric retention apply`.',
+  ),
 
   modelsDir: s('FABRIC_MODELS_DIR', z.string().min(1), 'models', 'Folder of the demo model artifacts (model.onnx + model.json per model) that `npm start` registers and promotes when the registry has no production version of them.'),
   metricsPort: s('FABRIC_METRICS_PORT', z.coerce.number().int().min(0).max(65535), '9464', 'Port of /metrics for processors run outside the gateway process.'),

@@ -6,7 +6,8 @@ import { createKafka } from '../../topology/runtime/kafka.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { BatchingProducer } from '../../topology/runtime/producer.js';
 import { fabricTopology } from '../fabric-topology.js';
-import { applyTopology } from '../../topology/apply.js';
+import { applyTopology, dropPartitions, listPartitions } from '../../topology/apply.js';
+import { planRetention } from '../../topology/retention.js';
 import { DLQ_HEADERS } from '../../topology/runtime/dlq.js';
 import { startFabric } from '../fabric.js';
 import { readStatuses, type PublishedStatus } from '../processor-status.js';
@@ -47,6 +48,26 @@ stack.command('status').description('each component up/down with its address').o
   out(!!o.json, status, () => status.map((s) => `${s.name.padEnd(11)} ${s.up ? 'up  ' : 'down'} ${s.address}${s.pid ? ` (pid ${s.pid})` : ''}${s.detail ? `  ${s.detail}` : ''}`).join('\n'));
   if (status.some((s) => !s.up)) process.exitCode = 1;
 });
+
+const retention = program.command('retention').description('ClickHouse retention: drop the day partitions older than each table\'s retention (FABRIC_CLICKHOUSE_RETENTION)');
+retention
+  .command('apply')
+  .description('print the partitions older than their table\'s retention, then drop them (--dry-run: print only)')
+  .option('--dry-run', 'drop nothing')
+  .option('--json', 'print as JSON')
+  .action(async (o: { dryRun?: boolean; json?: boolean }) => {
+    const cfg = config();
+    const client = createClickHouse(cfg);
+    try {
+      const drops = planRetention(cfg.clickhouseRetention, await listPartitions(client, cfg.clickhouseDatabase), Date.now());
+      const plan = drops.map((d) => `${cfg.clickhouseDatabase}.${d.table} partition ${d.partition}: ${d.rows} rows, older than ${d.days} days (${d.rule}; keeping from ${d.keepFrom})`);
+      if (!o.json) process.stderr.write(plan.length ? `${plan.join('\n')}\n` : 'nothing older than its retention\n');
+      if (!o.dryRun) await dropPartitions(client, cfg.clickhouseDatabase, drops);
+      out(!!o.json, { dryRun: !!o.dryRun, dropped: o.dryRun ? [] : drops, planned: drops }, () => `${o.dryRun ? 'dry run: would drop' : 'dropped'} ${drops.length} partition${drops.length === 1 ? '' : 's'}, ${drops.reduce((n, d) => n + d.rows, 0)} rows`);
+    } finally {
+      await client.close();
+    }
+  });
 
 const topologyCmd = program.command('topology').description('the declarative graph of streams, topics and processors');
 topologyCmd.command('describe').description('print the graph').option('--json', 'print as JSON').action((o: { json?: boolean }) => {

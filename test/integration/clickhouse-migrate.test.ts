@@ -3,10 +3,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../topology/config.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { applyClickHouse, clickhouseMigrations, migrateClickHouse } from '../../topology/apply.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { chRows } from './harness.js';
+
+const execFileP = promisify(execFile);
 
 /** Applying the schema over a database an older version created: nothing silent, nothing lost. */
 const db = `it_migrate_${randomBytes(4).toString('hex')}`;
@@ -99,5 +103,33 @@ describe('versioned migrations (deploy/clickhouse/migrations)', () => {
     } finally {
       await client.command({ query: `DROP DATABASE IF EXISTS ${old}` });
     }
+  });
+});
+
+describe('fabric retention apply', () => {
+  const rdb = `it_retention_${randomBytes(4).toString('hex')}`;
+  afterAll(async () => {
+    await client.command({ query: `DROP DATABASE IF EXISTS ${rdb}` });
+  });
+
+  it('drops exactly the day partitions older than their retention; --dry-run drops nothing', async () => {
+    await migrateClickHouse(client, rdb);
+    const day = 86_400_000;
+    const now = Date.now();
+    const at = (daysAgo: number) => now - daysAgo * day;
+    const row = (id: string, ts: number) => ({ event_id: id, user_id: 'u', item_id: 'i', action: 'view', ts_ms: ts, source_topic: 't', source_partition: 0, source_offset: 1 });
+    await client.insert({ table: `${rdb}.events_interactions`, values: [row('old-1', at(40)), row('old-2', at(31)), row('new-1', at(29)), row('new-2', at(1))], format: 'JSONEachRow' });
+    await client.insert({ table: `${rdb}.alerts`, values: [{ ts_ms: at(400), kind: 'k', model: 'm', message: 'x', source_topic: 't', source_partition: 0, source_offset: 1 }], format: 'JSONEachRow' });
+    const env = { ...process.env, FABRIC_CLICKHOUSE_DATABASE: rdb, FABRIC_CLICKHOUSE_RETENTION: 'events_*=30d,alerts=keep', FABRIC_LOG_LEVEL: 'warn' };
+    const run = async (...args: string[]) => JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'retention', 'apply', ...args, '--json'], { env, timeout: 120_000 })).stdout) as { dryRun: boolean; planned: { table: string; rows: number }[]; dropped: unknown[] };
+    const dry = await run('--dry-run');
+    expect(dry.dryRun).toBe(true);
+    expect(dry.planned.map((p) => [p.table, p.rows])).toEqual([['events_interactions', 1], ['events_interactions', 1]]);
+    expect(await chRows(client, `SELECT count() AS n FROM ${rdb}.events_interactions`)).toEqual([{ n: '4' }]);
+    const done = await run();
+    expect(done.dropped).toHaveLength(2);
+    expect(await chRows(client, `SELECT event_id FROM ${rdb}.events_interactions ORDER BY event_id`)).toEqual([{ event_id: 'new-1' }, { event_id: 'new-2' }]);
+    expect(await chRows(client, `SELECT count() AS n FROM ${rdb}.alerts`)).toEqual([{ n: '1' }]);
+    expect((await run()).planned).toEqual([]);
   });
 });
