@@ -225,6 +225,8 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
       return cap ? { ...o, cap } : o;
     };
     const ctx = { entity: input.entity, event: input.event, features: input.features };
+    // What conditions see, built once per decision (and only when a condition runs).
+    let scope: Record<string, unknown> | undefined;
     for (const c of ordered) {
       const rule = c.rule;
       if (rule.kind === 'deny' || rule.kind === 'allow') {
@@ -239,7 +241,8 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
         if (input.score === null && cond.usesScore) continue;
         let holds: boolean;
         try {
-          holds = cond.when({ event: plain(input.event), features: plain(input.features), score: input.score, entity: input.entity, model: {} });
+          scope ??= { event: plain(input.event), features: plain(input.features), score: input.score, entity: input.entity, model: {} };
+          holds = cond.when(scope);
         } catch (err) {
           const message = conditionError(err);
           return withCap({ decision: fallbackDecision('rule_error'), reasons: [`fallback:rule_error`, `${rule.name}: ${message}`], fired: [rule.name], fallback: true, error: { rule: rule.name, message } });
@@ -272,6 +275,7 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
     const features = plain(input.features);
     const kept: RankedCandidate[] = [];
     ranked.forEach((item, index) => {
+      let scope: Record<string, unknown> | undefined;
       for (const c of ordered) {
         const rule = c.rule;
         let out: boolean;
@@ -281,7 +285,8 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
           out = rule.kind === 'deny' ? listed : !listed;
         } else if (rule.kind === 'condition') {
           try {
-            out = (c as { when: Condition }).when({ event, features, entity: input.entity, user: input.entity, item: { ...item.attributes, id: item.id, score: item.score, rank: index + 1 }, score: item.score, model: {} });
+            scope ??= { event, features, entity: input.entity, user: input.entity, item: { ...item.attributes, id: item.id, score: item.score, rank: index + 1 }, score: item.score, model: {} };
+            out = (c as { when: Condition }).when(scope);
           } catch (err) {
             // A condition that cannot be evaluated excludes the item: never show what a rule could not clear.
             if (errors.length < 10) errors.push({ rule: rule.name, message: conditionError(err) });
