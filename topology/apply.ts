@@ -111,9 +111,31 @@ async function appliedMigrations(client: ReturnType<typeof createClickHouse>, da
   return new Map((await rs.json<{ version: number; checksum: string }>()).map((r) => [Number(r.version), r.checksum]));
 }
 
-/** An ALTER TABLE ... ADD COLUMN whose column is there already (18.16 has no ADD COLUMN IF NOT EXISTS): done. */
-function columnExists(statement: string, err: unknown): boolean {
-  return /^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\s/i.test(statement) && /already exists|Code: (15|44)\b/.test(messageOf(err));
+/**
+ * Runs one DDL statement that is meant to be idempotent, tolerating what another process applying the
+ * same statement at the same moment causes (every fabric process applies the schema at start): a
+ * DROP ... IF EXISTS of what the other just dropped (18.16 answers "doesn't exist", code 60), a
+ * CREATE ... IF NOT EXISTS of what the other just created ("already exists", code 57), and an ALTER
+ * TABLE ... ADD COLUMN of a column that is there (18.16 has no ADD COLUMN IF NOT EXISTS).
+ */
+async function runIdempotent(client: ReturnType<typeof createClickHouse>, query: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.command({ query });
+      return;
+    } catch (err) {
+      const message = messageOf(err);
+      if (/^DROP\s+(TABLE|VIEW|DATABASE)\s+IF\s+EXISTS\s/i.test(query) && /doesn't exist|Code: (60|81)\b/.test(message)) return;
+      if (/^CREATE\s+(TABLE|VIEW|DATABASE)\s+IF\s+NOT\s+EXISTS\s/i.test(query) && /already exists|Code: (57|82)\b/.test(message)) return;
+      if (/^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\s/i.test(query) && /already exists|Code: (15|44)\b/.test(message)) return;
+      // A view being created over one another process has just dropped to recreate it: it is back in a moment.
+      if (/doesn't exist|Code: 60\b/.test(message) && attempt < 10) {
+        await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+        continue;
+      }
+      throw err;
+    }
+  }
 }
 
 /**
@@ -125,8 +147,8 @@ function columnExists(statement: string, err: unknown): boolean {
 export async function migrateClickHouse(client: ReturnType<typeof createClickHouse>, database: string, migrations?: readonly Migration[]): Promise<{ applied: string[]; statements: number }> {
   const db = sqlIdentifier(database);
   const all = migrations ?? (await clickhouseMigrations(database));
-  await client.command({ query: `CREATE DATABASE IF NOT EXISTS ${db}` });
-  await client.command({ query: `CREATE TABLE IF NOT EXISTS ${db}.schema_migrations (version UInt32, name String, checksum String, statements UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version` });
+  await runIdempotent(client, `CREATE DATABASE IF NOT EXISTS ${db}`);
+  await runIdempotent(client, `CREATE TABLE IF NOT EXISTS ${db}.schema_migrations (version UInt32, name String, checksum String, statements UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version`);
   const done = await appliedMigrations(client, database);
   const applied: string[] = [];
   let statements = 0;
@@ -138,9 +160,8 @@ export async function migrateClickHouse(client: ReturnType<typeof createClickHou
     }
     for (const [i, query] of m.statements.entries()) {
       try {
-        await client.command({ query });
+        await runIdempotent(client, query);
       } catch (err) {
-        if (columnExists(query, err)) continue;
         throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name}, statement ${i + 1} (${query.replace(/\s+/g, ' ').slice(0, 120)}): ${messageOf(err)}`, { cause: err });
       }
       statements++;
@@ -196,19 +217,77 @@ export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl'
   const client = createClickHouse(config);
   try {
     const db = sqlIdentifier(config.clickhouseDatabase);
-    const { applied, statements } = await migrateClickHouse(client, config.clickhouseDatabase);
-    const generated = FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, db));
-    for (const query of generated) await client.command({ query });
-    const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
-    const story = topology ? entityStoryStatements(config.clickhouseDatabase, topology.streams, FEATURE_GROUPS) : [];
-    for (const query of story) await client.command({ query });
-    return { statements: statements + generated.length + altered + story.length, notices, migrations: applied };
+    await runIdempotent(client, `CREATE DATABASE IF NOT EXISTS ${db}`);
+    return await withSchemaLock(client, config.clickhouseDatabase, async () => {
+      const { applied, statements } = await migrateClickHouse(client, config.clickhouseDatabase);
+      const generated = FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, db));
+      for (const query of generated) await runIdempotent(client, query);
+      const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
+      const story = topology ? await applyGenerated(client, config.clickhouseDatabase, 'v_entity_story', entityStoryStatements(config.clickhouseDatabase, topology.streams, FEATURE_GROUPS)) : [];
+      return { statements: statements + generated.length + altered + story.length, notices, migrations: applied };
+    });
   } catch (err) {
     if (err instanceof FabricError) throw err;
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });
   } finally {
     await client.close();
   }
+}
+
+/** A schema lock older than this is from an applier that died holding it. */
+const SCHEMA_LOCK_STALE_SEC = 120;
+
+/**
+ * Runs `apply` holding the database's schema lock, so processes starting together (a fleet, a
+ * deployment's replicas) apply migrations one after another instead of racing their DROP/CREATE pairs.
+ * The lock is a table created without IF NOT EXISTS (ClickHouse creates a name once: the others get
+ * "already exists" and wait); its holder drops it when done, and one older than
+ * SCHEMA_LOCK_STALE_SEC (a holder that died) is broken.
+ */
+async function withSchemaLock<T>(client: ReturnType<typeof createClickHouse>, database: string, apply: () => Promise<T>): Promise<T> {
+  const lock = `${sqlIdentifier(database)}.schema_lock`;
+  const deadline = Date.now() + 5 * 60_000;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await client.command({ query: `CREATE TABLE ${lock} (holder String) ENGINE = Memory` });
+      break;
+    } catch (err) {
+      // "already exists": held; "doesn't exist": 18.16 answers a create racing the holder's drop so. Both: wait.
+      if (!/already exists|Code: 57\b|doesn't exist|Code: 60\b/.test(messageOf(err))) throw err;
+      if (Date.now() > deadline) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `the schema lock ${lock} is still held after 5 minutes (another process applying the schema); drop the table if no one is`);
+      const rs = await client.query({ query: `SELECT now() - metadata_modification_time AS age FROM system.tables WHERE database = ${sqlLiteral(database)} AND name = 'schema_lock'`, format: 'JSONEachRow' });
+      const [held] = await rs.json<{ age: number | string }>();
+      if (held && Number(held.age) > SCHEMA_LOCK_STALE_SEC) await runIdempotent(client, `DROP TABLE IF EXISTS ${lock}`);
+      else await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * (attempt + 1))));
+    }
+  }
+  try {
+    return await apply();
+  } finally {
+    await runIdempotent(client, `DROP TABLE IF EXISTS ${lock}`).catch(() => undefined);
+  }
+}
+
+/**
+ * A view generated from the definitions (the entity story): recreated only when its statements
+ * changed, as recorded by fingerprint in schema_migrations (version 0, name the view's), so a
+ * process starting does not drop a view analysts are reading. Returns the statements run.
+ */
+async function applyGenerated(client: ReturnType<typeof createClickHouse>, database: string, name: string, statements: readonly string[]): Promise<string[]> {
+  const db = sqlIdentifier(database);
+  const fingerprint = createHash('sha256').update(statements.join(';\n')).digest('hex');
+  const rs = await client.query({ query: `SELECT (SELECT count() FROM ${db}.schema_migrations WHERE version = 0 AND name = ${sqlLiteral(`generated:${name}`)} AND checksum = ${sqlLiteral(fingerprint)}) AS recorded, (SELECT count() FROM system.tables WHERE database = ${sqlLiteral(database)} AND name = ${sqlLiteral(name)}) AS present`, format: 'JSONEachRow' });
+  const [state] = await rs.json<{ recorded: string | number; present: string | number }>();
+  if (Number(state?.recorded) > 0 && Number(state?.present) > 0) return [];
+  for (const query of statements) {
+    try {
+      await runIdempotent(client, query);
+    } catch (err) {
+      throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `generated ${name} (${query.replace(/\s+/g, ' ').slice(0, 80)}): ${messageOf(err)}`, { cause: err });
+    }
+  }
+  await client.insert({ table: `${db}.schema_migrations`, values: [{ version: 0, name: `generated:${name}`, checksum: fingerprint, statements: statements.length, applied_at: Math.floor(Date.now() / 1000) }], format: 'JSONEachRow' });
+  return [...statements];
 }
 
 /** Active partitions of the database's tables (views and the migrations record left out). */

@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { applyClickHouse, clickhouseMigrations, migrateClickHouse } from '../../topology/apply.js';
+import { fabricTopology } from '../../app/fabric-topology.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { chRows } from './harness.js';
 
@@ -90,6 +91,20 @@ describe('versioned migrations (deploy/clickhouse/migrations)', () => {
     // History is never rewritten.
     await writeFile(join(dir, '0001_t.sql'), 'CREATE TABLE IF NOT EXISTS {db}.t (a String, c String) ENGINE = MergeTree ORDER BY a;\n');
     await expect(migrateClickHouse(client, mdb, await clickhouseMigrations(mdb, dir))).rejects.toMatchObject({ code: 'FABRIC_SCHEMA_MIGRATION_FAILED', message: expect.stringMatching(/migration 0001_t was applied .* with checksum \w+, but the file now has \w+: an applied migration is never edited/) });
+  });
+
+  it('survives every process applying the schema at the same moment (as a fleet starting does), and recreates the generated view only when it changed', async () => {
+    const race = `it_race_${randomBytes(4).toString('hex')}`;
+    after.push(race);
+    const results = await Promise.allSettled(Array.from({ length: 8 }, () => applyClickHouse({ ...config, clickhouseDatabase: race }, fabricTopology())));
+    expect(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
+    const views = await chRows<{ name: string }>(client, `SELECT name FROM system.tables WHERE database = ${sqlLiteral(race)} AND engine = 'View' ORDER BY name`);
+    expect(views.map((v) => v.name)).toContain('v_entity_story');
+    expect(views.map((v) => v.name)).toContain('v_predictions');
+    const before = await chRows<{ t: string }>(client, `SELECT toString(metadata_modification_time) AS t FROM system.tables WHERE database = ${sqlLiteral(race)} AND name = 'v_entity_story'`);
+    const again = await applyClickHouse({ ...config, clickhouseDatabase: race }, fabricTopology());
+    expect(again.migrations).toEqual([]);
+    expect(await chRows(client, `SELECT toString(metadata_modification_time) AS t FROM system.tables WHERE database = ${sqlLiteral(race)} AND name = 'v_entity_story'`)).toEqual(before);
   });
 
   it('brings a database the pre-migration schema created (no schema_migrations) up to date, keeping its rows', async () => {
