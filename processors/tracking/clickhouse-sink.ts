@@ -37,6 +37,11 @@ export interface ClickHouseSinkOptions {
   readonly flushRows: number;
   /** How long a round waits, once a task needs it flushed, for other partitions' rows, so inserts are large and rare. */
   readonly lingerMs: number;
+  /**
+   * Rounds inserted at once (default 2): the server parses one JSONEachRow insert on one thread, so a
+   * second one in flight keeps it (and this process, encoding the next) busy. Rounds start in order.
+   */
+  readonly concurrency?: number;
   readonly metrics?: Metrics;
 }
 
@@ -74,8 +79,9 @@ interface Round {
 export class ClickHouseSink {
   private round: Round | null = null;
   private timer: NodeJS.Timeout | null = null;
-  /** Rounds are inserted one after another, in order: the last fired round's settlement. */
-  private chain: Promise<void> = Promise.resolve();
+  /** Fired rounds waiting for an insert slot, in order, and the inserts in flight. */
+  private readonly queue: Round[] = [];
+  private readonly inFlight = new Set<Promise<void>>();
   /**
    * Per task key, the rounds holding its rows whose outcome no flush of the task has seen yet. A round
    * that succeeds leaves these sets when it settles; a failed one (its rows released) stays until a
@@ -177,7 +183,7 @@ export class ClickHouseSink {
    */
   async close(): Promise<void> {
     this.fire();
-    await this.chain;
+    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
   }
 
   private current(): Round {
@@ -197,9 +203,22 @@ export class ClickHouseSink {
     const round = this.round;
     if (!round) return;
     this.round = null;
-    // One round at a time, in order: a slow server delays the next insert instead of facing concurrent
-    // ones; the rows waiting meanwhile show in `pending`, for the runtime to stop adding.
-    this.chain = this.chain.then(() => this.insert(round));
+    // At most `concurrency` inserts at once, started in order: a slow server delays the next ones
+    // instead of facing more; the rows waiting meanwhile show in `pending`, for the runtime to stop adding.
+    this.queue.push(round);
+    this.startInserts();
+  }
+
+  private startInserts(): void {
+    const limit = this.options.concurrency ?? 2;
+    while (this.inFlight.size < limit && this.queue.length > 0) {
+      const round = this.queue.shift()!;
+      const running: Promise<void> = this.insert(round).finally(() => {
+        this.inFlight.delete(running);
+        this.startInserts();
+      });
+      this.inFlight.add(running);
+    }
   }
 
   /**

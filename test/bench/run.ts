@@ -74,7 +74,7 @@ const SERVING_SIZES: ServingSizes = quick
   ? { engineRows: 20_000, engineRepetitions: 2, batchingStepSec: 0.4, batchingBudgetSec: 6, batchingRefineSteps: 1, predictSec: 3, predictWarmupSec: 1, predictRepetitions: 2 }
   : { engineRows: 200_000, engineRepetitions: 3, batchingStepSec: 1.5, batchingBudgetSec: 25, batchingRefineSteps: 2, predictSec: 10, predictWarmupSec: 2, predictRepetitions: 3 };
 /** Sizes of the ledger section (test/bench/ledger.ts). */
-const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, repetitions: 2, ruleEvaluations: 100_000, capChecks: 2_000 } : { sinkRows: 300_000, sinkBatch: 5_000, repetitions: 3, ruleEvaluations: 1_000_000, capChecks: 10_000 };
+const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, repetitions: 2, ruleEvaluations: 100_000, capChecks: 2_000 } : { sinkRows: 300_000, sinkBatch: 5_000, repetitions: 5, ruleEvaluations: 1_000_000, capChecks: 10_000 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */

@@ -187,6 +187,40 @@ describe('ClickHouse sink (group commit)', () => {
   });
 });
 
+describe('ClickHouse sink: concurrent rounds', () => {
+  it('keeps at most `concurrency` inserts in flight, started in the order rounds filled', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const started: number[] = [];
+    const release: (() => void)[] = [];
+    const client = {
+      insert: async ({ values }: { values: { i: number }[] }) => {
+        started.push(values[0]!.i);
+        inFlight++;
+        most = Math.max(most, inFlight);
+        await new Promise<void>((resolve) => release.push(resolve));
+        inFlight--;
+      },
+    } as unknown as ClickHouseClient;
+    const sink = new ClickHouseSink(client, { database: 'fabric', flushRows: 10, lingerMs: 1000, concurrency: 2 });
+    // Four full rounds from four tasks: each fires at once, two are inserted at a time.
+    const tasks = [A, B, C, { group: 'tracking', topic: 'outcomes.transactions', partition: 0 }];
+    tasks.forEach((t, k) => sink.add('t', rows(10, k * 100), t));
+    const flushes = tasks.map((t) => sink.flush(t));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(started).toEqual([0, 100]);
+    expect(sink.pending).toBe(40);
+    while (release.length > 0 || started.length < 4) {
+      release.shift()?.();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await Promise.all(flushes);
+    expect(started).toEqual([0, 100, 200, 300]);
+    expect(most).toBe(2);
+    expect(sink.pending).toBe(0);
+  });
+});
+
 describe('ClickHouse sink: rows the server refuses', () => {
   /** A client that refuses any insert holding a row with bad: true, as 18.16 answers (Code 27). */
   function picky() {
