@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
 import { packagePath } from './paths.js';
 import type { Kafka, ITopicConfig } from 'kafkajs';
+import type { ClickHouseSettings } from '@clickhouse/client';
 import { AvroSerde } from '../schemas/serde.js';
 import { loadAvroSchema } from '../schemas/catalog.js';
 import { prefixed, type FabricConfig } from './config.js';
@@ -105,6 +106,31 @@ export async function clickhouseMigrations(database: string, dir = packagePath('
   return out;
 }
 
+/**
+ * The migrations to run, in version order, given those a database recorded (version -> checksum): the
+ * ones not recorded. A recorded migration whose file changed is refused (history is never rewritten);
+ * a recorded version with no file (a database a newer release migrated) is left alone.
+ */
+export function planMigrations(migrations: readonly Migration[], recorded: ReadonlyMap<number, string>, database: string): Migration[] {
+  const pending: Migration[] = [];
+  for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+    const checksum = recorded.get(m.version);
+    if (checksum === undefined) pending.push(m);
+    else if (checksum !== m.checksum) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name} was applied to ${database} with checksum ${checksum.slice(0, 12)}, but the file now has ${m.checksum.slice(0, 12)}: an applied migration is never edited; add a new one`);
+  }
+  return pending;
+}
+
+/**
+ * Settings the migrations run with, where the server has them (18.16 refuses a setting it does not
+ * know): a migration copying a table (INSERT ... SELECT) writes rows of many days in one block, which
+ * servers since 19.x refuse beyond max_partitions_per_insert_block (100) by default.
+ */
+async function migrationSettings(client: ReturnType<typeof createClickHouse>): Promise<ClickHouseSettings> {
+  const rs = await client.query({ query: `SELECT name FROM system.settings WHERE name = 'max_partitions_per_insert_block'`, format: 'JSONEachRow' });
+  return (await rs.json<{ name: string }>()).length > 0 ? { max_partitions_per_insert_block: '0' } : {};
+}
+
 /** Recorded migrations of a database (version -> checksum); none when it has no schema_migrations table yet. */
 async function appliedMigrations(client: ReturnType<typeof createClickHouse>, database: string): Promise<Map<number, string>> {
   const rs = await client.query({ query: `SELECT version, any(checksum) AS checksum FROM ${sqlIdentifier(database)}.schema_migrations GROUP BY version`, format: 'JSONEachRow' });
@@ -118,10 +144,10 @@ async function appliedMigrations(client: ReturnType<typeof createClickHouse>, da
  * CREATE ... IF NOT EXISTS of what the other just created ("already exists", code 57), and an ALTER
  * TABLE ... ADD COLUMN of a column that is there (18.16 has no ADD COLUMN IF NOT EXISTS).
  */
-async function runIdempotent(client: ReturnType<typeof createClickHouse>, query: string): Promise<void> {
+async function runIdempotent(client: ReturnType<typeof createClickHouse>, query: string, settings: ClickHouseSettings = {}): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
-      await client.command({ query });
+      await client.command({ query, clickhouse_settings: settings });
       return;
     } catch (err) {
       const message = messageOf(err);
@@ -149,18 +175,14 @@ export async function migrateClickHouse(client: ReturnType<typeof createClickHou
   const all = migrations ?? (await clickhouseMigrations(database));
   await runIdempotent(client, `CREATE DATABASE IF NOT EXISTS ${db}`);
   await runIdempotent(client, `CREATE TABLE IF NOT EXISTS ${db}.schema_migrations (version UInt32, name String, checksum String, statements UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version`);
-  const done = await appliedMigrations(client, database);
+  const pending = planMigrations(all, await appliedMigrations(client, database), database);
+  const settings = pending.length > 0 ? await migrationSettings(client) : {};
   const applied: string[] = [];
   let statements = 0;
-  for (const m of all) {
-    const recorded = done.get(m.version);
-    if (recorded !== undefined) {
-      if (recorded !== m.checksum) throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name} was applied to ${database} with checksum ${recorded.slice(0, 12)}, but the file now has ${m.checksum.slice(0, 12)}: an applied migration is never edited; add a new one`);
-      continue;
-    }
+  for (const m of pending) {
     for (const [i, query] of m.statements.entries()) {
       try {
-        await runIdempotent(client, query);
+        await runIdempotent(client, query, settings);
       } catch (err) {
         throw new FabricError('FABRIC_SCHEMA_MIGRATION_FAILED', `migration ${m.name}, statement ${i + 1} (${query.replace(/\s+/g, ' ').slice(0, 120)}): ${messageOf(err)}`, { cause: err });
       }

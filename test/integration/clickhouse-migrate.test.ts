@@ -1,14 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../topology/config.js';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { applyClickHouse, clickhouseMigrations, migrateClickHouse } from '../../topology/apply.js';
+import { applyClickHouse, clickhouseMigrations, migrateClickHouse, splitStatements } from '../../topology/apply.js';
 import { fabricTopology } from '../../app/fabric-topology.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
+import { packagePath } from '../../topology/paths.js';
 import { chRows } from './harness.js';
 
 const execFileP = promisify(execFile);
@@ -64,7 +65,7 @@ describe('versioned migrations (deploy/clickhouse/migrations)', () => {
 
   it('applies each migration once, in order, recorded with its checksum; again changes nothing', async () => {
     const migrations = await clickhouseMigrations(mdb);
-    expect(migrations.map((m) => m.name).slice(0, 2)).toEqual(['0001_base', '0002_ledger']);
+    expect(migrations.map((m) => m.name).slice(0, 3)).toEqual(['0001_base', '0002_ledger', '0003_partition_by_day']);
     const first = await migrateClickHouse(client, mdb);
     expect(first.applied).toEqual(migrations.map((m) => m.name));
     const recorded = await chRows<{ version: number; name: string; checksum: string }>(client, `SELECT version, name, checksum FROM ${mdb}.schema_migrations ORDER BY version`);
@@ -117,6 +118,84 @@ describe('versioned migrations (deploy/clickhouse/migrations)', () => {
       expect(await chRows(client, `SELECT event_id, decision, rules_version, rules_fired FROM ${old}.v_predictions`)).toEqual([{ event_id: 'e1', decision: 'review', rules_version: 0, rules_fired: [] }]);
     } finally {
       await client.command({ query: `DROP DATABASE IF EXISTS ${old}` });
+    }
+  });
+});
+
+describe('a database the pre-migration schema.sql created (drift_metrics and alerts by month)', () => {
+  const dbs: string[] = [];
+  afterAll(async () => {
+    for (const d of dbs) await client.command({ query: `DROP DATABASE IF EXISTS ${d}` });
+  });
+  const DAY = 86_400_000;
+  // Rows of two months, so the old tables hold two month partitions and the new ones four days.
+  const drift = [
+    { model: 'fraud', version: '1', variable: 'amount', window_start_ms: Date.UTC(2025, 9, 30, 12), window_end_ms: Date.UTC(2025, 9, 30, 12, 1), count: '10', psi: 0.5, mean: 12.5, status: 'drift', source_topic: 'drift.metrics', source_partition: 0, source_offset: '1' },
+    { model: 'fraud', version: '1', variable: 'amount', window_start_ms: Date.UTC(2025, 10, 2), window_end_ms: Date.UTC(2025, 10, 2, 0, 1), count: '3', psi: 0.01, mean: null, status: 'ok', source_topic: 'drift.metrics', source_partition: 0, source_offset: '2' },
+    { model: 'recs', version: '2', variable: 'score', window_start_ms: Date.UTC(2025, 10, 2) + DAY, window_end_ms: Date.UTC(2025, 10, 3, 0, 1), count: '7', psi: 0.2, mean: 0.25, status: 'warn', source_topic: 'drift.metrics', source_partition: 0, source_offset: '3' },
+  ].map((r) => ({ ...r, window_start_ms: String(r.window_start_ms), window_end_ms: String(r.window_end_ms) }));
+  const alerts = [
+    { ts_ms: String(Date.UTC(2025, 9, 31, 23, 59)), kind: 'drift', model: 'fraud', message: 'psi 0.5 on amount', source_topic: 'alerts', source_partition: 0, source_offset: '4' },
+    { ts_ms: String(Date.UTC(2025, 10, 1)), kind: 'processor', model: '', message: "it's back", source_topic: 'alerts', source_partition: 0, source_offset: '5' },
+  ];
+  const partitions = (table: string, database: string) => chRows<{ partition_id: string }>(client, `SELECT DISTINCT partition_id FROM system.parts WHERE active AND database = ${sqlLiteral(database)} AND table = ${sqlLiteral(table)} ORDER BY partition_id`);
+
+  /** A database as the old schema.sql left it, with rows in drift_metrics and alerts. */
+  async function oldDatabase(prefix: string): Promise<string> {
+    const name = `${prefix}_${randomBytes(4).toString('hex')}`;
+    dbs.push(name);
+    const sql = await readFile(packagePath('test', 'fixtures', 'clickhouse', 'schema-before-migrations.sql'), 'utf8');
+    for (const query of splitStatements(sql, name)) await client.command({ query });
+    await client.insert({ table: `${name}.drift_metrics`, values: drift, format: 'JSONEachRow' });
+    await client.insert({ table: `${name}.alerts`, values: alerts, format: 'JSONEachRow' });
+    expect(await partitions('drift_metrics', name)).toEqual([{ partition_id: '202510' }, { partition_id: '202511' }]);
+    return name;
+  }
+
+  /** Every table partitioned by day, the rows unchanged (through the v_ views, which read the new tables), nothing left aside. */
+  async function expectMigrated(name: string): Promise<void> {
+    const keys = await chRows<{ name: string; partition_key: string }>(client, `SELECT name, partition_key FROM system.tables WHERE database = ${sqlLiteral(name)} AND engine LIKE '%MergeTree' AND name != 'schema_migrations' ORDER BY name`);
+    expect(keys.map((k) => k.name)).toContain('drift_metrics');
+    for (const k of keys) expect(k.partition_key, k.name).toMatch(/^toYYYYMMDD\(/);
+    expect(await chRows(client, `SELECT name FROM system.tables WHERE database = ${sqlLiteral(name)} AND name LIKE '%0003%'`)).toEqual([]);
+    expect(await chRows(client, `SELECT * FROM ${name}.v_drift_metrics ORDER BY window_start_ms`)).toEqual(drift);
+    expect(await chRows(client, `SELECT * FROM ${name}.v_alerts ORDER BY ts_ms`)).toEqual(alerts);
+    expect(await partitions('drift_metrics', name)).toEqual([{ partition_id: '20251030' }, { partition_id: '20251102' }, { partition_id: '20251103' }]);
+    expect(await partitions('alerts', name)).toEqual([{ partition_id: '20251031' }, { partition_id: '20251101' }]);
+  }
+
+  it('migrates cleanly: every migration applied and recorded, every table by day, every row kept; again changes nothing', async () => {
+    const name = await oldDatabase('it_oldschema_full');
+    expect(await chRows(client, `EXISTS TABLE ${name}.schema_migrations`)).toEqual([{ result: 0 }]);
+    const report = await applyClickHouse({ ...config, clickhouseDatabase: name }, fabricTopology());
+    const names = (await clickhouseMigrations(name)).map((m) => m.name);
+    expect(report.migrations).toEqual(names);
+    expect(await chRows(client, `SELECT name FROM ${name}.schema_migrations WHERE version > 0 ORDER BY version`)).toEqual(names.map((n) => ({ name: n })));
+    await expectMigrated(name);
+    // Writers insert into the new tables by name.
+    await client.insert({ table: `${name}.alerts`, values: [{ ...alerts[0], ts_ms: String(Date.UTC(2025, 10, 5)), source_offset: '6' }], format: 'JSONEachRow' });
+    expect(await partitions('alerts', name)).toEqual([{ partition_id: '20251031' }, { partition_id: '20251101' }, { partition_id: '20251105' }]);
+    const again = await applyClickHouse({ ...config, clickhouseDatabase: name }, fabricTopology());
+    expect(again.migrations).toEqual([]);
+    expect(await chRows(client, `SELECT count() AS n FROM ${name}.v_alerts`)).toEqual([{ n: '3' }]);
+  });
+
+  it('0003 run again after it failed at any statement (even between the two renames) loses no row and leaves nothing aside', async () => {
+    const migrations = await clickhouseMigrations('x');
+    const repartition = migrations.find((m) => m.name === '0003_partition_by_day')!;
+    const renames = repartition.statements.flatMap((q, i) => (q.startsWith('RENAME TABLE') ? [i] : []));
+    expect(renames).toHaveLength(2);
+    // A failure after each statement; -1: after the first rename of a RENAME statement but before its second.
+    const failures: { after: number; halfRename?: boolean }[] = [...repartition.statements.keys()].map((i) => ({ after: i })).concat(renames.map((i) => ({ after: i - 1, halfRename: true })));
+    for (const failure of failures) {
+      const name = await oldDatabase('it_rerun0003');
+      await migrateClickHouse(client, name, (await clickhouseMigrations(name)).filter((m) => m.version < 3));
+      const statements = (await clickhouseMigrations(name)).find((m) => m.version === 3)!.statements;
+      for (const query of statements.slice(0, failure.after + 1)) await client.command({ query });
+      if (failure.halfRename) await client.command({ query: statements[failure.after + 1]!.split(',')[0]! });
+      expect((await migrateClickHouse(client, name)).applied, `failed after statement ${failure.after + 1}${failure.halfRename ? ' and half of the next' : ''}`).toContain('0003_partition_by_day');
+      await expectMigrated(name);
+      await client.command({ query: `DROP DATABASE ${name}` });
     }
   });
 });
