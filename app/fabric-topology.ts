@@ -155,7 +155,7 @@ export function fabricTopology(): Topology<FabricResources> {
         sinks: ['redis'],
         doc: 'Per partition: tumbling event-time windows of model inputs and scores; closed windows go to drift.partials.',
         create: async (r) => {
-          const { entry } = (await r.models('fraud')).require('fraud');
+          const { entry } = await (await r.models('fraud')).serving('fraud');
           return driftProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
         },
       }),
@@ -167,7 +167,7 @@ export function fabricTopology(): Topology<FabricResources> {
         sinks: ['redis'],
         doc: 'Merges the partitions\' partial windows; a window closes once every partition\'s watermark passed it, then PSI against the model reference goes to drift.metrics.',
         create: async (r) => {
-          const { entry } = (await r.models('fraud')).require('fraud');
+          const { entry } = await (await r.models('fraud')).serving('fraud');
           return driftMergeProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, partitions: predictionsPartitions });
         },
       }),

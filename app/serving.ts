@@ -83,6 +83,20 @@ export async function ensureDemoModels(admin: RegistryAdmin, config: FabricConfi
       log.info({ model: name, version: entry.version }, 'demo model promoted to production');
     }
   }
+  // Instances starting together may each register a demo version: a registration that lands after
+  // another's promotion rewrites that version as not promoted (on a compacted topic the last record of a
+  // key is what stays). Read the topic itself (not this admin's own writes) and promote again if so.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const onTopic = await admin.entries({ ownWrites: false });
+    const lost = DEMO_MODELS.filter((name) => existsSync(packagePath(`${config.modelsDir}/${name}/model.json`)) && onTopic.some((e) => e.name === name) && !productionOf(onTopic, name));
+    if (lost.length === 0) return;
+    for (const name of lost) {
+      const latest = onTopic.filter((e) => e.name === name).at(-1)!;
+      await admin.promote(name, latest.version, 'production', 'fabric start', 'demo model: a concurrent registration overwrote its promotion', onTopic);
+      log.warn({ model: name, version: latest.version }, 'demo model promoted again (a concurrent registration had overwritten it)');
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
+  }
 }
 
 /**

@@ -76,6 +76,19 @@ export class LiveModels {
     return this.switchTo(name);
   }
 
+  /**
+   * Follows a model and waits (bounded) until a production version of it is loaded: for what needs the
+   * model to be built at all (the drift processors take their reference profile from it), at a start
+   * where another instance may still be registering and promoting it. Rejects as `require` does after
+   * `timeoutMs`.
+   */
+  async serving(name: string, timeoutMs = 60_000): Promise<ServedModel> {
+    await this.follow(name);
+    const deadline = Date.now() + timeoutMs;
+    while (!this.current.has(name) && !this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    return this.require(name);
+  }
+
   /** The serving version of a followed model, or undefined while none is loaded. */
   served(name: string): ServedModel | undefined {
     return this.current.get(name);

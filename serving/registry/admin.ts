@@ -53,15 +53,15 @@ export class RegistryAdmin {
 
   constructor(private readonly deps: RegistryAdminDeps) {}
 
-  /** Every entry now on the topic (latest per name@version), with this admin's own writes. */
-  async entries(): Promise<ModelVersion[]> {
+  /** Every entry now on the topic (latest per name@version), with this admin's own writes unless `ownWrites` is false. */
+  async entries(options: { ownWrites?: boolean } = {}): Promise<ModelVersion[]> {
     const registry = new ModelRegistry(this.deps.kafka, this.deps.serde, this.deps.config, this.deps.log);
     const topic = prefixed(this.deps.config, MODELS_TOPIC);
     const records = await readToEnd(this.deps.kafka, topic, { groupPrefix: prefixed(this.deps.config, 'fabric.cp-reader'), timeoutMs: 15_000 });
     await this.deps.serde.prefetch(records.map((r) => r.value));
     for (const r of records) registry.apply(r.key, r.value);
     const byKey = new Map(registry.list().map((e) => [entryKey(e.name, e.version), e]));
-    for (const [key, mine] of this.written) {
+    for (const [key, mine] of options.ownWrites === false ? [] : this.written) {
       const seen = byKey.get(key);
       if (!seen || seen.stage_history.length < mine.stage_history.length) byKey.set(key, mine);
     }

@@ -30,6 +30,9 @@ export class ModelRegistry {
       groupPrefix: prefixed(config, 'fabric.registry'),
       what: 'model version',
       prefetch: (values) => serde.prefetch(values),
+      // A version's stage history only grows: a record with a shorter one is a registration that raced
+      // a promotion (two instances bootstrapping the demo models at once), not a change.
+      supersedes: (next, current) => next.stage_history.length >= current.stage_history.length,
       decode(key, value) {
         const entry = serde.decode<ModelVersion>(value);
         if (typeof entry?.name !== 'string' || entryKey(entry.name, entry.version) !== key) throw new Error(`record key ${key} does not name ${entry?.name}@${entry?.version}`);

@@ -2,7 +2,10 @@ import { describe, expect, it } from 'vitest';
 import type { ModelVersion } from '../../schemas/types.generated.js';
 import { FEATURE_GROUPS } from '../../topology/features/groups.js';
 import { applyMissingPolicy, entryFor, flatMetrics, parseManifest, parseModelRef, validateSignature, withStage } from '../../serving/registry/entry.js';
-import { productionOf } from '../../serving/registry/registry.js';
+import { ModelRegistry, productionOf } from '../../serving/registry/registry.js';
+import type { Kafka } from 'kafkajs';
+import type { AvroSerde } from '../../schemas/serde.js';
+import type { Logger } from '../../topology/runtime/log.js';
 import { TASKS } from '../../serving/models/tasks.js';
 import { vectorize } from '../../serving/models/vector.js';
 import { fraudInputValues } from '../../serving/models/fraud-inputs.js';
@@ -68,6 +71,24 @@ describe('registry entries', () => {
     expect(productionOf([a, b], 'fraud')!.version).toBe('b');
     expect(productionOf([a, withStage(b, 'archived', 'ops', 300, '')], 'fraud')!.version).toBe('a');
     expect(productionOf([a], 'recs')).toBeUndefined();
+  });
+
+  it('keeps a promotion when a registration that raced it arrives later (a version\'s stage history only grows)', () => {
+    const serde = { decode: (b: Buffer) => JSON.parse(b.toString()) as unknown, prefetch: async () => undefined } as unknown as AvroSerde;
+    const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined } as unknown as Logger;
+    const registry = new ModelRegistry({} as Kafka, serde, { topicPrefix: '' }, quiet);
+    const registered = { ...fraud, stage: 'none' as const, stage_history: [] };
+    const promoted = withStage(registered, 'production', 'fabric start', 100, 'demo');
+    const put = (e: ModelVersion) => registry.apply(`${e.name}@${e.version}`, Buffer.from(JSON.stringify(e)));
+    put(registered);
+    put(promoted);
+    put(registered);
+    expect(registry.production('fraud')?.stage_history).toEqual(promoted.stage_history);
+    // A real change always extends the history: it applies.
+    const archived = withStage(promoted, 'archived', 'ops', 200, 'rollback');
+    put(archived);
+    expect(registry.get('fraud', fraud.version)?.stage).toBe('archived');
+    expect(registry.production('fraud')).toBeUndefined();
   });
 
   it('builds an entry from a manifest with the artifact reference and stage none', () => {

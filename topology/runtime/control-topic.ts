@@ -17,6 +17,11 @@ export interface ControlTopicOptions<T> {
   prefetch?(values: readonly (Buffer | null)[]): Promise<void>;
   /** What the records are, for log lines. */
   readonly what: string;
+  /**
+   * Whether a decoded record replaces the one held for its key (default: always, the latest wins). A
+   * record a racing writer based on an older state can be refused here.
+   */
+  supersedes?(next: T, current: T): boolean;
 }
 
 /**
@@ -93,6 +98,7 @@ export class ControlTopic<T> {
       this.undecodable.add(key);
       return;
     }
+    if (previous !== undefined && this.options.supersedes && !this.options.supersedes(decoded, previous)) return;
     this.entries.set(key, decoded);
     this.notify(key, decoded, previous);
   }
