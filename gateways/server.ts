@@ -167,7 +167,7 @@ export class Gateway {
 
   private postPredict(res: uWS.HttpResponse, req: uWS.HttpRequest): void {
     const started = performance.now();
-    const model = decodeURIComponent(req.getParameter(0) ?? '');
+    let model = req.getParameter(0) ?? '';
     const auth = req.getHeader('authorization');
     const finish = this.responder(res, 'predict', started);
     const fail = (err: unknown): void => {
@@ -179,6 +179,7 @@ export class Gateway {
     try {
       if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
       this.deps.apiKeys.check(auth, 'transactions');
+      model = decodePathParam(model);
       if (!this.deps.predictor) throw new FabricError('FABRIC_MODEL_UNKNOWN', `no model is served by this gateway (model ${JSON.stringify(model)})`);
     } catch (err) {
       fail(err);
@@ -200,8 +201,8 @@ export class Gateway {
   /** The metadata source's webhook: PUT (upsert) and DELETE need the admin scope; GET any key. */
   private metadataRoute(res: uWS.HttpResponse, req: uWS.HttpRequest, method: 'put' | 'delete' | 'get'): void {
     const started = performance.now();
-    const kind = decodeURIComponent(req.getParameter(0) ?? '');
-    const id = decodeURIComponent(req.getParameter(1) ?? '');
+    let kind = req.getParameter(0) ?? '';
+    let id = req.getParameter(1) ?? '';
     const auth = req.getHeader('authorization');
     const finish = this.responder(res, 'metadata', started);
     const fail = (err: unknown): void => {
@@ -214,6 +215,8 @@ export class Gateway {
       if (this.draining) throw new FabricError('FABRIC_SHUTTING_DOWN', 'gateway is shutting down');
       if (method === 'get') this.deps.apiKeys.checkAny(auth);
       else this.deps.apiKeys.checkAdmin(auth);
+      kind = decodePathParam(kind);
+      id = decodePathParam(id);
       if (!this.deps.metadata) throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', 'the metadata webhook is not available on this gateway (Kafka was unreachable at start)');
       service = this.deps.metadata;
     } catch (err) {
@@ -294,6 +297,15 @@ export class Gateway {
     for (const ws of this.sockets) ws.end(1001, 'server shutting down');
     this.sockets.clear();
     this.app.close();
+  }
+}
+
+/** A percent-encoded path segment; malformed encoding is a 400 (a URIError thrown in a uWS handler ends the process). */
+function decodePathParam(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new FabricError('FABRIC_HTTP_MALFORMED', `path segment ${JSON.stringify(raw.slice(0, 80))} is not valid percent-encoding`);
   }
 }
 

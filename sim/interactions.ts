@@ -48,6 +48,12 @@ export const interactionEventId = (seed: number, n: number): string => `i-${seed
 
 const CATEGORY_WORDS = ['Books', 'Music', 'Garden', 'Kitchen', 'Toys', 'Sports', 'Outdoor', 'Tools', 'Beauty', 'Games', 'Office', 'Travel'];
 
+/**
+ * The `updated_at` of every catalogue record: a seed's catalogue never changes, so publishing it again
+ * writes the very same records (a fixed instant, not the publication time).
+ */
+export const CATALOGUE_UPDATED_AT = Date.UTC(2024, 0, 1);
+
 /** The catalogue as metadata records (kind item): title, category and price of every item of the seed. */
 export function catalogueMetadata(opts: { seed: number; items?: number }): { id: string; attributes: { title: string; category: string; price: number; available: boolean } }[] {
   return itemCatalog(opts).map((item, i) => ({

@@ -11,7 +11,7 @@ export interface ErrorSpec {
 
 export const ERRORS = {
   FABRIC_CONFIG_INVALID: { status: 500, retriable: false, docs: 'A configuration value failed validation; the message names the variable and how to fix it.' },
-  FABRIC_HTTP_MALFORMED: { status: 400, retriable: false, docs: 'The request body is not valid JSON, a JSON array or NDJSON.' },
+  FABRIC_HTTP_MALFORMED: { status: 400, retriable: false, docs: 'The request body is not valid JSON, a JSON array or NDJSON, or a path segment is not valid percent-encoding.' },
   FABRIC_HTTP_UNAUTHORIZED: { status: 401, retriable: false, docs: 'No API key, or an unknown one, in `Authorization: Bearer <key>`.' },
   FABRIC_HTTP_FORBIDDEN: { status: 403, retriable: false, docs: 'The API key is not allowed on this stream.' },
   FABRIC_HTTP_NOT_FOUND: { status: 404, retriable: false, docs: 'Unknown route.' },

@@ -19,6 +19,7 @@ import type { EntityMetadata, Outcome } from '../../schemas/types.generated.js';
 import { metadataKey } from '../../topology/metadata.js';
 import { stackDown, stackStatus, stackUp, type ComponentName } from '../../deploy/stack.js';
 import { runSimulation } from '../../sim/run.js';
+import { CATALOGUE_UPDATED_AT } from '../../sim/interactions.js';
 import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
 import { registerFeatureCommands } from './features.js';
 import { registerModelCommands } from './models.js';
@@ -167,8 +168,7 @@ program
         // The catalogue goes to _fabric.metadata like any metadata source's records (same records for a seed).
         const topic = prefixed(cfg, '_fabric.metadata');
         const writer = await serde.writer<EntityMetadata>(`${topic}-value`, loadAvroSchema('metadata'));
-        const now = Date.now();
-        publishCatalogue = (items) => p.send(items.map((i) => ({ topic, key: metadataKey('item', i.id), value: writer.encode({ kind: 'item', id: i.id, attributes: i.attributes, updated_at: now, source: 'fabric simulate' }) })));
+        publishCatalogue = (items) => p.send(items.map((i) => ({ topic, key: metadataKey('item', i.id), value: writer.encode({ kind: 'item', id: i.id, attributes: i.attributes, updated_at: CATALOGUE_UPDATED_AT, source: 'fabric simulate' }) })));
       }
     }
     // Progress on stderr (stdout is the summary's): one updated line on a TTY, else a JSON line every ~2 s.

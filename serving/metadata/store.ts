@@ -69,7 +69,12 @@ export class MetadataStore {
   }
 
   async get(kind: string, id: string): Promise<{ attributes: Attributes; updatedAt: number; offset: number } | null> {
-    const v = await this.redis.get(this.key(kind, id));
+    let v: string | null;
+    try {
+      v = await this.redis.get(this.key(kind, id));
+    } catch (err) {
+      throw new FabricError('FABRIC_SINK_FAILED', `metadata store: reading ${kind} ${JSON.stringify(id)}: ${messageOf(err)}`, { cause: err });
+    }
     if (v === null) return null;
     const stored = JSON.parse(v) as Stored;
     return stored.deleted || !stored.attributes ? null : { attributes: stored.attributes, updatedAt: stored.updated_at ?? 0, offset: stored.offset };

@@ -60,6 +60,15 @@ describe('the metadata webhook and store', () => {
     expect((await call('PUT', '/v1/metadata/item/I-2', { title: 'x', category: 'c', price: 1 }, 'writer')).status).toBe(403);
     expect((await call('DELETE', '/v1/metadata/item/I-2', undefined, 'writer')).status).toBe(403);
     expect((await call('PUT', '/v1/metadata/item/I-2', { title: 'x', category: 'c', price: 1 }, 'nobody')).status).toBe(401);
+    // Bad ids: too long, a control character (percent-encoded), malformed percent-encoding (the gateway keeps serving).
+    const long = await call('PUT', `/v1/metadata/item/${'x'.repeat(257)}`, { title: 'x', category: 'c', price: 1 });
+    expect(long.status).toBe(400);
+    expect(long.json.error).toMatchObject({ code: 'FABRIC_METADATA_INVALID' });
+    expect((await call('DELETE', '/v1/metadata/item/a%0Ab')).json.error).toMatchObject({ code: 'FABRIC_METADATA_INVALID' });
+    const malformed = await call('PUT', '/v1/metadata/item/%E0%A4%A', { title: 'x', category: 'c', price: 1 });
+    expect(malformed).toEqual({ status: 400, json: { error: { code: 'FABRIC_HTTP_MALFORMED', message: 'path segment "%E0%A4%A" is not valid percent-encoding' } } });
+    expect((await call('GET', '/v1/metadata/item/%')).status).toBe(400);
+    expect((await call('DELETE', '/v1/metadata/planet/P1')).json.error).toMatchObject({ code: 'FABRIC_METADATA_INVALID' });
     expect((await store.getMany('item', ['I-2'])).size).toBe(0);
   });
 
