@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os';
 import { Redis } from 'ioredis';
 import { loadConfig, type FabricConfig } from '../../topology/config.js';
 import { FabricError } from '../../topology/errors.js';
@@ -6,6 +7,15 @@ import { createLogger, type Logger } from '../../topology/runtime/log.js';
 /** Helpers every `fabric` command shares. */
 
 /** Prints data as JSON with --json, otherwise as the given text. */
+/** Who runs the command, recorded with what it writes (registry stages, rule sets). */
+export function operator(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
+
 export function out(json: boolean, data: unknown, text: () => string): void {
   process.stdout.write(`${json ? JSON.stringify(data, null, 2) : text()}\n`);
 }

@@ -1,4 +1,3 @@
-import { userInfo } from 'node:os';
 import type { Command } from 'commander';
 import type { ModelStage, ModelVersion } from '../../schemas/types.generated.js';
 import { AvroSerde } from '../../schemas/serde.js';
@@ -8,7 +7,7 @@ import type { FabricConfig } from '../../topology/config.js';
 import { parseModelRef } from '../../serving/registry/entry.js';
 import { productionOf } from '../../serving/registry/registry.js';
 import { loadStatusKey, modelStore, registryAdmin, verifier } from '../serving.js';
-import { cliLog, config, connectRedis, out } from './common.js';
+import { cliLog, config, connectRedis, out, operator } from './common.js';
 
 interface LoadReport {
   readonly state: string;
@@ -22,14 +21,6 @@ function admin(cfg: FabricConfig, verify: boolean) {
   const log = cliLog(cfg, true);
   const store = modelStore(cfg);
   return registryAdmin({ kafka: createKafka(cfg, log, 'cli'), serde: new AvroSerde({ url: cfg.registryUrl }), config: cfg, log, store, ...(verify ? { verify: verifier(cfg, store) } : {}) });
-}
-
-function operator(): string {
-  try {
-    return userInfo().username;
-  } catch {
-    return 'unknown';
-  }
 }
 
 /** Latest load report per name@version and instance, from the serving instances (Redis). */

@@ -1,5 +1,4 @@
 import { readFile } from 'node:fs/promises';
-import { userInfo } from 'node:os';
 import type { Command } from 'commander';
 import { createTwoFilesPatch } from 'diff';
 import { stringify as toYaml } from 'yaml';
@@ -16,15 +15,7 @@ import { dryRunDecisions, type DryRunReport, type PastPrediction } from '../../s
 import { TASKS } from '../../serving/models/tasks.js';
 import { modelStore, registryAdmin } from '../serving.js';
 import { fabricTopology } from '../fabric-topology.js';
-import { cliLog, config, out, positiveInt } from './common.js';
-
-function operator(): string {
-  try {
-    return userInfo().username;
-  } catch {
-    return 'unknown';
-  }
-}
+import { cliLog, config, out, positiveInt, operator } from './common.js';
 
 function rulesAdmin(cfg: FabricConfig): RulesAdmin {
   const log = cliLog(cfg, true);

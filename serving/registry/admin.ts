@@ -7,7 +7,6 @@ import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import type { FeatureGroup } from '../../topology/features/definition.js';
-import { readToEnd } from '../../topology/runtime/topic-reader.js';
 import { writeControlRecords } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { entryFor, entryKey, parseManifest, validateSignature, withStage, type Manifest, type RegisterOptions, type TaskInputs } from './entry.js';
@@ -56,10 +55,7 @@ export class RegistryAdmin {
   /** Every entry now on the topic (latest per name@version), with this admin's own writes unless `ownWrites` is false. */
   async entries(options: { ownWrites?: boolean } = {}): Promise<ModelVersion[]> {
     const registry = new ModelRegistry(this.deps.kafka, this.deps.serde, this.deps.config, this.deps.log);
-    const topic = prefixed(this.deps.config, MODELS_TOPIC);
-    const records = await readToEnd(this.deps.kafka, topic, { groupPrefix: prefixed(this.deps.config, 'fabric.cp-reader'), timeoutMs: 15_000 });
-    await this.deps.serde.prefetch(records.map((r) => r.value));
-    for (const r of records) registry.apply(r.key, r.value);
+    await registry.readOnce();
     const byKey = new Map(registry.list().map((e) => [entryKey(e.name, e.version), e]));
     for (const [key, mine] of options.ownWrites === false ? [] : this.written) {
       const seen = byKey.get(key);

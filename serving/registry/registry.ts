@@ -49,6 +49,11 @@ export class ModelRegistry {
     return this.topic.start(timeoutMs);
   }
 
+  /** Reads the topic once to its end (tools: no follower left behind). */
+  readOnce(): Promise<void> {
+    return this.topic.readOnce();
+  }
+
   /** Applies one record of the topic (also used by tests and one-shot readers). */
   apply(key: string | null, value: Buffer | null): void {
     this.topic.apply(key, value);

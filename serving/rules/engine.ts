@@ -111,19 +111,33 @@ function fmt(x: number): string {
 }
 
 /** Reads `entity`, `event.x`, `features.x`, `item.id` or `item.<attribute>` from a context. */
-function lookup(field: string, ctx: { entity: string; event: Readonly<Record<string, unknown>>; features: Readonly<Record<string, unknown>>; item?: RankedCandidate }): unknown {
-  if (field === 'entity') return ctx.entity;
+/** A list rule's field, split once at compile time. */
+interface FieldRef {
+  readonly scope: 'entity' | 'event' | 'features' | 'item';
+  readonly key: string;
+}
+
+function fieldRef(field: string): FieldRef {
+  if (field === 'entity') return { scope: 'entity', key: '' };
   const dot = field.indexOf('.');
-  const scope = field.slice(0, dot);
-  const key = field.slice(dot + 1);
-  if (scope === 'event') return ctx.event[key];
-  if (scope === 'features') return ctx.features[key];
-  if (scope === 'item') return ctx.item ? (key === 'id' ? ctx.item.id : ctx.item.attributes[key]) : undefined;
-  return undefined;
+  return { scope: field.slice(0, dot) as FieldRef['scope'], key: field.slice(dot + 1) };
+}
+
+function lookup(at: FieldRef, input: { readonly entity: string; readonly event: Readonly<Record<string, unknown>>; readonly features: Readonly<Record<string, unknown>> }, item?: RankedCandidate): unknown {
+  switch (at.scope) {
+    case 'entity':
+      return input.entity;
+    case 'event':
+      return input.event[at.key];
+    case 'features':
+      return input.features[at.key];
+    case 'item':
+      return item ? (at.key === 'id' ? item.id : item.attributes[at.key]) : undefined;
+  }
 }
 
 type Compiled =
-  | { readonly rule: Rule & { kind: 'deny' | 'allow' }; readonly values: ReadonlySet<string> }
+  | { readonly rule: Rule & { kind: 'deny' | 'allow' }; readonly values: ReadonlySet<string>; readonly at: FieldRef }
   | { readonly rule: Rule & { kind: 'condition' }; readonly when: Condition; readonly usesScore: boolean }
   | { readonly rule: Rule & { kind: 'threshold' } };
 
@@ -165,7 +179,7 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
         if (output === 'ranking' && rule.decision !== undefined) problems.push({ path: `${path}/decision`, message: 'a ranking model\'s list rule filters items; it takes no decision' });
         if (output === 'decision' && rule.match.field.startsWith('item.')) problems.push({ path: `${path}/match/field`, message: 'item.* fields exist for ranking models only' });
         if (rule.match.field.startsWith('item.') && rule.match.field !== 'item.id') need('item', rule.match.field.slice(5));
-        ordered.push({ rule, values: new Set(rule.match.values) });
+        ordered.push({ rule, values: new Set(rule.match.values), at: fieldRef(rule.match.field) });
         break;
       case 'condition': {
         if (output === 'decision' && rule.decision === undefined) problems.push({ path, message: 'a condition of a decision model needs the decision it gives' });
@@ -224,14 +238,14 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
       const cap = decisionCaps.get(o.decision);
       return cap ? { ...o, cap } : o;
     };
-    const ctx = { entity: input.entity, event: input.event, features: input.features };
     // What conditions see, built once per decision (and only when a condition runs).
     let scope: Record<string, unknown> | undefined;
     for (const c of ordered) {
       const rule = c.rule;
       if (rule.kind === 'deny' || rule.kind === 'allow') {
-        const value = lookup(rule.match.field, ctx);
-        const listed = value !== undefined && value !== null && (c as { values: ReadonlySet<string> }).values.has(String(value));
+        const list = c as { values: ReadonlySet<string>; at: FieldRef };
+        const value = lookup(list.at, input);
+        const listed = value !== undefined && value !== null && list.values.has(String(value));
         if (!listed) continue;
         const decision = rule.decision ?? (rule.kind === 'deny' ? 'block' : 'allow');
         return withCap({ decision, reasons: [`${rule.name}: ${rule.match.field} ${String(value)} is on the ${rule.kind} list`], fired: [rule.name], fallback: false });
@@ -280,8 +294,9 @@ export function compileRules(spec: RuleSet, output: OutputKind, version: number)
         const rule = c.rule;
         let out: boolean;
         if (rule.kind === 'deny' || rule.kind === 'allow') {
-          const value = lookup(rule.match.field, { entity: input.entity, event: input.event, features: input.features, item });
-          const listed = value !== undefined && value !== null && (c as { values: ReadonlySet<string> }).values.has(String(value));
+          const list = c as { values: ReadonlySet<string>; at: FieldRef };
+          const value = lookup(list.at, input, item);
+          const listed = value !== undefined && value !== null && list.values.has(String(value));
           out = rule.kind === 'deny' ? listed : !listed;
         } else if (rule.kind === 'condition') {
           try {

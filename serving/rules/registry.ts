@@ -7,7 +7,7 @@ import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
 import { ControlTopic, writeControlRecords } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
-import { compileRules, defaultRules, type CompiledRules, type OutputKind } from './engine.js';
+import { MODEL_DEFAULT_RULES, compileRules, type CompiledRules, type OutputKind } from './engine.js';
 import { RuleSetInvalid, canonicalRuleSet, checkRuleSetShape, type RuleSet } from './spec.js';
 
 export const RULES_TOPIC = '_fabric.rules';
@@ -27,7 +27,8 @@ export class RuleRegistry {
   private readonly topic: ControlTopic<RuleSetVersion>;
   /** Compiled rule sets by model, output kind and version. */
   private readonly compiled = new Map<string, CompiledRules | Error>();
-  private readonly defaults = new Map<string, CompiledRules>();
+  /** The rule set in force per model and output kind; cleared when the topic changes (current() runs per request). */
+  private readonly inForce = new Map<string, CompiledRules>();
 
   constructor(kafka: Kafka, serde: AvroSerde, config: Pick<FabricConfig, 'topicPrefix'>, private readonly log: Logger) {
     this.topic = new ControlTopic<RuleSetVersion>(kafka, log, {
@@ -42,6 +43,7 @@ export class RuleRegistry {
       },
     });
     this.topic.onChange((key, value) => {
+      this.inForce.clear();
       if (value) log.info({ rules: key, sha256: value.sha256.slice(0, 12), by: value.created_by }, 'rule set version received');
     });
   }
@@ -74,6 +76,13 @@ export class RuleRegistry {
 
   /** The rule set in force for a model whose output is `output`: its latest version that compiles, else the defaults. */
   current(model: string, output: OutputKind): CompiledRules {
+    const cacheKey = `${model}:${output}`;
+    let rules = this.inForce.get(cacheKey);
+    if (!rules) this.inForce.set(cacheKey, (rules = this.resolve(model, output)));
+    return rules;
+  }
+
+  private resolve(model: string, output: OutputKind): CompiledRules {
     const versions = this.versions(model);
     for (let i = versions.length - 1; i >= 0; i--) {
       const v = versions[i]!;
@@ -90,10 +99,7 @@ export class RuleRegistry {
       }
       if (!(c instanceof Error)) return c;
     }
-    const dkey = `${model}:${output}`;
-    let d = this.defaults.get(dkey);
-    if (!d) this.defaults.set(dkey, (d = defaultRules(model, output)));
-    return d;
+    return MODEL_DEFAULT_RULES.current(model, output);
   }
 
   close(): Promise<void> {

@@ -19,7 +19,7 @@ import type { Prediction } from '../../schemas/types.generated.js';
 import { compileRules, MODEL_DEFAULT_RULES } from '../../serving/rules/engine.js';
 import { parseRuleSet } from '../../serving/rules/spec.js';
 import { FrequencyCaps } from '../../serving/rules/caps.js';
-import { median, quantile } from './stats.js';
+import { quantile } from './stats.js';
 
 export interface LedgerSizes {
   readonly sinkRows: number;
@@ -186,4 +186,3 @@ export async function capCheckPair(config: FabricConfig, redisPrefix: string, si
   }
 }
 
-export { median };

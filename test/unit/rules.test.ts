@@ -164,6 +164,17 @@ describe('ranking rules', () => {
 });
 
 describe('rule set documents', () => {
+  it('the README example is a valid rule set for the fraud model, deciding as it says', () => {
+    const readme = readFileSync(packagePath('README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Serving rules'));
+    const example = /```yaml\n([\s\S]*?)```/.exec(section)![1]!;
+    const rules = compileRules(parseRuleSet(example), 'decision', 1);
+    expect(rules.decide({ event: { ...txn, account_id: 'C9999999' }, entity: 'C9999999', features: {}, score: 0.1 }, entry)).toMatchObject({ decision: 'block', fired: ['blocked-accounts'] });
+    expect(rules.decide({ event: { ...txn, new_balance: 5 }, entity: 'C1', features: {}, score: null, reason: 'model_timeout' }, entry)).toMatchObject({ decision: 'allow', fallback: true });
+    expect(rules.decide({ event: { ...txn, new_balance: 5 }, entity: 'C1', features: {}, score: 0.6 }, entry).cap).toMatchObject({ name: 'review-cap', max: 3, otherwise: 'block' });
+  });
+
+
   it('parse from JSON as well as YAML, to the same rule set', () => {
     const fromYaml: RuleSet = parseRuleSet(fraudYaml);
     expect(parseRuleSet(JSON.stringify(fromYaml))).toEqual(fromYaml);
