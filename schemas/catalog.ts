@@ -17,6 +17,8 @@ export const SCHEMA_FILES = {
   metadata: 'metadata.avsc',
   recommendation: 'recommendation.avsc',
   rule_set: 'rule_set.avsc',
+  experiment: 'experiment.avsc',
+  alert: 'alert.avsc',
 } as const;
 
 export type SchemaName = keyof typeof SCHEMA_FILES;

@@ -141,6 +141,12 @@ export interface Prediction {
   rules_version: number;
   /** Names of the rules that decided, filtered or changed this output, in order. */
   rules_fired: string[];
+  /** The experiment this output was part of ('' when none). */
+  experiment: string;
+  /** control or treatment under an experiment; shadow on predictions.<model>.shadow; '' when none. */
+  arm: string;
+  /** Online answers (origin online): the request's latency. 0 on the stream: timing stays out of stream records, so a retried batch or a replay writes the same record (an experiment's per-arm model time is kept in its latency histograms). */
+  latency_ms: number;
 }
 
 /** A label observed after the fact (fraud confirmed, click, purchase). Topic outcomes.<stream>, key: entity id. */
@@ -347,6 +353,12 @@ export interface Recommendation {
   rules_version: number;
   /** Names of the rules that decided, filtered or changed this output, in order. */
   rules_fired: string[];
+  /** The experiment this output was part of ('' when none). */
+  experiment: string;
+  /** control or treatment under an experiment; shadow on predictions.<model>.shadow; '' when none. */
+  arm: string;
+  /** Online answers (origin online): the request's latency. 0 on the stream: timing stays out of stream records, so a retried batch or a replay writes the same record (an experiment's per-arm model time is kept in its latency histograms). */
+  latency_ms: number;
 }
 
 /** One version of a model's serving rules. Topic _fabric.rules (compacted), key <model>@<version>; the highest version of a model is in force. */
@@ -364,6 +376,80 @@ export interface RuleSetVersion {
   comment: string;
 }
 
+export interface Guardrail {
+  /** p50_latency_ms, p99_latency_ms, mean_latency_ms, fallback_rate, block_rate. */
+  metric: string;
+  /** <, <=, > or >=: the condition the treatment arm must keep. */
+  op: string;
+  threshold: number;
+}
+export interface ExperimentDecision {
+  /** win, loss, guardrail, no_difference, inconclusive, stopped, interrupted. */
+  outcome: string;
+  /** promoted (the treatment is in production), rolled_back (all traffic on the control), none. */
+  action: string;
+  reason: string;
+  by: string;
+  at: number;
+  /** The statistics the decision was taken on (JSON). */
+  stats_json: string;
+}
+/** An experiment on a model: a sticky split of entities between a control and a treatment version, an optional shadow version, the metric and guardrails it is judged on, and its state and decision. Topic _fabric.experiments (compacted), key: the experiment id; every change rewrites the whole record with a greater revision. */
+export interface Experiment {
+  /** Lower-case letters, digits and _ (it names the experiment's ClickHouse view, v_experiment_<id>). */
+  id: string;
+  model: string;
+  /** The model version in production when the experiment started. */
+  control: string;
+  treatment: string;
+  /** Percent of entities (0-100) assigned to the treatment arm: an entity is in it when the first 8 hex digits of sha256(<id>:<entity>) read as an integer, divided by 2^32, are below split/100. */
+  split: number;
+  /** A version that scores every event too, into predictions.<model>.shadow; it never decides. */
+  shadow: null | string;
+  /** precision_at_block, auc (decision models), ctr or conversion (ranking models): higher is better. */
+  metric: string;
+  /** Labelled samples each arm needs before the test may conclude. */
+  min_samples: number;
+  /** The experiment ends (no difference, or inconclusive without enough samples) this long after it started. */
+  max_duration_ms: number;
+  /** Conditions the treatment must keep; a breach rolls it back. */
+  guardrails: Guardrail[];
+  /** promote: a win promotes the treatment, a loss or breach rolls back; rollback: only losses and breaches act (a win is reported); none: decisions are reported only. */
+  auto: string;
+  /** The test's false-positive bound, valid however often it is looked at. */
+  alpha: number;
+  /** Standard deviation of the normal mixture over effects (in the metric's units) of the mixture sequential probability ratio test. */
+  mixture_sd: number;
+  /** Ranking metrics: a click or purchase counts for an item shown when it comes within this long after. */
+  outcome_horizon_ms: number;
+  /** running, concluded (the test or max duration decided) or stopped (by an operator, or interrupted). */
+  state: string;
+  /** 1 at start, +1 at every change: a record never replaces one with a greater revision. */
+  revision: number;
+  started_at: number;
+  started_by: string;
+  ended_at: null | number;
+  decision: null | ExperimentDecision;
+}
+
+/** Something an operator should know: an experiment decided, a model failed, drift. Topic alerts, key: the alert's subject. */
+export interface Alert {
+  /** Unique per alert (a retried write keeps it: the ledger deduplicates on it). */
+  alert_id: string;
+  /** When it was raised, epoch ms. */
+  ts: number;
+  /** experiment, drift, model, processor. */
+  kind: string;
+  /** info, warning or critical. */
+  severity: string;
+  model: string;
+  version: string;
+  /** What it is about (an experiment id, a variable). */
+  subject: string;
+  message: string;
+  details: Record<string, string>;
+}
+
 /** The value type of each schema, by catalog name. */
 export interface SchemaTypes {
   transaction: Transaction;
@@ -379,4 +465,6 @@ export interface SchemaTypes {
   metadata: EntityMetadata;
   recommendation: Recommendation;
   rule_set: RuleSetVersion;
+  experiment: Experiment;
+  alert: Alert;
 }

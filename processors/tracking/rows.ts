@@ -1,4 +1,4 @@
-import type { DriftMetric, Interaction, Outcome, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
+import type { Alert, DriftMetric, Experiment, Interaction, Outcome, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
 import type { SourceRecord } from '../../topology/runtime/processor.js';
 import type { Row } from './clickhouse-sink.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
@@ -47,6 +47,7 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const rec = r.value as Recommendation;
       const base = {
         event_id: rec.event_id, user_id: rec.user_id, model: rec.model, version: rec.version, rules_version: rec.rules_version, rules_fired: rec.rules_fired, origin: rec.origin,
+        experiment: rec.experiment, arm: rec.arm, latency_ms: rec.latency_ms,
         request_id: rec.origin === 'online' ? rec.source_offset : 0, candidates: rec.candidates, event_ts_ms: rec.event_ts, ...source(r),
       };
       return rec.items.map((item) => {
@@ -64,7 +65,8 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const names = Object.keys(p.features).sort();
       return [{
         event_id: p.event_id, entity_id: p.entity_id, model: p.model, version: p.version, score: p.score, decision: p.decision, reasons: p.reasons, fallback: p.fallback ? 1 : 0, provider: p.provider,
-        event_ts_ms: p.event_ts, feature_names: names, feature_values: names.map((n) => p.features[n] ?? null), rules_version: p.rules_version, rules_fired: p.rules_fired, ...source(r),
+        event_ts_ms: p.event_ts, feature_names: names, feature_values: names.map((n) => p.features[n] ?? null), rules_version: p.rules_version, rules_fired: p.rules_fired,
+        experiment: p.experiment, arm: p.arm, latency_ms: p.latency_ms, ...source(r),
       }];
     },
   }),
@@ -73,6 +75,27 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
     rows(r) {
       const o = r.value as Outcome;
       return [{ stream: topic.slice('outcomes.'.length), event_id: o.event_id, entity_id: o.entity_id, label: o.label, value: o.value, ts_ms: o.ts, item_id: o.item_id ?? '', ...source(r) }];
+    },
+  }),
+  alerts: () => ({
+    table: 'alerts',
+    rows(r) {
+      const a = r.value as Alert;
+      const names = Object.keys(a.details).sort();
+      return [{ alert_id: a.alert_id, ts_ms: a.ts, kind: a.kind, severity: a.severity, model: a.model, version: a.version, subject: a.subject, message: a.message, detail_names: names, detail_values: names.map((n) => a.details[n]!), ...source(r) }];
+    },
+  }),
+  '_fabric.experiments': () => ({
+    table: 'experiments',
+    rows(r) {
+      const e = r.value as Experiment | null;
+      if (!e) return [];
+      const d = e.decision;
+      return [{
+        id: e.id, model: e.model, control: e.control, treatment: e.treatment, split: e.split, shadow: e.shadow ?? '', metric: e.metric, min_samples: e.min_samples, max_duration_ms: e.max_duration_ms,
+        guardrails: e.guardrails.map((g) => `${g.metric}${g.op}${g.threshold}`), auto: e.auto, alpha: e.alpha, state: e.state, revision: e.revision, started_at_ms: e.started_at, started_by: e.started_by,
+        ended_at_ms: e.ended_at ?? 0, outcome: d?.outcome ?? '', action: d?.action ?? '', reason: d?.reason ?? '', decided_by: d?.by ?? '', stats_json: d?.stats_json ?? '', ...source(r),
+      }];
     },
   }),
   'drift.metrics': () => ({
@@ -84,8 +107,13 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
   }),
 };
 
-/** The mapping for a logical topic: exact name first, then its family prefix (features.*, predictions.*, outcomes.*). */
+/** The mapping for a logical topic: shadow outputs, then the exact name, then its family prefix (features.*, predictions.*, outcomes.*). */
 export function mappingFor(topic: string): TableMapping | null {
+  // Shadow outputs (predictions.<model>.shadow) have the rows of their model's outputs, in <table>_shadow.
+  if (topic.startsWith('predictions.') && topic.endsWith('.shadow')) {
+    const base = mappingFor(topic.slice(0, -'.shadow'.length));
+    return base && { table: `${base.table}_shadow`, rows: base.rows };
+  }
   const exact = mappings[topic];
   if (exact) return exact(topic);
   const family = Object.keys(mappings).find((k) => k.endsWith('.') && topic.startsWith(k));

@@ -41,7 +41,7 @@ function predictionRows(n: number): Record<string, unknown>[] {
   for (let i = 0; i < n; i++) {
     const p: Prediction = {
       event_id: `bench-${i}`, entity_id: `C${i % 5000}`, model: 'fraud', version: '1.0.0', score: (i % 997) / 997, decision: i % 10 === 0 ? 'review' : 'allow', reasons: ['score 0.1000 < review 0.5'], fallback: false, provider: 'cpu',
-      event_ts: 1_763_000_000_000 + i * 10, features: { amount: i, txn_count_1h: i % 7, amount_sum_24h: i * 3 }, source_topic: 'events.transactions', source_partition: i % 3, source_offset: i, origin: 'stream', rules_version: 1, rules_fired: ['score'],
+      event_ts: 1_763_000_000_000 + i * 10, features: { amount: i, txn_count_1h: i % 7, amount_sum_24h: i * 3 }, source_topic: 'events.transactions', source_partition: i % 3, source_offset: i, origin: 'stream', rules_version: 1, rules_fired: ['score'], experiment: '', arm: '', latency_ms: 0,
     };
     out.push(...mapping.rows({ topic: 'predictions.fraud', partition: 0, offset: String(i), key: p.entity_id, value: p, timestamp: 0, headers: {} } as never));
   }
@@ -79,7 +79,7 @@ export async function sinkPair(config: FabricConfig, database: string, tmp: stri
     await client.command({ query: `CREATE DATABASE IF NOT EXISTS ${db}` });
     for (const t of ['sink_ours', 'sink_ref']) {
       await client.command({ query: `DROP TABLE IF EXISTS ${db}.${t}` });
-      await client.command({ query: `CREATE TABLE ${db}.${t} (event_id String, entity_id String, model String, version String, score Nullable(Float64), decision String, reasons Array(String), fallback UInt8, provider String, event_ts_ms UInt64, feature_names Array(String), feature_values Array(Nullable(Float64)), rules_version UInt32, rules_fired Array(String), source_topic String, source_partition Int32, source_offset UInt64) ENGINE = ReplacingMergeTree(source_offset) PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000))) ORDER BY (model, event_id)` });
+      await client.command({ query: `CREATE TABLE ${db}.${t} (event_id String, entity_id String, model String, version String, score Nullable(Float64), decision String, reasons Array(String), fallback UInt8, provider String, event_ts_ms UInt64, feature_names Array(String), feature_values Array(Nullable(Float64)), rules_version UInt32, rules_fired Array(String), experiment String, arm String, latency_ms Float64, source_topic String, source_partition Int32, source_offset UInt64) ENGINE = ReplacingMergeTree(source_offset) PARTITION BY toYYYYMMDD(toDateTime(intDiv(event_ts_ms, 1000))) ORDER BY (model, event_id)` });
     }
     const tasks: TaskId[] = Array.from({ length: 6 }, (_, p) => ({ group: 'bench', topic: 'predictions.fraud', partition: p }));
     const step = Math.ceil(sizes.sinkBatch / 3);

@@ -30,11 +30,11 @@ const samples: Record<string, (n: number) => unknown> = {
   }),
   'predictions.fraud': (n): Prediction => ({
     event_id: 'e-1', entity_id: 'acc-1', model: 'fraud', version: '1', score: n / 100, decision: 'review', reasons: ['r'], fallback: false, provider: 'cpu', event_ts: TS,
-    features: { amount_sum_1h: 1, seconds_since_last_txn: null }, source_topic: 'features.account', source_partition: 0, source_offset: 1, origin: 'stream', rules_version: 0, rules_fired: [],
+    features: { amount_sum_1h: 1, seconds_since_last_txn: null }, source_topic: 'features.account', source_partition: 0, source_offset: 1, origin: 'stream', rules_version: 0, rules_fired: [], experiment: '', arm: '', latency_ms: 0,
   }),
   'predictions.recs': (n): Recommendation => ({
     event_id: 'e-1', user_id: 'u-1', model: 'recs', version: '1', provider: 'cpu', event_ts: TS, candidates: n, reasons: ['top 1 of 1 candidates'], fallback: false, source_topic: 'events.interactions', source_partition: 0, source_offset: 1, origin: 'stream',
-    rules_version: 1, rules_fired: ['top'], items: [{ item_id: 'item-1', rank: 1, score: 0.5, features: { f: 1 }, attributes: { title: 'T', category: 'c', price: 9.5 } }],
+    rules_version: 1, rules_fired: ['top'], experiment: '', arm: '', latency_ms: 0, items: [{ item_id: 'item-1', rank: 1, score: 0.5, features: { f: 1 }, attributes: { title: 'T', category: 'c', price: 9.5 } }],
   }),
   'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS, item_id: null }),
   'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok' }),

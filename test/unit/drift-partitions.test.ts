@@ -31,7 +31,7 @@ const metricType = avro.Type.forSchema(loadAvroSchema('drift_metric') as avro.Sc
 const rng = seededUniform;
 
 function prediction(id: string, ts: number, score: number | null, features: Record<string, number | null>): Prediction {
-  return { event_id: id, entity_id: id, model: 'fraud', version: '1', score, decision: 'allow', reasons: [], fallback: score === null, provider: 'cpu', event_ts: ts, features, source_topic: 'events.transactions', source_partition: 0, source_offset: 0, origin: 'stream', rules_version: 0, rules_fired: [] };
+  return { event_id: id, entity_id: id, model: 'fraud', version: '1', score, decision: 'allow', reasons: [], fallback: score === null, provider: 'cpu', event_ts: ts, features, source_topic: 'events.transactions', source_partition: 0, source_offset: 0, origin: 'stream', rules_version: 0, rules_fired: [], experiment: '', arm: '', latency_ms: 0 };
 }
 
 /**

@@ -11,7 +11,7 @@ const reference = {
 const WINDOW = 60_000;
 
 function prediction(i: number, ts: number, score: number, amount: number): Prediction {
-  return { event_id: `e${i}`, entity_id: 'a', model: 'fraud', version: '1', score, decision: 'allow', reasons: [], fallback: false, provider: 'cpu', event_ts: ts, features: { amount }, source_topic: 'events.transactions', source_partition: 0, source_offset: i, origin: 'stream', rules_version: 0, rules_fired: [] };
+  return { event_id: `e${i}`, entity_id: 'a', model: 'fraud', version: '1', score, decision: 'allow', reasons: [], fallback: false, provider: 'cpu', event_ts: ts, features: { amount }, source_topic: 'events.transactions', source_partition: 0, source_offset: i, origin: 'stream', rules_version: 0, rules_fired: [], experiment: '', arm: '', latency_ms: 0 };
 }
 
 function matching(start: number, n: number, offset = 0): Prediction[] {
