@@ -12,6 +12,8 @@ import { recsProcessor } from '../processors/recs/processor.js';
 import type { LiveModels } from '../serving/models/live.js';
 import type { FrequencyCaps } from '../serving/rules/caps.js';
 import type { MetadataStore } from '../serving/metadata/store.js';
+import type { ExperimentRegistry } from '../serving/experiments/registry.js';
+import type { RedisExperimentLatency } from '../serving/experiments/latency.js';
 import { metadataProcessor } from '../processors/metadata/processor.js';
 import type { ServingRules } from '../processors/scoring/processor.js';
 import { referenceOf } from '../serving/registry/reference.js';
@@ -41,10 +43,14 @@ export interface FabricResources {
   caps(): Promise<FrequencyCaps>;
   /** The metadata store in Redis (items' attributes for rules and enrichment). */
   metadata(): Promise<MetadataStore>;
+  /** The experiments in force (following _fabric.experiments), shared with the gateway. */
+  experiments(): Promise<ExperimentRegistry>;
+  /** Where the arms' model time goes (Redis histograms per experiment and arm). */
+  latency(): Promise<RedisExperimentLatency>;
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
-const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'predictions.recs', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics'];
+const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'predictions.recs', 'predictions.fraud.shadow', 'predictions.recs.shadow', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics', 'alerts', '_fabric.experiments'];
 
 /** Interactions re-keyed by item, so each item's events are in one partition of the item group's input. */
 export const ITEM_REPARTITION_TOPIC = 'repartition.interactions.item';
@@ -85,9 +91,12 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('predictions.recs', { schema: 'recommendation', doc: 'The recs model\'s top candidate items for a user at each interaction, with scores and the vectors served.' }),
       topic('drift.partials', { partitions: 1, schema: 'drift_partial', doc: 'Per-partition drift window aggregates, merged into drift.metrics once every partition passed a window.' }),
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
-      topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Operational and drift alerts.' }),
+      topic('predictions.fraud.shadow', { partitions: predictionsPartitions, schema: 'prediction', doc: 'The shadow version of a fraud experiment: its score and the decision the rules would take with it, for every event the stream scored; never served.' }),
+      topic('predictions.recs.shadow', { schema: 'recommendation', doc: 'The shadow version of a recs experiment: the items it would have recommended (caps neither consulted nor counted); never served.' }),
+      topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, schema: 'alert', doc: 'Alerts: experiment decisions (and, later, drift and model alerts), key: the subject.' }),
       topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, schema: 'model_version', doc: 'The model registry: one record per model version (key name@version, the latest wins; a promotion rewrites the versions it moves in one transaction).' }),
       topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, schema: 'rule_set', doc: 'Serving rules: one record per rule-set version (key model@version); a model\'s highest version is in force.' }),
+      topic('_fabric.experiments', { partitions: 1, compacted: true, retentionMs: null, schema: 'experiment', doc: 'Experiments (key: id; every change rewrites the record with a greater revision): the split, shadow, metric and guardrails, state and decision.' }),
       topic('_fabric.metadata', { partitions: 1, compacted: true, retentionMs: null, schema: 'metadata', doc: 'Entity metadata (key <kind>/<id>; a tombstone deletes): from PUT|DELETE /v1/metadata, fabric simulate\'s catalogue, or any producer.' }),
     ],
     processors: [
@@ -100,10 +109,10 @@ export function fabricTopology(): Topology<FabricResources> {
       processor({
         name: 'scoring',
         after: 'features',
-        outputs: ['predictions.fraud'],
+        outputs: ['predictions.fraud', 'predictions.fraud.shadow'],
         sinks: [],
-        doc: 'Chained after features in its task: scores each event with the features computed for it, one ONNX run per batch, then the rules.',
-        create: async (r) => scoringProcessor({ models: await r.models('fraud'), rules: await r.rules(), caps: await r.caps(), model: 'fraud', metrics: r.metrics, engineState: () => r.engineState() }),
+        doc: 'Chained after features in its task: scores each event with the features computed for it, one ONNX run per batch and arm (an experiment splits entities by a sticky hash; its shadow scores every event into predictions.fraud.shadow), then the rules.',
+        create: async (r) => scoringProcessor({ models: await r.models('fraud'), rules: await r.rules(), caps: await r.caps(), experiments: await r.experiments(), latency: await r.latency(), model: 'fraud', metrics: r.metrics, engineState: () => r.engineState() }),
       }),
       featuresNode(userGroup, {
         name: 'features-user',
@@ -115,10 +124,10 @@ export function fabricTopology(): Topology<FabricResources> {
       processor({
         name: 'recs',
         after: 'features-user',
-        outputs: ['predictions.recs'],
+        outputs: ['predictions.recs', 'predictions.recs.shadow'],
         sinks: [],
         doc: 'Chained after features-user in its task: at each interaction, scores the user\'s candidate items (their last 24 h) with the recs model and emits the top-k.',
-        create: async (r) => recsProcessor({ models: await r.models('recs'), rules: await r.rules(), caps: await r.caps(), metadata: await r.metadata(), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
+        create: async (r) => recsProcessor({ models: await r.models('recs'), rules: await r.rules(), caps: await r.caps(), metadata: await r.metadata(), experiments: await r.experiments(), latency: await r.latency(), redis: await r.redis(), keyPrefix: r.config.redisKeyPrefix, metrics: r.metrics }),
       }),
       featuresNode(itemGroup, {
         name: 'features-item',
@@ -141,7 +150,7 @@ export function fabricTopology(): Topology<FabricResources> {
         inputs: TRACKED,
         outputs: [],
         sinks: ['clickhouse'],
-        doc: 'Writes events, features, predictions, outcomes and drift metrics to ClickHouse (one row per event through the deduplicated views).',
+        doc: 'Writes events, features, predictions (and shadow predictions), outcomes, drift metrics, alerts and experiment records to ClickHouse (one row per event through the deduplicated views).',
         create: (r) => {
           const sink = new ClickHouseSink(r.clickhouse(), { database: r.config.clickhouseDatabase, flushRows: r.config.clickhouseFlushRows, lingerMs: r.config.clickhouseLingerMs, metrics: r.metrics });
           return trackingProcessor({ sink, topics: TRACKED, metrics: r.metrics });

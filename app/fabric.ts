@@ -18,12 +18,15 @@ import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
 import type { EntityMetadata, Prediction, Recommendation } from '../schemas/types.generated.js';
 import { MetadataService } from '../gateways/metadata.js';
-import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, modelStore, recordLoadStatus, registryAdmin, servingEngine, verifier } from './serving.js';
+import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, experimentsAdmin, modelStore, recordLoadStatus, registryAdmin, servingEngine, unloadableVersions, verifier } from './serving.js';
 import { FEATURE_GROUPS } from '../topology/features/groups.js';
 import { LiveModels } from '../serving/models/live.js';
 import { RuleRegistry, RulesAdmin } from '../serving/rules/registry.js';
 import { FrequencyCaps } from '../serving/rules/caps.js';
 import { MetadataStore } from '../serving/metadata/store.js';
+import { ExperimentRegistry } from '../serving/experiments/registry.js';
+import { RedisExperimentLatency } from '../serving/experiments/latency.js';
+import { ExperimentJudge } from '../serving/experiments/judge.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { ModelRegistry } from '../serving/registry/registry.js';
 import { publishStatus } from './processor-status.js';
@@ -110,7 +113,10 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       })();
       return live;
     };
+    let experiments: Promise<ExperimentRegistry> | null = null;
+    let latency: Promise<RedisExperimentLatency> | null = null;
     let rules: Promise<RuleRegistry> | null = null;
+
     let caps: Promise<FrequencyCaps> | null = null;
     let metadataStore: Promise<MetadataStore> | null = null;
     const resources: FabricResources = {
@@ -166,6 +172,19 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         metadataStore ??= resources.redis().then((r) => new MetadataStore(r, config.redisKeyPrefix));
         return metadataStore;
       },
+      experiments() {
+        experiments ??= (async () => {
+          const registry = new ExperimentRegistry(kafka, serde, config, log.child({ component: 'experiments' }));
+          closers.push({ name: 'experiments', close: () => registry.close() });
+          await registry.start();
+          return registry;
+        })();
+        return experiments;
+      },
+      latency() {
+        latency ??= resources.redis().then((r) => new RedisExperimentLatency(r, config.redisKeyPrefix, (err) => log.warn({ err: err.message }, 'experiment latency not recorded')));
+        return latency;
+      },
     };
 
     // A processor chained in another's task runs as part of its head's chain.
@@ -208,6 +227,28 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       }
       await Promise.all(runners.map((r) => r.start()));
     }
+    if (runners.length > 0) {
+      // The experiment judge: in every instance that runs processors, deciding in one at a time (a lease).
+      const lm = await liveModels();
+      const judge = new ExperimentJudge({
+        experiments: await resources.experiments(),
+        production: (model) => lm.production(model),
+        admin: experimentsAdmin({ kafka, serde, config, log, store }),
+        registry: registryAdmin({ kafka, serde, config, log, store, verify: verifier(config, store) }),
+        clickhouse: resources.clickhouse(),
+        database: config.clickhouseDatabase,
+        latency: await resources.latency(),
+        redis: await resources.redis(),
+        keyPrefix: config.redisKeyPrefix,
+        intervalMs: config.experimentsIntervalSec * 1000,
+        windowMs: config.experimentsWindowSec * 1000,
+        log: log.child({ component: 'experiments-judge' }),
+        metrics,
+        unloadable: unloadableVersions(await resources.redis(), config),
+      });
+      judge.start();
+      closers.push({ name: 'experiments judge', close: () => judge.close() });
+    }
     const processors = (): ProcessorStatus[] => runners.map((r) => r.status());
     if (runners.length > 0) {
       const stopPublishing = publishStatus(await resources.redis(), config.redisKeyPrefix, processors);
@@ -236,6 +277,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         const writers = new Map<string, Promise<AvroWriter<Prediction | Recommendation>>>();
         predictor = new OnlinePredictor({
           models: lm,
+          experiments: await resources.experiments(),
           rules: await resources.rules(),
           caps: await resources.caps(),
           metadata: await resources.metadata(),

@@ -19,6 +19,7 @@ import { RegistryAdmin } from '../serving/registry/admin.js';
 import { productionOf } from '../serving/registry/registry.js';
 import { LocalModelStore, type ModelStore } from '../serving/registry/store.js';
 import { RulesAdmin } from '../serving/rules/registry.js';
+import { ExperimentsAdmin } from '../serving/experiments/registry.js';
 import { outputKindOf } from '../serving/rules/engine.js';
 import { parseRuleSet } from '../serving/rules/spec.js';
 
@@ -113,6 +114,28 @@ export async function ensureDemoRules(admin: RulesAdmin, config: FabricConfig, l
     const { version } = await admin.set(spec, { by: 'fabric start', comment: 'demo rules', registry });
     log.info({ model: name, version: version.version }, 'demo rules set');
   }
+}
+
+export function experimentsAdmin(deps: { kafka: Kafka; serde: AvroSerde; config: FabricConfig; log: Logger; store?: ModelStore }): ExperimentsAdmin {
+  const store = deps.store ?? modelStore(deps.config);
+  return new ExperimentsAdmin({ kafka: deps.kafka, serde: deps.serde, config: deps.config, log: deps.log, registry: registryAdmin({ ...deps, store }), verify: verifier(deps.config, store) });
+}
+
+/**
+ * Whether some instance of the fleet failed to load a version for its content (FABRIC_MODEL_INVALID, as
+ * recorded by recordLoadStatus and not since loaded there): the judge interrupts an experiment whose
+ * treatment cannot serve.
+ */
+export function unloadableVersions(redis: Redis, config: Pick<FabricConfig, 'redisKeyPrefix'>): (model: string, version: string) => Promise<string | undefined> {
+  return async (model, version) => {
+    const all = await redis.hgetall(loadStatusKey(config));
+    for (const [field, raw] of Object.entries(all)) {
+      if (!field.startsWith(`${model}@${version}|`)) continue;
+      const status = JSON.parse(raw) as LoadStatus & { instance: string };
+      if (status.state === 'failed' && status.code === 'FABRIC_MODEL_INVALID') return `${status.error ?? 'refused'} (on ${status.instance})`;
+    }
+    return undefined;
+  };
 }
 
 /** Where each instance records its model loads (`models list` shows failures per version). */

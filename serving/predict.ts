@@ -16,6 +16,7 @@ import { parseModelRef } from './registry/entry.js';
 import type { ModelFallbackReason as FallbackReason } from './rules/spec.js';
 import type { CompiledRules, OutputKind } from './rules/engine.js';
 import { settleCaps, type FrequencyCaps } from './rules/caps.js';
+import { armOf, type Arm, type ServingExperiments } from './experiments/spec.js';
 
 export interface PredictResult {
   readonly model: string;
@@ -38,12 +39,17 @@ export interface PredictResult {
   /** Recommendation models: the top items, best first (score and decision then describe the first). */
   readonly items?: RecommendedItem[];
   readonly candidates?: number;
+  /** The experiment running on the model and this entity's arm in it (absent outside one). */
+  readonly experiment?: string;
+  readonly arm?: Arm;
 }
 
 export interface PredictorDeps {
   readonly models: LiveModels;
   /** The rule set in force per model (hot-reloaded from _fabric.rules). */
   readonly rules: { current(model: string, output: OutputKind): CompiledRules };
+  /** The experiments in force: an entity's answer comes from its arm's version. */
+  readonly experiments?: ServingExperiments;
   /** Needed when rules cap decisions or items. */
   readonly caps?: FrequencyCaps;
   /** Needed when rules read item metadata. */
@@ -100,15 +106,15 @@ export class OnlinePredictor {
   async predict(modelRef: string, event: unknown): Promise<PredictResult> {
     const started = performance.now();
     const { name, version } = parseModelRef(modelRef);
-    const served = await this.resolve(name, version);
-    if (served.entry.task === 'recs') return this.recommend(served, event, started);
+    const { served, assignment } = await this.assign(name, await this.resolve(name, version), version !== null, event);
+    if (served.entry.task === 'recs') return this.recommend(served, event, started, assignment);
     const problem = explainInvalid(transactionType, event);
     if (problem) throw new FabricError('FABRIC_EVENT_INVALID', `event does not match the transaction schema: ${problem}`);
     const txn = event as Transaction;
     const [at] = await readFeaturesAtEvents(this.deps.redis, this.deps.keyPrefix, accountGroup, [{ entity: txn.account_id, eventId: txn.event_id, ts: txn.ts, raw: txn as unknown as Record<string, unknown> }]);
     const v = vectorize(served.entry, fraudInputValues(txn, at!.values));
     const rules = this.deps.rules.current(name, 'decision');
-    const base = { model: served.entry.name, version: served.entry.version, event_id: txn.event_id, features: v.features, featuresExact: at!.exact, rulesVersion: rules.version };
+    const base = { model: served.entry.name, version: served.entry.version, event_id: txn.event_id, features: v.features, featuresExact: at!.exact, rulesVersion: rules.version, ...assignment };
     const finish = async (score: number | null, provider: string, cached: boolean, reason?: FallbackReason): Promise<PredictResult> => {
       const decided = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features: v.features, score, ...(reason ? { reason } : {}) }, served.entry);
       if (decided.error) this.deps.metrics?.ruleErrors.inc({ model: name, rule: decided.error.rule });
@@ -117,7 +123,7 @@ export class OnlinePredictor {
       this.deps.metrics?.predictLatency.observe({ model: name }, result.latencyMs / 1000);
       if (d!.fallback) this.deps.metrics?.scoringFallbacks.inc({ model: name, reason: d!.error ? 'rule_error' : (reason ?? 'model_error') });
       for (const rule of d!.fired) this.deps.metrics?.rulesFired.inc({ model: name, version: String(rules.version), rule });
-      this.deps.emit?.(`predictions.${name}`, txn.account_id, predictionRecord(served.entry, txn, score, d!, rules.version, provider, v.features, { kind: 'online', at: this.now() }));
+      this.deps.emit?.(`predictions.${name}`, txn.account_id, predictionRecord(served.entry, txn, score, d!, rules.version, provider, v.features, { kind: 'online', at: this.now() }, { ...assignment, latencyMs: result.latencyMs }));
       return result;
     };
     if (v.missing.length > 0) return finish(null, 'none', false, 'features_missing');
@@ -156,7 +162,7 @@ export class OnlinePredictor {
    * arrived now: user features as of the event, candidates and cross features from the user's window
    * plus the event, item features as of its time; within the budget.
    */
-  private async recommend(served: ServedModel, event: unknown, started: number): Promise<PredictResult> {
+  private async recommend(served: ServedModel, event: unknown, started: number, assignment: Assignment): Promise<PredictResult> {
     const problem = explainInvalid(interactionType, event);
     if (problem) throw new FabricError('FABRIC_EVENT_INVALID', `event does not match the interaction schema: ${problem}`);
     const ix = event as Interaction;
@@ -174,11 +180,11 @@ export class OnlinePredictor {
       timer = setTimeout(() => reject(new PredictBudget()), Math.max(0, this.deps.timeoutMs - (performance.now() - started)));
     });
     const rules = this.deps.rules.current(served.entry.name, 'ranking');
-    const base = { model: served.entry.name, version: served.entry.version, event_id: ix.event_id, features: {}, featuresExact: at!.exact, cached: false };
+    const base = { model: served.entry.name, version: served.entry.version, event_id: ix.event_id, features: {}, featuresExact: at!.exact, cached: false, ...assignment };
     const finish = (r: RecsAnswer): PredictResult => {
       const result: PredictResult = { ...base, score: r.items[0]?.score ?? null, decision: r.items[0]?.item_id ?? 'none', reasons: r.reasons, fallback: r.fallback, provider: r.provider, items: r.items, candidates: r.candidates, rulesVersion: r.rulesVersion, rulesFired: r.fired, latencyMs: Number((performance.now() - started).toFixed(3)) };
       this.deps.metrics?.predictLatency.observe({ model: served.entry.name }, result.latencyMs / 1000);
-      this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, recommendationRecord(served.entry, ix, r, { kind: 'online', at: this.now() }));
+      this.deps.emit?.(`predictions.${served.entry.name}`, ix.user_id, recommendationRecord(served.entry, ix, r, { kind: 'online', at: this.now() }, { ...assignment, latencyMs: result.latencyMs }));
       return result;
     };
     try {
@@ -201,6 +207,21 @@ export class OnlinePredictor {
     }
   }
 
+  /**
+   * The version that answers for the event's entity: under a running experiment (whose control is the
+   * serving version) the entity's sticky arm, as the stream assigns it; a request for an explicit
+   * `@version` is outside any experiment.
+   */
+  private async assign(name: string, served: ServedModel, explicit: boolean, event: unknown): Promise<{ served: ServedModel; assignment: Assignment }> {
+    const experiment = explicit ? undefined : this.deps.experiments?.running(name);
+    if (!experiment || experiment.control !== served.entry.version) return { served, assignment: {} };
+    const fields = (event ?? {}) as Record<string, unknown>;
+    const entity = served.entry.task === 'recs' ? fields.user_id : fields.account_id;
+    if (typeof entity !== 'string') return { served, assignment: {} }; // refused by the schema check next
+    const arm = armOf(experiment, entity);
+    return { served: arm === 'treatment' ? await this.deps.models.version(name, experiment.treatment) : served, assignment: { experiment: experiment.id, arm } };
+  }
+
   private async resolve(name: string, version: string | null): Promise<ServedModel> {
     if (!this.deps.models.isRegistered(name)) throw new FabricError('FABRIC_MODEL_UNKNOWN', `model ${name} is not registered`);
     if (version !== null) return this.deps.models.version(name, version);
@@ -219,3 +240,5 @@ export class OnlinePredictor {
 }
 
 class PredictBudget extends Error {}
+
+type Assignment = { experiment?: string; arm?: Arm };

@@ -80,6 +80,8 @@ export const SETTINGS = {
   maxClockSkewSec: s('FABRIC_MAX_CLOCK_SKEW_SEC', positive, '300', 'How far in the future (event time vs. arrival) an event may be: beyond it the gateway refuses it and processors dead-letter it (FABRIC_EVENT_TIME_SKEW).'),
   featuresLatenessSec: s('FABRIC_FEATURES_LATENESS_SEC', ms, '600', 'How far behind its entity\'s newest event (in event time) an event may arrive and still update features, for groups that declare no lateness; it corrects the rows it changes. Later events go to late.<stream> with the reason.'),
   processorRestarts: s('FABRIC_PROCESSOR_MAX_RESTARTS', positive, '10', 'Consecutive unexpected failures a processor restarts its consumer for (with backoff) before the process exits non-zero.'),
+  experimentsIntervalSec: s('FABRIC_EXPERIMENTS_INTERVAL_SEC', positive, '15', 'How often the experiment judge (one instance of the fleet at a time) reads the ledger and decides running experiments.'),
+  experimentsWindowSec: s('FABRIC_EXPERIMENTS_WINDOW_SEC', positive, '600', 'Length (event time) of the windows `fabric experiments status` shows each arm\'s metric for, beside the cumulative test.'),
   driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Tumbling drift window length in event time.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
 
@@ -95,7 +97,7 @@ export const SETTINGS = {
         return z.NEVER;
       }
     }),
-    'events_*=30d,features_*=90d,predictions*=90d,recommendations=90d,outcomes=180d,drift_metrics=365d,alerts=365d',
+    'events_*=30d,features_*=90d,predictions*=90d,recommendations*=90d,outcomes=180d,drift_metrics=365d,alerts=365d',
     'Days of event time each ClickHouse table keeps, as table=Nd (a trailing * matches a prefix; keep: forever); the first matching rule applies, a table no rule matches is kept. Applied by `fabric retention apply`.',
   ),
 

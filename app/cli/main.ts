@@ -24,6 +24,7 @@ import { cliLog, config, connectRedis, out, positiveInt } from './common.js';
 import { registerFeatureCommands } from './features.js';
 import { registerModelCommands } from './models.js';
 import { registerRuleCommands } from './rules.js';
+import { registerExperimentCommands } from './experiments.js';
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
@@ -217,6 +218,7 @@ program
 
 registerModelCommands(program);
 registerRuleCommands(program);
+registerExperimentCommands(program);
 
 function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onRecord: (r: ReadRecord) => Promise<void>, idleMs = 3000): Promise<number> {
   return readUntilIdle(createKafka(cfg, cliLog(cfg, true), 'cli'), physical, { groupPrefix: prefixed(cfg, 'fabric.cli'), fromBeginning, max, idleMs, onRecord });

@@ -7,11 +7,13 @@ import type { FeatureRow } from '../../topology/features/rows.js';
 import type { FeatureValues } from '../../topology/features/engine.js';
 import { userGroup } from '../../topology/features/groups.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
-import { readUserHistories, recommend, type MetadataLookup, type RecsQuery } from '../../serving/models/recommend.js';
+import { readUserHistories, recommend, type MetadataLookup, type RecsAnswer, type RecsQuery } from '../../serving/models/recommend.js';
 import type { FrequencyCaps } from '../../serving/rules/caps.js';
 import type { RecsUserEvent } from '../../serving/models/recs-inputs.js';
 import { recommendationRecord } from '../../serving/models/records.js';
-import type { ServingModels, ServingRules } from '../scoring/processor.js';
+import { experimentPlan, type Lane, type ServingModels, type ServingRules } from '../scoring/processor.js';
+import type { ServingExperiments } from '../../serving/experiments/spec.js';
+import type { ExperimentLatency } from '../../serving/experiments/latency.js';
 
 export interface RecsProcessorOptions {
   readonly models: ServingModels;
@@ -28,6 +30,10 @@ export interface RecsProcessorOptions {
   /** Topic of the upstream emits that carry an interaction's user features. Default `features.user`. */
   readonly featuresTopic?: string;
   readonly metrics?: Metrics;
+  /** Where the arms' time goes (per experiment and arm, outside the records). */
+  readonly latency?: ExperimentLatency;
+  /** The experiments in force (split, shadow); none: every interaction goes to the serving version. */
+  readonly experiments?: ServingExperiments;
 }
 
 /** Interactions scored per step of a batch (each brings up to max_candidates rows). */
@@ -69,7 +75,6 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
     const upstream = ctx.upstream;
     if (!upstream) throw new FabricError('FABRIC_CONFIG_INVALID', 'recs must be chained after the user features processor (after: features-user); it got no upstream outputs');
     const outputs: Output[] = [];
-    const served = options.models.require(modelName);
     // One rule set per batch: a new version applies from the next batch on.
     const rules = options.rules.current(modelName, 'ranking');
     const pending: { record: SourceRecord; event: Interaction; query: RecsQuery }[] = [];
@@ -92,33 +97,59 @@ export function recsProcessor(options: RecsProcessorOptions): ProcessorLogic {
     }
     if (pending.length === 0) return outputs;
     const histories = users.size > 0 ? await readUserHistories(options.redis, options.keyPrefix, users) : new Map<string, RecsUserEvent[]>();
+    const plan = experimentPlan(options.models, options.experiments, modelName, ctx.log);
+    const deps = {
+      redis: options.redis,
+      keyPrefix: options.keyPrefix,
+      rules,
+      ...(options.metadata ? { metadata: options.metadata } : {}),
+      ...(options.caps ? { caps: options.caps } : {}),
+      onModelError: (err: FabricError) => ctx.log.warn({ err: err.message }, 'recs model run failed; fallback'),
+      onRuleError: (rule: string, message: string) => {
+        options.metrics?.ruleErrors.inc({ model: modelName, rule });
+        ctx.log.warn({ rule, err: message }, 'rule failed at run time; the item is excluded');
+      },
+    };
     // In chunks of events: bounded memory and engine queue, and the event loop breathes between them.
     for (let start = 0; start < pending.length; start += CHUNK_EVENTS) {
       const chunk = pending.slice(start, start + CHUNK_EVENTS);
-      const answers = await recommend(
-        {
-          redis: options.redis,
-          keyPrefix: options.keyPrefix,
-          rules,
-          ...(options.metadata ? { metadata: options.metadata } : {}),
-          ...(options.caps ? { caps: options.caps } : {}),
-          onModelError: (err) => ctx.log.warn({ err: err.message }, 'recs model run failed; fallback'),
-          onRuleError: (rule, message) => {
-            options.metrics?.ruleErrors.inc({ model: modelName, rule });
-            ctx.log.warn({ rule, err: message }, 'rule failed at run time; the item is excluded');
-          },
-        },
-        served,
-        chunk.map((p) => p.query),
-        histories,
-      );
+      // Each arm's queries in one call (a user is in one arm, so the arms' caps never touch the same
+      // keys), side by side; the shadow ranks every query without consulting or counting caps.
+      const byLane = new Map<Lane, number[]>();
+      chunk.forEach((p, i) => {
+        const l = plan.laneOf(p.event.user_id);
+        (byLane.get(l) ?? byLane.set(l, []).get(l)!).push(i);
+      });
+      const answers = new Array<{ answer: RecsAnswer; lane: Lane }>(chunk.length);
+      const timed = async (l: Lane, indexes: readonly number[], shadow: boolean): Promise<{ answers: RecsAnswer[]; ms: number }> => {
+        const started = performance.now();
+        const out = await recommend({ ...deps, shadow }, l.served, indexes.map((i) => chunk[i]!.query), histories);
+        return { answers: out, ms: performance.now() - started };
+      };
+      const all = chunk.map((_, i) => i);
+      const [shadowRun, ...armRuns] = await Promise.all([
+        plan.shadow ? timed(plan.shadow, all, true) : Promise.resolve(null),
+        ...[...byLane].map(async ([l, indexes]) => {
+          const run = await timed(l, indexes, false);
+          indexes.forEach((i, n) => (answers[i] = { answer: run.answers[n]!, lane: l }));
+          l.ms = run.ms;
+          return { arm: l.arm, ms: run.ms, rows: indexes.length };
+        }),
+      ]);
       chunk.forEach(({ record, event }, i) => {
-        const a = answers[i]!;
+        const { answer: a, lane: l } = answers[i]!;
         if (a.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: a.reasons[0]!.replace('fallback:', '') });
         for (const rule of a.fired) options.metrics?.rulesFired.inc({ model: modelName, version: String(a.rulesVersion), rule });
         const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
-        outputs.push(emit(outputTopic, event.user_id, recommendationRecord(served.entry, event, a, origin), record));
+        if (l.arm) options.metrics?.experimentPredictions.inc({ model: modelName, experiment: plan.experiment!.id, arm: l.arm });
+        outputs.push(emit(outputTopic, event.user_id, recommendationRecord(l.served.entry, event, a, origin, l.arm ? { experiment: plan.experiment!.id, arm: l.arm } : {}), record));
+        if (shadowRun && plan.shadow) {
+          options.metrics?.experimentPredictions.inc({ model: modelName, experiment: plan.experiment!.id, arm: 'shadow' });
+          outputs.push(emit(`${outputTopic}.shadow`, event.user_id, recommendationRecord(plan.shadow.served.entry, event, shadowRun.answers[i]!, origin, { experiment: plan.experiment!.id, arm: 'shadow' }), record));
+        }
       });
+      if (plan.experiment) options.latency?.observe(modelName, plan.experiment.id, [...(armRuns as { arm?: string; ms: number; rows: number }[]).filter((r) => r.arm).map((r) => ({ arm: r.arm!, ms: r.ms, rows: r.rows })), ...(shadowRun ? [{ arm: 'shadow', ms: shadowRun.ms, rows: chunk.length }] : [])]);
+      if (shadowRun && plan.shadow) options.metrics?.shadowSeconds.inc({ model: modelName, version: plan.shadow.served.entry.version }, shadowRun.ms / 1000);
     }
     return outputs;
   }

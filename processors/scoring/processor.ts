@@ -12,11 +12,72 @@ import { ACCOUNT_FEATURE_NAMES, fraudInputValues } from '../../serving/models/fr
 import { vectorize } from '../../serving/models/vector.js';
 import { predictionRecord } from '../../serving/models/records.js';
 import type { ServedModel } from '../../serving/models/live.js';
+import type { Experiment } from '../../schemas/types.generated.js';
+import { armOf, type Arm, type ServingExperiments } from '../../serving/experiments/spec.js';
+import type { ExperimentLatency } from '../../serving/experiments/latency.js';
 
 /** Where scoring gets the serving version of its model, per batch (LiveModels in the fabric). */
 export interface ServingModels {
   /** The serving version, or a retriable FABRIC_MODEL_UNAVAILABLE while none is loaded. */
   require(name: string): ServedModel;
+  /** A specific version kept loaded for experiments; retriable FABRIC_MODEL_UNAVAILABLE while it loads. */
+  requireVersion(name: string, version: string): ServedModel;
+  /** Why a version cannot be loaded at all here (its content is refused), or undefined. */
+  unloadableReason(name: string, version: string): string | undefined;
+}
+
+/** One engine call of a batch: the rows of one arm (or of the serving version, or the shadow). */
+export interface Lane {
+  readonly served: ServedModel;
+  /** control or treatment under an experiment; undefined outside one (and for the shadow lane). */
+  readonly arm?: Arm;
+  readonly rows: number[][];
+  scores?: Float32Array;
+  provider: string;
+  failure?: FallbackReason;
+  /** Wall time of the lane's engine call. */
+  ms: number;
+}
+
+/** The versions a batch scores with: the lanes by entity, and the shadow. */
+export interface ExperimentPlan {
+  readonly experiment?: Experiment;
+  readonly lanes: readonly Lane[];
+  readonly shadow?: Lane;
+  laneOf(entity: string): Lane;
+}
+
+function lane(served: ServedModel, arm?: Arm): Lane {
+  return { served, rows: [], provider: 'none', ms: 0, ...(arm ? { arm } : {}) };
+}
+
+/**
+ * The lanes of one batch (shared with the recs processor). Without an experiment, one lane: the
+ * serving version. With one, the control and treatment lanes, and each entity goes to its sticky arm
+ * (armOf); the treatment must be loaded (the batch waits for it, retriably). The experiment is in force
+ * only while its control is the serving version: after a promotion by hand, every event goes to the
+ * new serving version at once (the judge records the experiment as interrupted). A treatment that cannot
+ * load at all here (its artifact is refused) leaves events outside the experiment (no arm) until the
+ * judge ends it; a shadow that cannot load is skipped: neither holds the stream up.
+ */
+export function experimentPlan(models: ServingModels, experiments: ServingExperiments | undefined, model: string, log?: { warn(o: object, msg: string): void }): ExperimentPlan {
+  const serving = models.require(model);
+  const experiment = experiments?.running(model);
+  const treatmentRefused = experiment ? models.unloadableReason(model, experiment.treatment) : undefined;
+  if (treatmentRefused) log?.warn({ model, version: experiment!.treatment, err: treatmentRefused }, 'the treatment cannot load here; events are scored outside the experiment until the judge ends it');
+  if (!experiment || experiment.control !== serving.entry.version || treatmentRefused) {
+    const only = lane(serving);
+    return { lanes: [only], laneOf: () => only };
+  }
+  const control = lane(serving, 'control');
+  const treatment = lane(models.requireVersion(model, experiment.treatment), 'treatment');
+  let shadow: Lane | undefined;
+  if (experiment.shadow !== null) {
+    const why = models.unloadableReason(model, experiment.shadow);
+    if (why) log?.warn({ model, version: experiment.shadow, err: why }, 'shadow version cannot load here; no shadow predictions');
+    else shadow = lane(models.requireVersion(model, experiment.shadow));
+  }
+  return { experiment, lanes: shadow ? [control, treatment, shadow] : [control, treatment], ...(shadow ? { shadow } : {}), laneOf: (entity) => (armOf(experiment, entity) === 'treatment' ? treatment : control) };
 }
 
 /** Where processors get the rule set in force for a model, per batch (RuleRegistry in the fabric). */
@@ -35,6 +96,10 @@ export interface ScoringProcessorOptions {
   /** Topic of the upstream (features) emits that carry an event's features. Default `features.account`. */
   readonly featuresTopic?: string;
   readonly metrics?: Metrics;
+  /** The experiments in force (split, shadow); none: every event goes to the serving version. */
+  readonly experiments?: ServingExperiments;
+  /** Where the arms' model time goes (per experiment and arm, outside the records). */
+  readonly latency?: ExperimentLatency;
   /** Readiness detail: the engine's state. */
   readonly engineState?: () => string;
 }
@@ -83,51 +148,49 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
     // Features already dead-letters invalid events; the check stays so scoring never scores garbage.
     const split = splitTransactions(records);
     const outputs = split.rejects;
-    // One version for the whole batch: a promotion lands between batches, never inside one.
-    const { entry, handle: model } = options.models.require(modelName);
-    // One rule set for the whole batch too: a new version applies from the next batch on.
+    // One version per arm for the whole batch: a promotion or an experiment's change lands between
+    // batches, never inside one. One rule set for the whole batch too.
+    const plan = experimentPlan(options.models, options.experiments, modelName, ctx.log);
     const rules = options.rules.current(modelName, 'decision');
     interface Item {
       readonly record: SourceRecord;
       readonly txn: (typeof split.valid)[number]['txn'];
+      readonly lane: Lane;
       readonly row: number;
       readonly reason?: FallbackReason;
       readonly features: Record<string, number | null>;
+      readonly shadowRow: number;
+      readonly shadowFeatures?: Record<string, number | null>;
     }
-    const rows: number[][] = [];
     const items: Item[] = [];
     for (const { record, txn } of split.valid) {
       const f = featuresOf(record, txn.event_id, upstream);
       if (f === 'duplicate') continue;
+      const lane = plan.laneOf(txn.account_id);
+      let shadowRow = -1;
+      let shadowFeatures: Record<string, number | null> | undefined;
+      if (f !== 'late' && plan.shadow) {
+        const sv = vectorize(plan.shadow.served.entry, fraudInputValues(txn, f));
+        shadowFeatures = sv.features;
+        if (sv.missing.length === 0) shadowRow = plan.shadow.rows.push(sv.row) - 1;
+      }
       if (f === 'late') {
-        items.push({ record, txn, row: -1, reason: 'features_late', features: { amount: txn.amount } });
+        items.push({ record, txn, lane, row: -1, reason: 'features_late', features: { amount: txn.amount }, shadowRow });
         continue;
       }
-      const v = vectorize(entry, fraudInputValues(txn, f));
-      if (v.missing.length > 0) items.push({ record, txn, row: -1, reason: 'features_missing', features: v.features });
-      else items.push({ record, txn, row: rows.push(v.row) - 1, features: v.features });
+      const v = vectorize(lane.served.entry, fraudInputValues(txn, f));
+      if (v.missing.length > 0) items.push({ record, txn, lane, row: -1, reason: 'features_missing', features: v.features, shadowRow, ...(shadowFeatures ? { shadowFeatures } : {}) });
+      else items.push({ record, txn, lane, row: lane.rows.push(v.row) - 1, features: v.features, shadowRow, ...(shadowFeatures ? { shadowFeatures } : {}) });
     }
     if (items.length === 0) return outputs;
-    let scores: Float32Array | null = null;
-    let provider = 'none';
-    let modelFailure: FallbackReason | undefined;
-    if (rows.length > 0) {
-      // The engine counts the rows and times the runs (fabric_serving_*), by model, version and provider.
-      try {
-        ({ scores, provider } = await model.score(rows));
-      } catch (err) {
-        // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
-        // fallback a clean run would not have produced.
-        if (!(err instanceof FabricError) || err.retriable) throw err;
-        // The model refused this input (deterministically): the fallback keeps the stream going.
-        ctx.log.warn({ err: err.message, rows: rows.length }, 'model run failed; fallback decisions');
-        modelFailure = 'model_error';
-      }
-    }
-    const decided = items.map(({ txn, row, reason: own, features }) => {
-      const reason = own ?? modelFailure;
-      const score = reason ? null : Number(scores![row]!.toFixed(6));
-      const outcome = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features, score, ...(reason ? { reason } : {}) }, entry);
+    // The arms (and the shadow) are scored side by side, each in its own engine call, timed. The engine
+    // counts the rows and times the runs (fabric_serving_*), by model, version and provider.
+    await Promise.all(plan.lanes.map((lane) => runLane(lane, ctx)));
+    if (plan.experiment) options.latency?.observe(modelName, plan.experiment.id, plan.lanes.filter((l) => l.rows.length > 0).map((l) => ({ arm: l.arm ?? 'shadow', ms: l.ms, rows: l.rows.length })));
+    const decided = items.map(({ txn, lane, row, reason: own, features }) => {
+      const reason = own ?? lane.failure;
+      const score = reason ? null : Number(lane.scores![row]!.toFixed(6));
+      const outcome = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features, score, ...(reason ? { reason } : {}) }, lane.served.entry);
       if (outcome.error) {
         options.metrics?.ruleErrors.inc({ model: modelName, rule: outcome.error.rule });
         ctx.log.warn({ rule: outcome.error.rule, err: outcome.error.message, event: txn.event_id }, 'rule failed at run time; fallback decision');
@@ -135,15 +198,48 @@ export function scoringProcessor(options: ScoringProcessorOptions): ProcessorLog
       return { score, reason, outcome };
     });
     const final = await settleCaps(rules, options.caps, items.map((it) => it.txn), decided.map((d) => d.outcome));
-    items.forEach(({ record, txn, features }, i) => {
+    items.forEach(({ record, txn, lane, features }, i) => {
       const { score, reason } = decided[i]!;
       const outcome = final[i]!;
       if (outcome.fallback) options.metrics?.scoringFallbacks.inc({ model: modelName, reason: outcome.error ? 'rule_error' : (reason ?? 'model_error') });
       for (const rule of outcome.fired) options.metrics?.rulesFired.inc({ model: modelName, version: String(rules.version), rule });
       const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
-      outputs.push(emit(outputTopic, txn.account_id, predictionRecord(entry, txn, score, outcome, rules.version, reason ? 'none' : provider, features, origin), record));
+      const how = lane.arm ? { experiment: plan.experiment!.id, arm: lane.arm } : {};
+      if (lane.arm) options.metrics?.experimentPredictions.inc({ model: modelName, experiment: plan.experiment!.id, arm: lane.arm });
+      outputs.push(emit(outputTopic, txn.account_id, predictionRecord(lane.served.entry, txn, score, outcome, rules.version, reason ? 'none' : lane.provider, features, origin, how), record));
     });
+    // Shadow predictions: the shadow version's score and the decision the rules would take with it
+    // (caps neither consulted nor counted), for every event the arms scored; they never decide.
+    const shadow = plan.shadow;
+    if (shadow) {
+      options.metrics?.shadowSeconds.inc({ model: modelName, version: shadow.served.entry.version }, shadow.ms / 1000);
+      items.forEach(({ record, txn, reason: own, shadowRow, shadowFeatures }) => {
+        const reason: FallbackReason | undefined = own === 'features_late' ? own : shadowRow < 0 ? 'features_missing' : shadow.failure;
+        const score = reason ? null : Number(shadow.scores![shadowRow]!.toFixed(6));
+        const features = shadowFeatures ?? { amount: txn.amount };
+        const outcome = rules.decide({ event: txn as unknown as Record<string, unknown>, entity: txn.account_id, features, score, ...(reason ? { reason } : {}) }, shadow.served.entry);
+        const origin = { kind: 'stream', topic: record.topic, partition: record.partition, offset: Number(record.offset) } as const;
+        options.metrics?.experimentPredictions.inc({ model: modelName, experiment: plan.experiment!.id, arm: 'shadow' });
+        outputs.push(emit(`${outputTopic}.shadow`, txn.account_id, predictionRecord(shadow.served.entry, txn, score, outcome, rules.version, reason ? 'none' : shadow.provider, features, origin, { experiment: plan.experiment!.id, arm: 'shadow' }), record));
+      });
+    }
     return outputs;
+  }
+
+  /** Scores a lane's rows in one engine call; a run the model refuses (deterministically) is the lane's fallback. */
+  async function runLane(lane: Lane, ctx: BatchContext): Promise<void> {
+    if (lane.rows.length === 0) return;
+    const started = performance.now();
+    try {
+      ({ scores: lane.scores, provider: lane.provider } = await lane.served.handle.score(lane.rows));
+    } catch (err) {
+      // Timeouts, crashes, restarts, shutdown: timing, not input. Retry the batch rather than commit a
+      // fallback a clean run would not have produced.
+      if (!(err instanceof FabricError) || err.retriable) throw err;
+      ctx.log.warn({ err: err.message, rows: lane.rows.length, version: lane.served.entry.version, arm: lane.arm ?? 'serving' }, 'model run failed; fallback decisions');
+      lane.failure = 'model_error';
+    }
+    lane.ms = performance.now() - started;
   }
 
   return {

@@ -9,6 +9,16 @@ import { entryKey, validateSignature, type TaskInputs } from '../registry/entry.
 import type { ModelRegistry } from '../registry/registry.js';
 import type { ModelStore } from '../registry/store.js';
 
+interface ExtraSlot {
+  readonly served: Promise<ServedModel>;
+  used: number;
+  resolved?: ServedModel;
+  pinnedUntil?: number;
+}
+
+/** How long a version asked for by stream batches stays pinned after the last ask. */
+const PIN_MS = 10 * 60_000;
+
 /** A model version ready to score: its registry entry and its loaded handle in the engine. */
 export interface ServedModel {
   readonly entry: ModelVersion;
@@ -22,6 +32,8 @@ export interface LoadStatus {
   readonly version: string;
   readonly state: LoadState;
   readonly error?: string;
+  /** The failure's code (FABRIC_MODEL_INVALID: the content is refused, waiting will not help). */
+  readonly code?: string;
   readonly provider?: string;
   readonly at: number;
 }
@@ -53,7 +65,9 @@ export interface LiveModelsDeps {
 export class LiveModels {
   private readonly followed = new Set<string>();
   private readonly current = new Map<string, ServedModel>();
-  private readonly extra = new Map<string, { served: Promise<ServedModel>; used: number }>();
+  private readonly extra = new Map<string, ExtraSlot>();
+  /** Versions whose load failed for their content (not retriable), with why. */
+  private readonly unloadable = new Map<string, string>();
   private readonly loading = new Map<string, Promise<ServedModel>>();
   private readonly failed = new Map<string, string>();
   private readonly retries = new Set<NodeJS.Timeout>();
@@ -107,6 +121,11 @@ export class LiveModels {
     throw new FabricError('FABRIC_MODEL_UNAVAILABLE', `model ${name} ${state}`);
   }
 
+  /** The version in production as the followed registry has it (loaded here or not). */
+  production(name: string): string | undefined {
+    return this.deps.registry.production(name)?.version;
+  }
+
   isRegistered(name: string): boolean {
     return this.deps.registry.list().some((e) => e.name === name);
   }
@@ -120,17 +139,51 @@ export class LiveModels {
     const key = entryKey(name, version);
     let slot = this.extra.get(key);
     if (!slot) {
-      slot = { served: this.load(entry), used: Date.now() };
-      this.extra.set(key, slot);
-      slot.served.catch(() => this.extra.delete(key));
+      const created: ExtraSlot = { served: this.load(entry), used: Date.now() };
+      slot = created;
+      this.extra.set(key, created);
+      created.served.then(
+        (served) => (created.resolved = served),
+        () => this.extra.delete(key),
+      );
       this.evictExtra(name);
     }
     slot.used = Date.now();
     return slot.served;
   }
 
+  /**
+   * A specific version for a stream batch (an experiment's treatment or shadow): the serving version,
+   * or one kept loaded beside it (pinned while batches ask for it, never evicted by predict's
+   * `@version` requests). While it loads, FABRIC_MODEL_UNAVAILABLE (retriable: the batch waits for it,
+   * it never scores with another version); `unloadable` says when waiting is pointless.
+   */
+  requireVersion(name: string, version: string): ServedModel {
+    const cur = this.current.get(name);
+    if (cur && cur.entry.version === version) return cur;
+    const key = entryKey(name, version);
+    const slot = this.extra.get(key);
+    if (slot) {
+      slot.used = Date.now();
+      slot.pinnedUntil = slot.used + PIN_MS;
+      if (slot.resolved) return slot.resolved;
+    } else if (this.deps.registry.get(name, version)) {
+      void this.version(name, version).catch(() => undefined);
+      const created = this.extra.get(key);
+      if (created) created.pinnedUntil = Date.now() + PIN_MS;
+    } else throw new FabricError('FABRIC_MODEL_UNAVAILABLE', `model ${name}@${version} is not in the registry this instance follows (yet)`);
+    const why = this.unloadable.get(key) ?? this.failed.get(key);
+    throw new FabricError('FABRIC_MODEL_UNAVAILABLE', `model ${name}@${version} is ${why ? `not loaded (${why})` : 'loading'}`);
+  }
+
+  /** Why a version cannot be loaded here (its artifact or signature is refused), or undefined. */
+  unloadableReason(name: string, version: string): string | undefined {
+    return this.unloadable.get(entryKey(name, version));
+  }
+
   private evictExtra(name: string): void {
-    const mine = [...this.extra.entries()].filter(([k]) => k.startsWith(`${name}@`)).sort((a, b) => a[1].used - b[1].used);
+    const now = Date.now();
+    const mine = [...this.extra.entries()].filter(([k, slot]) => k.startsWith(`${name}@`) && !((slot.pinnedUntil ?? 0) > now)).sort((a, b) => a[1].used - b[1].used);
     const max = this.deps.maxExtraVersions ?? 3;
     for (const [k, slot] of mine.slice(0, Math.max(0, mine.length - max))) {
       this.extra.delete(k);
@@ -208,13 +261,15 @@ export class LiveModels {
           this.deps.batching,
         );
         this.failed.delete(key);
+        this.unloadable.delete(key);
         this.deps.metrics?.modelLoads.inc({ model: entry.name, version: entry.version, outcome: 'loaded' });
         this.report(entry, 'loaded', undefined, handle.provider);
         return { entry, handle };
       } catch (err) {
         this.failed.set(key, messageOf(err));
+        if (!(isFabricError(err) && err.retriable)) this.unloadable.set(key, messageOf(err));
         this.deps.metrics?.modelLoads.inc({ model: entry.name, version: entry.version, outcome: 'failed' });
-        this.report(entry, 'failed', messageOf(err));
+        this.report(entry, 'failed', messageOf(err), undefined, isFabricError(err) ? err.code : undefined);
         this.deps.log.error({ model: entry.name, version: entry.version, err: messageOf(err) }, 'model version failed to load; the serving version stays');
         throw err;
       } finally {
@@ -236,9 +291,9 @@ export class LiveModels {
     timer.unref();
   }
 
-  private report(entry: ModelVersion, state: LoadState, error?: string, provider?: string): void {
+  private report(entry: ModelVersion, state: LoadState, error?: string, provider?: string, code?: string): void {
     try {
-      this.deps.onStatus?.({ model: entry.name, version: entry.version, state, at: Date.now(), ...(error !== undefined ? { error } : {}), ...(provider !== undefined ? { provider } : {}) });
+      this.deps.onStatus?.({ model: entry.name, version: entry.version, state, at: Date.now(), ...(error !== undefined ? { error } : {}), ...(code !== undefined ? { code } : {}), ...(provider !== undefined ? { provider } : {}) });
     } catch {
       // Reporting must not break loading.
     }

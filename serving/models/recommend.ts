@@ -53,6 +53,8 @@ export interface RecommendDeps {
   onModelError?(err: FabricError): void;
   /** A rule that failed at run time (counted by the caller). */
   onRuleError?(rule: string, message: string): void;
+  /** A shadow ranking: the top-k walk without the frequency caps (neither consulted nor counted). */
+  readonly shadow?: boolean;
 }
 
 /** Each user's events from (earliest - 24 h) on, as the user features processor holds them, in total order. */
@@ -155,7 +157,8 @@ export async function recommend(deps: RecommendDeps, served: ServedModel, querie
   // The top-k walk: in Redis (atomic with the caps) when the rules cap, else here.
   const open = pending.map((p, i) => ({ p, i })).filter((x): x is { p: Pending; i: number } => 'ranked' in x.p);
   let chosen: number[][];
-  if (rules.itemCaps.length > 0) {
+  const capped = rules.itemCaps.length > 0 && !deps.shadow;
+  if (capped) {
     if (!deps.caps) throw new FabricError('FABRIC_CONFIG_INVALID', `rules of ${rules.model} have frequency caps, but no cap store is configured`);
     chosen = await deps.caps.settle(
       open.map(({ p, i }) => ({
@@ -177,7 +180,7 @@ export async function recommend(deps: RecommendDeps, served: ServedModel, querie
     const picked = chosen[n]!;
     const fired: string[] = [...p.filtered.excluded.keys()];
     const reasons: string[] = [...p.filtered.excluded].map(([rule, count]) => `${rule}: excluded ${count}`);
-    if (rules.itemCaps.length > 0) {
+    if (capped) {
       const uncapped = selectTopK(kept, k, diversity);
       const held = uncapped.filter((x) => !picked.includes(x)).length;
       if (held > 0 || picked.some((x) => !uncapped.includes(x))) {

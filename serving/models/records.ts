@@ -20,6 +20,19 @@ export interface RulesApplied {
   readonly fired: readonly string[];
 }
 
+/** Under which experiment and arm an output was made, and the model time it took. */
+export interface Served {
+  readonly experiment?: string;
+  /** control, treatment, shadow; none outside an experiment. */
+  readonly arm?: string;
+  /** Online answers only: the request's latency (stream records carry none, so they are reproducible). */
+  readonly latencyMs?: number;
+}
+
+function served(s: Served): Pick<Prediction, 'experiment' | 'arm' | 'latency_ms'> {
+  return { experiment: s.experiment ?? '', arm: s.arm ?? '', latency_ms: Number((s.latencyMs ?? 0).toFixed(3)) };
+}
+
 /** What the rules decided for one event. */
 export interface DecisionTaken {
   readonly decision: Decision;
@@ -29,7 +42,7 @@ export interface DecisionTaken {
 }
 
 /** The prediction record (its lineage) of a scored transaction: one shape for the stream and predict. */
-export function predictionRecord(entry: ModelVersion, txn: Transaction, score: number | null, decision: DecisionTaken, rulesVersion: number, provider: string, features: Record<string, number | null>, origin: Origin): Prediction {
+export function predictionRecord(entry: ModelVersion, txn: Transaction, score: number | null, decision: DecisionTaken, rulesVersion: number, provider: string, features: Record<string, number | null>, origin: Origin, how: Served): Prediction {
   return {
     event_id: txn.event_id,
     entity_id: txn.account_id,
@@ -45,11 +58,12 @@ export function predictionRecord(entry: ModelVersion, txn: Transaction, score: n
     ...source(origin),
     rules_version: rulesVersion,
     rules_fired: [...decision.fired],
+    ...served(how),
   };
 }
 
 /** The recommendation record of an interaction: one shape for the stream and predict. */
-export function recommendationRecord(entry: ModelVersion, ix: Pick<Interaction, 'event_id' | 'user_id' | 'ts'>, answer: RecsAnswer, origin: Origin): Recommendation {
+export function recommendationRecord(entry: ModelVersion, ix: Pick<Interaction, 'event_id' | 'user_id' | 'ts'>, answer: RecsAnswer, origin: Origin, how: Served): Recommendation {
   return {
     event_id: ix.event_id,
     user_id: ix.user_id,
@@ -64,5 +78,6 @@ export function recommendationRecord(entry: ModelVersion, ix: Pick<Interaction, 
     ...source(origin),
     rules_version: answer.rulesVersion,
     rules_fired: [...answer.fired],
+    ...served(how),
   };
 }

@@ -104,22 +104,42 @@ export class RegistryAdmin {
       throw new FabricError('FABRIC_MODEL_UNKNOWN', `model ${name}@${version} is not registered${known.length ? ` (versions: ${known.join(', ')})` : entries.length ? ` (models: ${[...new Set(entries.map((e) => e.name))].join(', ')})` : ''}`);
     }
     if (entry.stage === to) return [entry];
+    const changes = await this.planPromotion(entry, to, by, reason, entries);
+    await this.write(changes);
+    return changes;
+  }
+
+  /**
+   * The records a stage change writes (the version moved, and the production version it replaces
+   * archived), after the load check for a promotion to production; written by `promote`, or by a caller
+   * that writes them in a transaction of its own with other records (`recordsOf`, then `remember`).
+   */
+  async planPromotion(entry: ModelVersion, to: ModelStage, by: string, reason: string, entries: readonly ModelVersion[]): Promise<ModelVersion[]> {
     const now = Date.now();
     const changes = [withStage(entry, to, by, now, reason)];
     if (to === 'production') {
       await this.deps.verify?.(entry);
-      const current = productionOf(entries, name);
-      if (current && current.version !== version) changes.push(withStage(current, 'archived', by, now, `replaced by ${version}${reason ? `: ${reason}` : ''}`));
+      const current = productionOf(entries, entry.name);
+      if (current && current.version !== entry.version) changes.push(withStage(current, 'archived', by, now, `replaced by ${entry.version}${reason ? `: ${reason}` : ''}`));
     }
-    await this.write(changes);
     return changes;
   }
 
   /** Writes entries in one transaction: readers (read_committed) see all of them or none. */
   async write(entries: readonly ModelVersion[]): Promise<void> {
+    const { topic, messages } = await this.recordsOf(entries);
+    await writeControlRecords(this.deps.kafka, topic, prefixed(this.deps.config, 'fabric.registry-admin'), messages);
+    this.remember(entries);
+  }
+
+  /** The registry records of entries, for a transaction that writes them with others. */
+  async recordsOf(entries: readonly ModelVersion[]): Promise<{ topic: string; messages: { key: string; value: Buffer }[] }> {
     const writer = await this.deps.serde.writer<ModelVersion>(modelsSubject(this.deps.config), MODEL_VERSION_SCHEMA());
-    const messages = entries.map((e) => ({ key: entryKey(e.name, e.version), value: writer.encode(e) }));
-    await writeControlRecords(this.deps.kafka, prefixed(this.deps.config, MODELS_TOPIC), prefixed(this.deps.config, 'fabric.registry-admin'), messages);
+    return { topic: prefixed(this.deps.config, MODELS_TOPIC), messages: entries.map((e) => ({ key: entryKey(e.name, e.version), value: writer.encode(e) })) };
+  }
+
+  /** Entries written (by this admin or a transaction of its caller): read-your-writes. */
+  remember(entries: readonly ModelVersion[]): void {
     for (const e of entries) this.written.set(entryKey(e.name, e.version), e);
   }
 }

@@ -2,9 +2,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EMPTY, concatMap, of } from 'rxjs';
 import * as ort from 'onnxruntime-node';
 import { ServingEngine, type EngineState, type ModelHandle } from '../../serving/engine/engine.js';
-import type { ServedModel } from '../../serving/models/live.js';
 import { demoModel, loadable } from '../shared/models.js';
-import { scoringProcessor } from '../../processors/scoring/processor.js';
+import { scoringProcessor, type ServingModels } from '../../processors/scoring/processor.js';
 import { TestDriver } from '../../topology/runtime/test-driver.js';
 import { emit, reject, type ProcessorLogic, type SourceRecord } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
@@ -45,8 +44,8 @@ afterAll(async () => {
 });
 
 /** The live models scoring reads per batch: one served version. */
-function serving(h: ModelHandle): { require(): ServedModel } {
-  return { require: () => ({ entry, handle: h }) };
+function serving(h: ModelHandle): ServingModels {
+  return { require: () => ({ entry, handle: h }), requireVersion: () => ({ entry, handle: h }), unloadableReason: () => undefined };
 }
 
 /**

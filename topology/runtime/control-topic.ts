@@ -143,16 +143,25 @@ export class ControlTopic<T> {
  * (two operators, or fabric instances registering the demo models at once) must not fence each other.
  */
 export async function writeControlRecords(kafka: Kafka, topic: string, transactionalPrefix: string, messages: readonly { key: string; value: Buffer | null }[]): Promise<void> {
+  await writeControlTopics(kafka, transactionalPrefix, [{ topic, messages }]);
+}
+
+/**
+ * Writes records to several topics in one Kafka transaction: a change that spans topics (an experiment
+ * that concludes by promoting its treatment, with its alert) is seen whole or not at all.
+ */
+export async function writeControlTopics(kafka: Kafka, transactionalPrefix: string, batches: readonly { topic: string; messages: readonly { key: string; value: Buffer | null }[] }[]): Promise<void> {
+  const topics = batches.map((b) => b.topic).join(', ');
   const producer = kafka.producer({ transactionalId: `${transactionalPrefix}-${randomBytes(6).toString('hex')}`, idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
   await producer.connect();
   try {
     const tx = await producer.transaction();
     try {
-      await tx.send({ topic, acks: -1, messages: [...messages] });
+      await tx.sendBatch({ acks: -1, topicMessages: batches.filter((b) => b.messages.length > 0).map((b) => ({ topic: b.topic, messages: [...b.messages] })) });
       await tx.commit();
     } catch (err) {
       await tx.abort().catch(() => undefined);
-      throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `writing ${topic}: ${messageOf(err)}`, { cause: err });
+      throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `writing ${topics}: ${messageOf(err)}`, { cause: err });
     }
   } finally {
     await producer.disconnect().catch(() => undefined);

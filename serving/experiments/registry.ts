@@ -1,0 +1,184 @@
+import { randomUUID } from 'node:crypto';
+import type { Kafka } from 'kafkajs';
+import type { Alert, Experiment, ModelVersion } from '../../schemas/types.generated.js';
+import { loadAvroSchema } from '../../schemas/catalog.js';
+import type { AvroSerde } from '../../schemas/serde.js';
+import { prefixed, type FabricConfig } from '../../topology/config.js';
+import { FabricError, isFabricError, messageOf } from '../../topology/errors.js';
+import { ControlTopic, writeControlTopics } from '../../topology/runtime/control-topic.js';
+import type { Logger } from '../../topology/runtime/log.js';
+import type { RegistryAdmin } from '../registry/admin.js';
+import { productionOf } from '../registry/registry.js';
+import { EXPERIMENTS_TOPIC, ended, newExperiment, runningOf, supersedes, type StartRequest } from './spec.js';
+
+export const ALERTS_TOPIC = 'alerts';
+
+/**
+ * Every instance's view of `_fabric.experiments` (compacted, one record per experiment id, rewritten
+ * whole with a greater revision at every change). Scoring paths ask `running(model)` once per batch or
+ * request, so an experiment starts, stops or concludes everywhere within a fetch, without restart.
+ */
+export class ExperimentRegistry {
+  private readonly topic: ControlTopic<Experiment>;
+  private readonly byModel = new Map<string, Experiment | null>();
+
+  constructor(kafka: Kafka, serde: AvroSerde, config: Pick<FabricConfig, 'topicPrefix'>, log: Logger) {
+    this.topic = new ControlTopic<Experiment>(kafka, log, {
+      topic: prefixed(config, EXPERIMENTS_TOPIC),
+      groupPrefix: prefixed(config, 'fabric.experiments-reader'),
+      what: 'experiment',
+      prefetch: (values) => serde.prefetch(values),
+      supersedes,
+      decode(key, value) {
+        const e = serde.decode<Experiment>(value);
+        if (typeof e?.id !== 'string' || e.id !== key) throw new Error(`record key ${key} does not name experiment ${e?.id}`);
+        return e;
+      },
+    });
+    this.topic.onChange((key, value, previous) => {
+      this.byModel.clear();
+      if (value && value.state !== previous?.state) log.info({ experiment: key, model: value.model, state: value.state, outcome: value.decision?.outcome }, 'experiment changed');
+    });
+  }
+
+  start(timeoutMs?: number): Promise<void> {
+    return this.topic.start(timeoutMs);
+  }
+
+  readOnce(): Promise<void> {
+    return this.topic.readOnce();
+  }
+
+  apply(key: string | null, value: Buffer | null): void {
+    this.topic.apply(key, value);
+  }
+
+  onChange(listener: (experiment: Experiment | undefined, previous: Experiment | undefined) => void): () => void {
+    return this.topic.onChange((_key, value, previous) => listener(value, previous));
+  }
+
+  /** The experiment running on a model (cached until the topic changes: this runs per request). */
+  running(model: string): Experiment | undefined {
+    let e = this.byModel.get(model);
+    if (e === undefined) this.byModel.set(model, (e = runningOf(this.topic.values(), model) ?? null));
+    return e ?? undefined;
+  }
+
+  get(id: string): Experiment | undefined {
+    return this.topic.get(id);
+  }
+
+  /** Every experiment, the latest started first. */
+  list(): Experiment[] {
+    return this.topic.values().sort((a, b) => b.started_at - a.started_at || (a.id < b.id ? -1 : 1));
+  }
+
+  close(): Promise<void> {
+    return this.topic.close();
+  }
+}
+
+export interface ExperimentsAdminDeps {
+  readonly kafka: Kafka;
+  readonly serde: AvroSerde;
+  readonly config: Pick<FabricConfig, 'topicPrefix'>;
+  readonly log: Logger;
+  readonly registry: RegistryAdmin;
+  /** Loads a version in a throwaway ONNX session (the serving engine's load): a version that cannot load is refused. */
+  verify?(entry: ModelVersion): Promise<void>;
+}
+
+/** A change to write: the experiment's next record, the registry records it implies, its alert. */
+export interface ExperimentChange {
+  readonly experiment: Experiment;
+  readonly models?: readonly ModelVersion[];
+  readonly alert?: Alert;
+}
+
+/**
+ * The write side of experiments (`fabric experiments start|stop`, and the judge's decisions). A change
+ * is one Kafka transaction over `_fabric.experiments`, `_fabric.models` (a promotion) and `alerts`:
+ * readers see the experiment end, the treatment promoted and the alert together, or none of them.
+ */
+export class ExperimentsAdmin {
+  constructor(private readonly deps: ExperimentsAdminDeps) {}
+
+  /** The experiments as on the topic now (read once). */
+  async read(): Promise<ExperimentRegistry> {
+    const registry = new ExperimentRegistry(this.deps.kafka, this.deps.serde, this.deps.config, this.deps.log);
+    await registry.readOnce();
+    return registry;
+  }
+
+  /**
+   * Starts an experiment: checked against the registry and the experiments on the topic, then the
+   * treatment and shadow are loaded in a throwaway session (a version that cannot load is refused
+   * before any traffic goes to it), then written.
+   */
+  async start(request: StartRequest, by: string): Promise<Experiment> {
+    const [entries, experiments] = await Promise.all([this.deps.registry.entries(), this.read()]);
+    const all = experiments.list();
+    const experiment = newExperiment(request, {
+      entries,
+      production: productionOf(entries, request.model),
+      running: all.filter((e) => e.state === 'running'),
+      existingIds: new Set(all.map((e) => e.id)),
+      by,
+      now: Date.now(),
+    });
+    for (const [arm, version] of [['treatment', experiment.treatment], ['shadow', experiment.shadow]] as const) {
+      if (version === null) continue;
+      const entry = entries.find((e) => e.name === experiment.model && e.version === version)!;
+      try {
+        await this.deps.verify?.(entry);
+      } catch (err) {
+        if (isFabricError(err) && err.retriable) throw err;
+        throw new FabricError('FABRIC_EXPERIMENT_INVALID', `experiment on ${experiment.model} refused: the ${arm} ${experiment.model}@${version} does not load: ${messageOf(err)}`, { cause: err });
+      }
+    }
+    await this.write({ experiment, alert: alertFor(experiment, 'info', `experiment ${experiment.id} started on ${experiment.model}: ${experiment.treatment} against ${experiment.control} for ${experiment.split}% of entities`) });
+    return experiment;
+  }
+
+  /** Stops a running experiment by hand: all traffic back on the control, nothing promoted. */
+  async stop(id: string, by: string, reason: string): Promise<Experiment> {
+    const experiments = await this.read();
+    const current = experiments.get(id);
+    if (!current) throw new FabricError('FABRIC_EXPERIMENT_UNKNOWN', `no experiment ${id}${experiments.list().length ? ` (experiments: ${experiments.list().map((e) => e.id).join(', ')})` : ''}`);
+    if (current.state !== 'running') return current;
+    const next = ended(current, 'stopped', { outcome: 'stopped', action: 'none', reason: reason || 'stopped by hand', by, at: Date.now(), stats_json: current.decision?.stats_json ?? '' });
+    await this.write({ experiment: next, alert: alertFor(next, 'info', `experiment ${id} stopped by ${by}${reason ? `: ${reason}` : ''}; all traffic on ${next.control}`) });
+    return next;
+  }
+
+  /** Writes a change in one transaction. */
+  async write(change: ExperimentChange): Promise<void> {
+    const { serde, config } = this.deps;
+    const experimentsTopic = prefixed(config, EXPERIMENTS_TOPIC);
+    const alertsTopic = prefixed(config, ALERTS_TOPIC);
+    const writer = await serde.writer<Experiment>(`${experimentsTopic}-value`, loadAvroSchema('experiment'));
+    const batches: { topic: string; messages: { key: string; value: Buffer }[] }[] = [{ topic: experimentsTopic, messages: [{ key: change.experiment.id, value: writer.encode(change.experiment) }] }];
+    if (change.models && change.models.length > 0) batches.push(await this.deps.registry.recordsOf(change.models));
+    if (change.alert) {
+      const alerts = await serde.writer<Alert>(`${alertsTopic}-value`, loadAvroSchema('alert'));
+      batches.push({ topic: alertsTopic, messages: [{ key: change.alert.subject, value: alerts.encode(change.alert) }] });
+    }
+    await writeControlTopics(this.deps.kafka, prefixed(config, 'fabric.experiments-admin'), batches);
+    if (change.models) this.deps.registry.remember(change.models);
+  }
+}
+
+/** The alert of an experiment's change. */
+export function alertFor(experiment: Experiment, severity: 'info' | 'warning' | 'critical', message: string, details: Record<string, string> = {}): Alert {
+  return {
+    alert_id: randomUUID(),
+    ts: experiment.decision?.at ?? experiment.started_at,
+    kind: 'experiment',
+    severity,
+    model: experiment.model,
+    version: experiment.treatment,
+    subject: experiment.id,
+    message,
+    details: { state: experiment.state, ...(experiment.decision ? { outcome: experiment.decision.outcome, action: experiment.decision.action } : {}), ...details },
+  };
+}

@@ -1,0 +1,303 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdtemp, rm, writeFile, readFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { chRows, isolatedConfig, readAll, startTestFabric, waitFor, type TestFabric } from './harness.js';
+import { AvroSerde } from '../../schemas/serde.js';
+import { loadAvroSchema } from '../../schemas/catalog.js';
+import type { Alert, Experiment, Outcome, Prediction } from '../../schemas/types.generated.js';
+import { prefixed, type FabricConfig } from '../../topology/config.js';
+import { createLogger } from '../../topology/runtime/log.js';
+import { createKafka } from '../../topology/runtime/kafka.js';
+import { BatchingProducer } from '../../topology/runtime/producer.js';
+import { packagePath } from '../../topology/paths.js';
+import { isFabricError } from '../../topology/errors.js';
+import { startFabric } from '../../app/fabric.js';
+import { experimentsAdmin, registryAdmin } from '../../app/serving.js';
+import { RegistryAdmin } from '../../serving/registry/admin.js';
+import { TASKS } from '../../serving/models/tasks.js';
+import { FEATURE_GROUPS } from '../../topology/features/groups.js';
+import type { ExperimentsAdmin } from '../../serving/experiments/registry.js';
+import { runSimulation } from '../../sim/run.js';
+import { writeInvertedVariant } from '../../scripts/model-variant.js';
+
+/**
+ * Experiments end to end, on the real stack: a 20% sticky split recorded on every prediction (checked
+ * against an independent hash here), kept across a restart, with a shadow that scores every event and
+ * changes no decision; a better treatment promoted and a worse one rolled back by the judge from the
+ * ledger's labels, each with its alert; an experiment interrupted by a promotion by hand, one that ends
+ * inconclusive when labels never come, a guardrail breach, and a treatment that cannot load refused.
+ */
+const execFileP = promisify(execFile);
+let f: TestFabric;
+let admin: ExperimentsAdmin;
+let models: RegistryAdmin;
+let work: string;
+let serde: AvroSerde;
+let producer: BatchingProducer;
+let outcomesWriter: Awaited<ReturnType<AvroSerde['writer']>>;
+
+/** The arm of an entity, computed here from the documented rule (not the fabric's function). */
+function expectedArm(id: string, split: number, entity: string): string {
+  const h = createHash('sha256').update(`${id}:${entity}`).digest('hex');
+  return parseInt(h.slice(0, 8), 16) / 2 ** 32 < split / 100 ? 'treatment' : 'control';
+}
+
+async function decoded<T>(topic: string): Promise<T[]> {
+  const records = await readAll(f.kafka, f.config, topic);
+  await serde.prefetch(records.map((r) => r.value));
+  return records.filter((r) => r.value).map((r) => serde.decode<T>(r.value!));
+}
+
+async function simulate(runId: string, seed: number, durationSec: number, rate = 300): Promise<string[]> {
+  const outcomesTopic = prefixed(f.config, 'outcomes.transactions');
+  const summary = await runSimulation({
+    stream: 'transactions', gatewayUrl: f.url, apiKey: 'dev-key', ratePerSec: rate, durationSec, seed, drift: false, runId, outcomeDelayMs: 300,
+    publishOutcomes: (outcomes: Outcome[]) => producer.send(outcomes.map((o) => ({ topic: outcomesTopic, key: o.entity_id, value: outcomesWriter.encode(o) }))),
+  });
+  expect(summary.failedRequests).toBe(0);
+  return summary.acceptedIds;
+}
+
+async function experiment(id: string): Promise<Experiment | undefined> {
+  return (await admin.read()).get(id);
+}
+
+async function ended(id: string, timeoutMs = 120_000): Promise<Experiment> {
+  return (await waitFor(() => experiment(id), (e) => e !== undefined && e.state !== 'running', { timeoutMs, intervalMs: 500, what: `experiment ${id} to end` }))!;
+}
+
+async function production(): Promise<string | undefined> {
+  return (await models.entries({ ownWrites: false })).find((e) => e.name === 'fraud' && e.stage === 'production')?.version;
+}
+
+function cliEnv(config: FabricConfig): NodeJS.ProcessEnv {
+  return { ...process.env, FABRIC_TOPIC_PREFIX: config.topicPrefix, FABRIC_REDIS_PREFIX: config.redisKeyPrefix, FABRIC_CLICKHOUSE_DATABASE: config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' };
+}
+
+async function cli(...args: string[]): Promise<unknown> {
+  return JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'experiments', ...args, '--json'], { env: cliEnv(f.config), timeout: 120_000 })).stdout);
+}
+
+beforeAll(async () => {
+  const config = isolatedConfig({ experimentsIntervalSec: 1, experimentsWindowSec: 5 });
+  f = await startTestFabric(config, { processors: ['features', 'tracking'] });
+  const log = createLogger(config);
+  serde = new AvroSerde({ url: config.registryUrl });
+  admin = experimentsAdmin({ kafka: createKafka(config, log, 'it-experiments'), serde, config, log });
+  models = registryAdmin({ kafka: createKafka(config, log, 'it-models'), serde, config, log });
+  producer = new BatchingProducer(createKafka(config, log, 'it-outcomes'), { lingerMs: 5, batchSize: 500, maxQueued: 20_000, ackTimeoutMs: 10_000 }, log);
+  await producer.start();
+  outcomesWriter = await serde.writer<Outcome>(`${prefixed(config, 'outcomes.transactions')}-value`, loadAvroSchema('outcome'));
+  work = await mkdtemp(join(tmpdir(), 'fabric-experiments-'));
+  // 1.1.0: the demo model's bytes again (an A/A pair with 1.0.0); 0.9.0: the demo model inverted (much worse).
+  await mkdir(join(work, 'same'));
+  await copyFile(packagePath('models/fraud/model.onnx'), join(work, 'same', 'model.onnx'));
+  const manifest = JSON.parse(await readFile(packagePath('models/fraud/model.json'), 'utf8')) as Record<string, unknown>;
+  await writeFile(join(work, 'same', 'model.json'), JSON.stringify({ ...manifest, version: '1.1.0' }));
+  await models.register({ artifact: join(work, 'same'), registeredBy: 'test' });
+  await models.register({ artifact: await writeInvertedVariant(packagePath('models/fraud'), join(work, 'inverted'), '0.9.0'), registeredBy: 'test' });
+}, 240_000);
+
+afterAll(async () => {
+  await producer?.close();
+  await f?.cleanup();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('experiments on the stream', () => {
+  const split = 20;
+  const id = 'split_aa';
+  let events: string[] = [];
+
+  it('splits 20% of accounts to the treatment, sticky by account, recorded on every prediction, with a shadow for every event', async () => {
+    const started = (await cli('start', '--model', 'fraud', '--control', '1.0.0', '--treatment', '1.1.0', '--split', String(split), '--shadow', '0.9.0', '--min-samples', '100000', '--auto', 'none', '--id', id)) as Experiment & { view: string };
+    expect(started).toMatchObject({ id, model: 'fraud', control: '1.0.0', treatment: '1.1.0', split, shadow: '0.9.0', metric: 'auc', state: 'running', revision: 1 });
+    expect(started.view).toBe(`v_experiment_${id}`);
+    // Every scoring instance follows the topic: wait until this one took it.
+    await new Promise((r) => setTimeout(r, 1500));
+    events = await simulate('split', 21, 6);
+    const stream = await waitFor(() => decoded<Prediction>('predictions.fraud'), (ps) => ps.length >= events.length, { timeoutMs: 120_000, what: 'a prediction per event' });
+    const byAccount = new Map<string, Set<string>>();
+    for (const p of stream) {
+      expect(p.experiment, p.event_id).toBe(id);
+      expect(p.arm, p.event_id).toBe(expectedArm(id, split, p.entity_id));
+      expect(p.version).toBe(p.arm === 'treatment' ? '1.1.0' : '1.0.0');
+      (byAccount.get(p.entity_id) ?? byAccount.set(p.entity_id, new Set()).get(p.entity_id)!).add(p.arm);
+    }
+    for (const arms of byAccount.values()) expect(arms.size).toBe(1);
+    // Within sampling error: 4 standard deviations of a binomial share of the accounts.
+    const accounts = byAccount.size;
+    const treated = [...byAccount.values()].filter((a) => a.has('treatment')).length;
+    expect(accounts).toBeGreaterThan(300);
+    expect(Math.abs(treated / accounts - 0.2)).toBeLessThan(4 * Math.sqrt((0.2 * 0.8) / accounts));
+    // The shadow scored every event with the inverted model: its score is 1 - the served score (same
+    // vector), its decision is recorded apart, and the decisions served are the demo model's, not its.
+    const shadow = await waitFor(() => decoded<Prediction>('predictions.fraud.shadow'), (ps) => ps.length >= events.length, { timeoutMs: 60_000, what: 'a shadow prediction per event' });
+    expect(new Set(shadow.map((s) => s.event_id))).toEqual(new Set(events));
+    const served = new Map(stream.map((p) => [p.event_id, p]));
+    let differ = 0;
+    for (const s of shadow) {
+      const p = served.get(s.event_id)!;
+      expect(s).toMatchObject({ version: '0.9.0', arm: 'shadow', experiment: id });
+      if (p.score !== null && s.score !== null) expect(s.score + p.score).toBeCloseTo(1, 5);
+      if (s.decision !== p.decision) differ++;
+    }
+    // The inverted shadow would block most events; the served decisions block few.
+    expect(differ).toBeGreaterThan(events.length / 2);
+    expect(stream.filter((p) => p.decision === 'block').length).toBeLessThan(events.length / 10);
+    // The ledger has both, and the experiment's view.
+    const view = await waitFor(() => chRows<{ arm: string; n: string }>(f.clickhouse, `SELECT arm, count() AS n FROM ${f.config.clickhouseDatabase}.v_experiment_${id} GROUP BY arm ORDER BY arm`), (r) => r.reduce((a, x) => a + Number(x.n), 0) >= events.length, { timeoutMs: 60_000, what: 'the experiment view' });
+    expect(view.map((r) => r.arm)).toEqual(['control', 'treatment']);
+    expect(view.reduce((a, r) => a + Number(r.n), 0)).toBe(events.length);
+  }, 240_000);
+
+  it('status prints both arms with samples, the metric and its interval; list shows it running', async () => {
+    type ArmJson = { outputs: number; samples: number; metric: { value: number; interval: number[] } | null };
+    type StatusJson = { stats: { arms: { control: ArmJson; treatment: ArmJson }; test: { difference: number; significant: boolean } | null; shadow: { outputs: number } }; latency: { control: { rows: number }; shadow: { rows: number } } };
+    const statuses = await waitFor(() => cli('status', id) as Promise<StatusJson[]>,
+      (s) => (s[0]?.stats?.arms.treatment.samples ?? 0) > 0 && (s[0]?.stats?.arms.control.metric ?? null) !== null && (s[0]?.stats.shadow.outputs ?? 0) >= events.length, { timeoutMs: 60_000, intervalMs: 1000, what: 'labelled samples in the status' });
+    const status = statuses[0]!;
+    expect(status.stats.arms.control.outputs + status.stats.arms.treatment.outputs).toBe(events.length);
+    const a = status.stats.arms.control.metric!;
+    expect(a.interval[0]).toBeLessThanOrEqual(a.value);
+    expect(a.interval[1]).toBeGreaterThanOrEqual(a.value);
+    expect(status.stats.shadow.outputs).toBe(events.length);
+    expect(status.latency.control.rows).toBeGreaterThan(0);
+    expect(status.latency.shadow.rows).toBeGreaterThan(0);
+    const list = (await cli('list')) as Experiment[];
+    expect(list.find((e) => e.id === id)?.state).toBe('running');
+  }, 180_000);
+
+});
+
+describe('experiment decisions from the ledger', () => {
+  async function start(request: Parameters<ExperimentsAdmin['start']>[0]): Promise<Experiment> {
+    const e = await admin.start(request, 'test');
+    await new Promise((r) => setTimeout(r, 1500));
+    return e;
+  }
+
+  async function alertsOf(id: string): Promise<Alert[]> {
+    return (await decoded<Alert>('alerts')).filter((a) => a.subject === id);
+  }
+
+  it('refuses bad starts with every problem named: split, unknown versions, a control not in production, a second experiment', async () => {
+    const bad = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'experiments', 'start', '--model', 'fraud', '--control', '1.0.0', '--treatment', '7.7.7', '--split', '150'], { env: cliEnv(f.config), timeout: 120_000 }).then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(bad?.code).not.toBe(0);
+    expect(bad?.stderr).toMatch(/FABRIC_EXPERIMENT_INVALID/);
+    expect(bad?.stderr).toMatch(/treatment version 7\.7\.7 of fraud is not registered/);
+    expect(bad?.stderr).toMatch(/split 150 is outside 0-100/);
+    const second = await admin.start({ model: 'fraud', control: '1.0.0', treatment: '0.9.0', split: 10 }, 'test').then(() => null, (e: unknown) => e);
+    expect(isFabricError(second, 'FABRIC_EXPERIMENT_INVALID')).toBe(true);
+    expect((second as Error).message).toMatch(/experiment split_aa is already running on fraud/);
+    const notProduction = await admin.start({ model: 'fraud', control: '0.9.0', treatment: '1.0.0', split: 10, id: 'np' }, 'test').then(() => null, (e: unknown) => e);
+    expect((notProduction as Error).message).toMatch(/the control must be the version in production \(1\.0\.0\), not 0\.9\.0/);
+  }, 120_000);
+
+  it('stops by hand: all traffic back on the control, recorded and alerted', async () => {
+    const stopped = (await cli('stop', 'split_aa', '--reason', 'A/A done')) as Experiment;
+    expect(stopped).toMatchObject({ state: 'stopped', revision: 2, decision: { outcome: 'stopped', action: 'none', reason: 'A/A done' } });
+    expect((await alertsOf('split_aa')).map((a) => a.message)).toEqual([expect.stringMatching(/started/), expect.stringMatching(/stopped by .*: A\/A done/)]);
+  }, 120_000);
+
+  it('refuses a treatment that fails to load: nothing is written', async () => {
+    const dir = join(work, 'broken');
+    await mkdir(dir, { recursive: true });
+    await copyFile(packagePath('models/fraud/model.onnx'), join(dir, 'model.onnx'));
+    const manifest = JSON.parse(await readFile(packagePath('models/fraud/model.json'), 'utf8')) as Record<string, unknown>;
+    delete manifest.sha256;
+    await writeFile(join(dir, 'model.json'), JSON.stringify({ ...manifest, version: '3.0.0-broken', output_name: 'no_such_output' }));
+    // Registered without the load check (an older fabric, or a hand-written registry record).
+    const log = createLogger(f.config);
+    const unchecked = new RegistryAdmin({ kafka: createKafka(f.config, log, 'it-unchecked'), serde, config: f.config, store: (await import('../../app/serving.js')).modelStore(f.config), tasks: TASKS, groups: FEATURE_GROUPS, log });
+    await unchecked.register({ artifact: dir, registeredBy: 'test' });
+    const refused = await admin.start({ model: 'fraud', control: '1.0.0', treatment: '3.0.0-broken', split: 10, id: 'broken' }, 'test').then(() => null, (e: unknown) => e);
+    expect(isFabricError(refused, 'FABRIC_EXPERIMENT_INVALID')).toBe(true);
+    expect((refused as Error).message).toMatch(/the treatment fraud@3\.0\.0-broken does not load/);
+    expect(await experiment('broken')).toBeUndefined();
+  }, 120_000);
+
+  it('promotes a better treatment once the labels show it, in one transaction with its alert', async () => {
+    await models.promote('fraud', '0.9.0', 'production', 'test', 'a bad model in production, for the experiment');
+    await waitFor(production, (v) => v === '0.9.0', { what: '0.9.0 in production' });
+    await new Promise((r) => setTimeout(r, 1500));
+    await start({ model: 'fraud', control: '0.9.0', treatment: '1.0.0', split: 50, metric: 'auc', minSamples: 30, auto: 'promote', id: 'better' });
+    await simulate('better', 31, 6);
+    const e = await ended('better');
+    expect(e).toMatchObject({ state: 'concluded', decision: { outcome: 'win', action: 'promoted' } });
+    expect(e.decision!.reason).toMatch(/^treatment wins: auc /);
+    const stats = JSON.parse(e.decision!.stats_json) as { arms: Record<string, { samples: number; metric: { value: number } }>; test: { significant: boolean; difference: number } };
+    expect(stats.test.significant).toBe(true);
+    expect(stats.arms.treatment!.metric.value).toBeGreaterThan(stats.arms.control!.metric.value);
+    expect(stats.arms.control!.samples).toBeGreaterThanOrEqual(30);
+    expect(await production()).toBe('1.0.0');
+    const entry = (await models.entries({ ownWrites: false })).find((x) => x.name === 'fraud' && x.version === '1.0.0')!;
+    expect(entry.stage_history.at(-1)).toMatchObject({ to: 'production', reason: expect.stringMatching(/^experiment better: treatment wins/) });
+    expect((await alertsOf('better')).map((a) => a.details.outcome ?? '')).toContain('win');
+    // The ledger keeps the decision.
+    const rows = await waitFor(() => chRows<{ state: string; outcome: string; action: string }>(f.clickhouse, `SELECT state, outcome, action FROM ${f.config.clickhouseDatabase}.v_experiments WHERE id = 'better'`), (r) => r[0]?.state === 'concluded', { what: 'the experiment in ClickHouse' });
+    expect(rows).toEqual([{ state: 'concluded', outcome: 'win', action: 'promoted' }]);
+  }, 240_000);
+
+  it('rolls back a worse treatment: production untouched, the loss recorded', async () => {
+    await start({ model: 'fraud', control: '1.0.0', treatment: '0.9.0', split: 50, metric: 'auc', minSamples: 30, id: 'worse' });
+    await simulate('worse', 41, 6);
+    const e = await ended('worse');
+    expect(e).toMatchObject({ state: 'concluded', decision: { outcome: 'loss', action: 'rolled_back' } });
+    expect(await production()).toBe('1.0.0');
+    expect((await alertsOf('worse')).find((a) => a.details.outcome === 'loss')).toMatchObject({ severity: 'warning', model: 'fraud' });
+  }, 240_000);
+
+  it('rolls back a treatment that breaks a guardrail', async () => {
+    await start({ model: 'fraud', control: '1.0.0', treatment: '1.1.0', split: 50, minSamples: 10, guardrails: ['p99_latency_ms<0.001'], id: 'slow' });
+    await simulate('slow', 51, 2, 200);
+    const e = await ended('slow');
+    expect(e).toMatchObject({ state: 'concluded', decision: { outcome: 'guardrail', action: 'rolled_back' } });
+    expect(e.decision!.reason).toMatch(/^guardrail p99_latency_ms<0.001 breached: the treatment's p99_latency_ms is /);
+  }, 180_000);
+
+  it('is interrupted by a promotion by hand', async () => {
+    await start({ model: 'fraud', control: '1.0.0', treatment: '1.1.0', split: 50, minSamples: 100000, auto: 'none', id: 'by_hand' });
+    await models.promote('fraud', '1.1.0', 'production', 'test', 'an operator chose');
+    const e = await ended('by_hand');
+    expect(e).toMatchObject({ state: 'stopped', decision: { outcome: 'interrupted', action: 'none' } });
+    expect(e.decision!.reason).toMatch(/the treatment 1\.1\.0 was promoted by hand/);
+  }, 120_000);
+
+  it('ends inconclusive at max duration when labels never arrive', async () => {
+    await start({ model: 'fraud', control: '1.1.0', treatment: '1.0.0', split: 50, minSamples: 1000, maxDuration: '3s', id: 'no_labels' });
+    const e = await ended('no_labels', 60_000);
+    expect(e).toMatchObject({ state: 'concluded', decision: { outcome: 'inconclusive', action: 'none' } });
+    expect(e.decision!.reason).toMatch(/max duration .* reached with 0 control and 0 treatment samples \(1000 needed per arm\)/);
+    expect(await production()).toBe('1.1.0');
+  }, 120_000);
+});
+
+describe('after a restart', () => {
+  const id = 'sticky';
+  it('keeps every account in its arm across a restart of the scoring processor', async () => {
+    await admin.start({ model: 'fraud', control: '1.1.0', treatment: '1.0.0', split: 20, minSamples: 100000, auto: 'none', id }, 'test');
+    await f.handle.stop();
+    const again = await startFabric(f.config, createLogger(f.config), { processors: ['features'], gateway: false, apply: false });
+    try {
+      const before = await decoded<Prediction>('predictions.fraud');
+      const arms = new Map(before.filter((p) => p.experiment === 'split_aa').map((p) => [p.entity_id, expectedArm(id, 20, p.entity_id)]));
+      // Replaying the same accounts through the restarted processor: new events for 50 known accounts.
+      const writer = await serde.writer(`${prefixed(f.config, 'events.transactions')}-value`, loadAvroSchema('transaction'));
+      const now = Date.now();
+      const accounts = [...arms.keys()].slice(0, 50);
+      await producer.send(accounts.map((a, i) => ({ topic: prefixed(f.config, 'events.transactions'), key: a, value: writer.encode({ event_id: `restart-${i}`, account_id: a, counterparty_id: 'M1', type: 'PAYMENT', amount: 10 + i, old_balance: 1000, new_balance: 990 - i, channel: 'web', ts: now + i }) })));
+      const after = await waitFor(() => decoded<Prediction>('predictions.fraud'), (ps) => ps.filter((p) => p.event_id.startsWith('restart-')).length >= 50, { timeoutMs: 90_000, what: 'predictions after the restart' });
+      for (const p of after.filter((x) => x.event_id.startsWith('restart-'))) {
+        expect(p.experiment).toBe(id);
+        expect(p.arm, p.entity_id).toBe(arms.get(p.entity_id));
+      }
+    } finally {
+      await again.stop();
+    }
+  }, 180_000);
+});
