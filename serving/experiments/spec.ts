@@ -101,6 +101,10 @@ export function newExperiment(request: StartRequest, context: { entries: readonl
   if (request.shadow !== undefined && (request.shadow === request.control || request.shadow === request.treatment)) problems.push(`the shadow ${request.shadow} is already an arm of the experiment`);
   if (!Number.isFinite(request.split) || request.split <= 0 || request.split >= 100) problems.push(`split ${request.split} is outside 0-100 (the treatment's percent of entities, exclusive: 0 or 100 is no experiment)`);
   const task = versions.find((e) => e.version === request.treatment)?.task ?? versions[0]!.task;
+  for (const [what, version] of [['treatment', request.treatment], ['shadow', request.shadow]] as const) {
+    const other = versions.find((e) => e.version === version);
+    if (other && context.production && other.task !== context.production.task) problems.push(`the ${what} ${version} is a ${other.task} model, the control a ${context.production.task} model`);
+  }
   const output = outputKindOf(task);
   const metric = (request.metric ?? METRICS[output][0]) as Metric;
   if (!METRICS[output].includes(metric)) problems.push(`metric ${request.metric} does not judge a ${output} model (one of ${METRICS[output].join(', ')})`);

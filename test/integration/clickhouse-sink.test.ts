@@ -72,12 +72,12 @@ afterAll(async () => {
 });
 
 /** The version column of each table: feature rows carry their own (the offset that computed them). */
-const versionOf = (table: string): string => (table.startsWith('features_') ? 'version' : 'source_offset');
+const versionOf = (table: string): string => (table.startsWith('features_') ? 'version' : table === 'experiments' ? 'revision' : 'source_offset');
 
 describe('ClickHouse tables versioned by source offset (feature rows by version)', () => {
-  it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version', async () => {
+  it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version, experiments by revision', async () => {
     const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' AND name != 'schema_migrations' ORDER BY name`);
-    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions', 'predictions_online', 'recommendations']);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'experiments', 'features_account', 'features_item', 'features_user', 'outcomes', 'predictions', 'predictions_online', 'predictions_shadow', 'recommendations', 'recommendations_shadow']);
     for (const t of tables) expect(t.engine_full, t.name).toMatch(new RegExp(`^ReplacingMergeTree\\(${versionOf(t.name)}\\)`));
   });
 
@@ -105,8 +105,8 @@ describe('ClickHouse tables versioned by source offset (feature rows by version)
   it('the analyst views answer, joined on deduplicated rows', async () => {
     const views = await rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine = 'View' ORDER BY name`);
     expect(views.map((v) => v.name)).toEqual([
-      'v_alerts', 'v_decisions_hourly', 'v_drift_metrics', 'v_entity_story', 'v_events_interactions', 'v_events_transactions', 'v_features_account', 'v_features_item', 'v_features_user',
-      'v_fraud_performance', 'v_fraud_precision_recall', 'v_outcomes', 'v_predictions', 'v_recommendation_ctr', 'v_recommendation_outcomes', 'v_recommendations', 'v_rule_hits',
+      'v_alerts', 'v_decisions_hourly', 'v_drift_metrics', 'v_entity_story', 'v_events_interactions', 'v_events_transactions', 'v_experiments', 'v_features_account', 'v_features_item', 'v_features_user',
+      'v_fraud_performance', 'v_fraud_precision_recall', 'v_outcomes', 'v_predictions', 'v_predictions_shadow', 'v_recommendation_ctr', 'v_recommendation_outcomes', 'v_recommendations', 'v_recommendations_shadow', 'v_rule_hits', 'v_shadow_comparison',
     ]);
     for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);
     expect(await rows(`SELECT event_id, entity_id, version, rules_version, score, decision, label, label_value FROM ${db}.v_fraud_performance`)).toEqual([

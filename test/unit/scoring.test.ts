@@ -8,7 +8,9 @@ import { TestDriver } from '../../topology/runtime/test-driver.js';
 import { emit, reject, type ProcessorLogic, type SourceRecord } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
 import { sleep } from '../../topology/runtime/retry.js';
-import type { AccountFeatureUpdate, Prediction, Transaction } from '../../schemas/types.generated.js';
+import type { AccountFeatureUpdate, Experiment, Prediction, Transaction } from '../../schemas/types.generated.js';
+import { createHash } from 'node:crypto';
+import { invertedModel } from '../../scripts/model-variant.js';
 import { fabricFailure } from '../shared/fabric-failure.js';
 import { MODEL_DEFAULT_RULES } from '../../serving/rules/engine.js';
 
@@ -322,5 +324,79 @@ describe('scoring without a worker', () => {
     const scoring = scoringProcessor({ rules: MODEL_DEFAULT_RULES, models: serving(fakeRunner(() => Promise.reject(new Error('not called')))) });
     const driver = new TestDriver(scoring, { startTime: T0 });
     await expect(driver.pipe('events.transactions', transactions(1, 61), { key })).rejects.toMatchObject({ code: 'FABRIC_CONFIG_INVALID' });
+  });
+});
+
+describe('scoring under an experiment', () => {
+  const inverted = { ...entry, version: '0.9.0', signature: { ...entry.signature, output_name: 'probabilities_inverted' } };
+  const shadowEntry = { ...entry, version: '1.2.0' };
+  const experiment: Experiment = {
+    id: 'exp_u', model: 'fraud', control: entry.version, treatment: '0.9.0', split: 50, shadow: '1.2.0', metric: 'auc', min_samples: 10, max_duration_ms: 3_600_000, guardrails: [], auto: 'none', alpha: 0.05,
+    mixture_sd: 0.05, outcome_horizon_ms: 3_600_000, state: 'running', revision: 1, started_at: T0, started_by: 'test', ended_at: null, decision: null,
+  };
+  let invertedHandle: ModelHandle;
+
+  beforeAll(async () => {
+    invertedHandle = await engine.load(loadable(inverted, invertedModel(bytes, 'probabilities', 'probabilities_inverted')));
+  });
+
+  function experimentChain(withShadow: boolean, observed: { arm: string; rows: number }[] = []): TestDriver {
+    const models: ServingModels = {
+      require: () => ({ entry, handle }),
+      requireVersion: (_name, version) => (version === '0.9.0' ? { entry: inverted, handle: invertedHandle } : { entry: shadowEntry, handle }),
+      unloadableReason: () => undefined,
+    };
+    const running = withShadow ? experiment : { ...experiment, shadow: null };
+    const scoring = scoringProcessor({ rules: MODEL_DEFAULT_RULES, models, experiments: { running: () => running }, latency: { observe: (_m, _e, calls) => observed.push(...calls.map((c) => ({ arm: c.arm, rows: c.rows }))) } });
+    return new TestDriver([fakeFeatures(), scoring], { startTime: T0 });
+  }
+
+  /** The arm as documented: sha256("<id>:<entity>"), first 32 bits over 2^32, below split/100. */
+  function armFor(account: string): string {
+    return createHash('sha256').update(`exp_u:${account}`).digest().readUInt32BE(0) / 2 ** 32 < 0.5 ? 'treatment' : 'control';
+  }
+
+  it('scores each account with its arm\'s version, records the arm, and shadows every event without changing a decision', async () => {
+    const txns = transactions(60, 17).map((t, i) => ({ ...t, account_id: `acct-${i % 12}` }));
+    const observed: { arm: string; rows: number }[] = [];
+    const driver = experimentChain(true, observed);
+    await driver.pipe('events.transactions', txns, { key });
+    const predictions = driver.emitted<Prediction>('predictions.fraud');
+    const shadow = driver.emitted<Prediction>('predictions.fraud.shadow');
+    const updates = driver.emitted<AccountFeatureUpdate>('features.account');
+    const direct = await directScores(txns.map((t, i) => inputsOf(t, updates[i]!)));
+    expect(predictions.map((p) => p.event_id)).toEqual(txns.map((t) => t.event_id));
+    expect(new Set(predictions.map((p) => p.arm))).toEqual(new Set(['control', 'treatment']));
+    predictions.forEach((p, i) => {
+      const arm = armFor(p.entity_id);
+      expect(p).toMatchObject({ experiment: 'exp_u', arm, version: arm === 'treatment' ? '0.9.0' : entry.version, latency_ms: 0 });
+      const expected = arm === 'treatment' ? 1 - direct[i]! : direct[i]!;
+      expect(p.score!).toBeCloseTo(expected, 5);
+      expect(p.decision).toBe(expectedDecision(p.score!));
+    });
+    // The shadow: the demo bytes under 1.2.0, so its score is the control's, for every event.
+    expect(shadow.map((s) => s.event_id)).toEqual(txns.map((t) => t.event_id));
+    shadow.forEach((s, i) => {
+      expect(s).toMatchObject({ experiment: 'exp_u', arm: 'shadow', version: '1.2.0', score: Number(direct[i]!.toFixed(6)) });
+      expect(s.decision).toBe(expectedDecision(s.score!));
+    });
+    // The same batch without a shadow decides the same: the shadow changes nothing served.
+    const plain = experimentChain(false);
+    await plain.pipe('events.transactions', txns, { key });
+    expect(plain.emitted<Prediction>('predictions.fraud')).toEqual(predictions);
+    expect(plain.emitted<Prediction>('predictions.fraud.shadow')).toEqual([]);
+    // Model time is reported per arm, with the rows each call scored.
+    const treated = predictions.filter((p) => p.arm === 'treatment').length;
+    expect(observed).toEqual(expect.arrayContaining([{ arm: 'control', rows: 60 - treated }, { arm: 'treatment', rows: treated }, { arm: 'shadow', rows: 60 }]));
+  });
+
+  it('leaves events outside the experiment while its control is not the serving version (a promotion by hand)', async () => {
+    const models: ServingModels = { require: () => ({ entry: shadowEntry, handle }), requireVersion: () => ({ entry: inverted, handle: invertedHandle }), unloadableReason: () => undefined };
+    const scoring = scoringProcessor({ rules: MODEL_DEFAULT_RULES, models, experiments: { running: () => experiment } });
+    const driver = new TestDriver([fakeFeatures(), scoring], { startTime: T0 });
+    await driver.pipe('events.transactions', transactions(10, 5), { key });
+    const predictions = driver.emitted<Prediction>('predictions.fraud');
+    expect(predictions.every((p) => p.experiment === '' && p.arm === '' && p.version === '1.2.0')).toBe(true);
+    expect(driver.emitted('predictions.fraud.shadow')).toEqual([]);
   });
 });
