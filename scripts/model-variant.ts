@@ -94,7 +94,8 @@ export async function writeInvertedVariant(from: string, to: string, version: st
   const bytes = invertedModel(await readFile(join(from, String(manifest.file ?? 'model.onnx'))), String(manifest.output_name ?? 'probabilities'), output);
   await mkdir(to, { recursive: true });
   await writeFile(join(to, 'model.onnx'), bytes);
-  const { sha256: _old, ...rest } = manifest;
+  // The source's validation metrics are not this model's: they are left out (the reference profile of its inputs stays).
+  const { sha256: _old, metrics: _metrics, ...rest } = manifest;
   await writeFile(join(to, 'model.json'), `${JSON.stringify({ ...rest, version, file: 'model.onnx', output_name: output, sha256: createHash('sha256').update(bytes).digest('hex'), description: `${String(manifest.name)}@${String(manifest.version)} with its class probabilities swapped (score 1 - p): a deliberately worse model for experiments` }, null, 2)}\n`);
   return to;
 }

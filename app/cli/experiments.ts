@@ -82,12 +82,13 @@ function statusText(s: Status): string {
     for (const arm of ['control', 'treatment'] as const) {
       const a = s.stats.arms[arm];
       const l = s.latency?.[arm];
-      lines.push(`  ${arm.padEnd(10)} ${a.version.padEnd(12)} ${String(a.outputs).padStart(7)}  ${String(a.samples).padStart(7)}  ${num(a.metric?.value).padEnd(18)} ${a.metric ? `[${num(a.metric.interval[0])}, ${num(a.metric.interval[1])}]` : '-'.padEnd(18)}   ${pct(a.fallbackRate).padStart(8)}  ${num(l?.p50Ms, 3).padStart(7)}  ${num(l?.p99Ms, 3).padStart(7)}`);
+      const value = `${num(a.metric?.value)}${a.metricSamples !== a.samples ? ` (n=${a.metricSamples})` : ''}`;
+      lines.push(`  ${arm.padEnd(10)} ${a.version.padEnd(12)} ${String(a.outputs).padStart(7)}  ${String(a.samples).padStart(7)}  ${value.padEnd(18)} ${a.metric ? `[${num(a.metric.interval[0])}, ${num(a.metric.interval[1])}]` : '-'.padEnd(18)}   ${pct(a.fallbackRate).padStart(8)}  ${num(l?.p50Ms, 3).padStart(7)}  ${num(l?.p99Ms, 3).padStart(7)}`);
     }
     const t = s.stats.test;
     lines.push(t ? `  difference ${num(t.difference)} in [${num(t.interval[0])}, ${num(t.interval[1])}], always-valid p ${t.pValue.toPrecision(3)}${t.significant ? ' (significant)' : ''}` : '  difference: not yet (an arm has no estimate)');
     if (s.stats.windows.length > 0) {
-      lines.push(`  windows of ${(s.stats.windows.length > 1 ? (s.stats.windows[1]!.start - s.stats.windows[0]!.start) / 60000 : 0) || '-'} min (event time, fixed-sample 95% intervals):`);
+      lines.push(`  windows of ${s.stats.windowMs / 60_000} min (event time; samples in brackets):`);
       for (const w of s.stats.windows) lines.push(`    ${new Date(w.start).toISOString()}  control ${num(w.arms.control.value)} (${w.arms.control.samples})  treatment ${num(w.arms.treatment.value)} (${w.arms.treatment.samples})`);
     }
     if (s.stats.shadow) {

@@ -34,6 +34,9 @@ export interface JudgeInputs {
   readonly now: number;
 }
 
+/** Samples an arm's estimate needs (besides min_samples outcomes) before the test may conclude. */
+export const MIN_METRIC_SAMPLES = 10;
+
 /** Rows of the treatment a guardrail needs before it can breach (no verdict on a handful of events). */
 export function guardrailFloor(e: Pick<Experiment, 'min_samples'>): number {
   return Math.min(e.min_samples, 100);
@@ -74,7 +77,9 @@ export function judge(i: JudgeInputs): Verdict | null {
     return { outcome: 'guardrail', action: act ? 'rolled_back' : 'none', end: act, reason: `guardrail ${guardrailText(g)} breached: the treatment's ${g.metric} is ${fmt(value)}${act ? '' : ' (auto none: reported only)'}`, severity: 'critical' };
   }
   const test = i.stats.test;
-  const enough = control.samples >= e.min_samples && treatment.samples >= e.min_samples;
+  // min_samples outcomes per arm, and an estimate on at least MIN_METRIC_SAMPLES of them (the labelled
+  // blocks of precision at block): a normal approximation on a handful is not trusted.
+  const enough = control.samples >= e.min_samples && treatment.samples >= e.min_samples && control.metricSamples >= MIN_METRIC_SAMPLES && treatment.metricSamples >= MIN_METRIC_SAMPLES;
   if (test && enough && test.significant) {
     const outcome: Outcome = test.difference > 0 ? 'win' : 'loss';
     const act = acts(outcome);

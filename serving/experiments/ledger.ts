@@ -52,8 +52,10 @@ export interface ArmStats {
   readonly version: string;
   /** Outputs under the experiment (predictions, or items shown). */
   readonly outputs: number;
-  /** Samples the metric is computed on (labelled predictions; items whose horizon has passed). */
+  /** Outcomes observed: labelled predictions (decision models); items shown whose horizon has passed (ranking). */
   readonly samples: number;
+  /** Of them, those the metric's estimate stands on (precision at block: the labelled blocks; otherwise all). */
+  readonly metricSamples: number;
   readonly metric: { readonly value: number; readonly interval: readonly [number, number] } | null;
   readonly fallbackRate: number | null;
   readonly blockRate: number | null;
@@ -75,6 +77,8 @@ export interface ShadowStats {
 export interface LedgerStats {
   readonly at: number;
   readonly metric: Metric;
+  /** Length of the windows (event time). */
+  readonly windowMs: number;
   readonly arms: Record<Arm, ArmStats>;
   /** The sequential test on treatment - control, once both arms have an estimate. */
   readonly test: SequentialResult | null;
@@ -91,6 +95,10 @@ async function rows<T>(client: ClickHouseClient, query: string): Promise<T[]> {
 }
 
 const ARMS: readonly Arm[] = ['control', 'treatment'];
+
+function clip(interval: readonly [number, number], lo: number, hi: number): [number, number] {
+  return [Math.max(lo, interval[0]), Math.min(hi, interval[1])];
+}
 
 /**
  * The experiment's statistics from its ledger view: per arm the metric with its always-valid interval,
@@ -143,7 +151,7 @@ export async function ledgerStats(client: ClickHouseClient, db: string, e: Exper
         counts.set(arm, { version: r.arm_version, outputs: Number(r.outputs), samples: Number(r.n_labelled), fallbackRate: Number(r.fallback_rate), blockRate: Number(r.block_rate) });
       } else {
         estimates.set(arm, proportion(Number(r.blocked_frauds), Number(r.blocked)));
-        counts.set(arm, { version: r.arm_version, outputs: Number(r.outputs), samples: Number(r.blocked), fallbackRate: Number(r.fallback_rate), blockRate: Number(r.block_rate) });
+        counts.set(arm, { version: r.arm_version, outputs: Number(r.outputs), samples: Number(r.n_labelled), fallbackRate: Number(r.fallback_rate), blockRate: Number(r.block_rate) });
       }
     }
     if (metric === 'auc') {
@@ -168,21 +176,24 @@ export async function ledgerStats(client: ClickHouseClient, db: string, e: Exper
       version: c?.version ?? (arm === 'control' ? e.control : e.treatment),
       outputs: c?.outputs ?? 0,
       samples: c?.samples ?? 0,
-      metric: est ? { value: est.value, interval: confidenceSequence(est.value, est.variance, e.alpha, e.mixture_sd) } : null,
+      metricSamples: est?.samples ?? 0,
+      metric: est ? { value: est.value, interval: clip(confidenceSequence(est.value, est.variance, e.alpha, e.mixture_sd), 0, 1) } : null,
       fallbackRate: c?.fallbackRate ?? null,
       blockRate: c?.blockRate ?? null,
     };
   }
   const ce = estimates.get('control');
   const te = estimates.get('treatment');
-  const test = ce && te ? msprt(ce, te, e.alpha, e.mixture_sd) : null;
+  const raw = ce && te ? msprt(ce, te, e.alpha, e.mixture_sd) : null;
+  // Every metric is a rate in [0, 1]: its interval, and the difference's in [-1, 1], are cut there.
+  const test = raw ? { ...raw, interval: clip(raw.interval, -1, 1) } : null;
 
   const starts = [...new Set([...windowEstimates.keys()].map((k) => Number(k.split('|')[1])))].sort((a, b) => a - b).slice(-(options.maxWindows ?? 12));
   const windows: WindowStats[] = starts.map((start) => {
     const out = {} as WindowStats['arms'];
     for (const arm of ARMS) {
       const est = windowEstimates.get(`${arm}|${start}`) ?? null;
-      out[arm] = { samples: est?.samples ?? 0, value: est?.value ?? null, interval: est ? normalInterval(est) : null };
+      out[arm] = { samples: est?.samples ?? 0, value: est?.value ?? null, interval: est ? clip(normalInterval(est), 0, 1) : null };
     }
     return { start, arms: out };
   });
@@ -201,5 +212,5 @@ export async function ledgerStats(client: ClickHouseClient, db: string, e: Exper
       shadow = { version: e.shadow, outputs: Number(r?.outputs ?? 0), changedDecisions: r ? Number(r.changed) : null, meanScoreDelta: r && r.delta !== null && Number.isFinite(Number(r.delta)) ? Number(r.delta) : null };
     }
   }
-  return { at: options.now ?? Date.now(), metric, arms, test, windows, shadow };
+  return { at: options.now ?? Date.now(), metric, windowMs: Math.max(1, Math.round(options.windowMs)), arms, test, windows, shadow };
 }

@@ -98,13 +98,13 @@ describe('the experiments topic', () => {
 });
 
 function arm(name: 'control' | 'treatment', version: string, samples: number, value: number | null, extra: Partial<ArmStats> = {}): ArmStats {
-  return { arm: name, version, outputs: samples * 10, samples, metric: value === null ? null : { value, interval: [value - 0.01, value + 0.01] }, fallbackRate: 0, blockRate: 0.01, ...extra };
+  return { arm: name, version, outputs: samples * 10, samples, metricSamples: samples, metric: value === null ? null : { value, interval: [value - 0.01, value + 0.01] }, fallbackRate: 0, blockRate: 0.01, ...extra };
 }
 
 function inputs(e: Experiment, c: ArmStats, t: ArmStats, over: Partial<JudgeInputs> = {}): JudgeInputs {
   const ce = c.metric ? proportion(Math.round(c.metric.value * c.samples), c.samples) : null;
   const te = t.metric ? proportion(Math.round(t.metric.value * t.samples), t.samples) : null;
-  const stats: LedgerStats = { at: NOW, metric: 'precision_at_block', arms: { control: c, treatment: t }, test: ce && te ? msprt(ce, te, e.alpha, e.mixture_sd) : null, windows: [], shadow: null };
+  const stats: LedgerStats = { at: NOW, metric: 'precision_at_block', windowMs: 600_000, arms: { control: c, treatment: t }, test: ce && te ? msprt(ce, te, e.alpha, e.mixture_sd) : null, windows: [], shadow: null };
   return { experiment: e, stats, latency: { treatment: { rows: 1000, calls: 10, meanMs: 1, p50Ms: 1, p99Ms: 3, totalMs: 10 } }, production: e.control, now: NOW + 60_000, ...over };
 }
 
@@ -116,6 +116,8 @@ describe('the judge', () => {
     expect(judge(inputs(e, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 500, 0.3)))).toMatchObject({ outcome: 'loss', action: 'rolled_back', end: true });
     expect(judge(inputs(e, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 150, 0.9)))).toBeNull();
     expect(judge(inputs(e, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 500, 0.51)))).toBeNull();
+    // Enough outcomes, but the estimate stands on 5 labelled blocks: not yet.
+    expect(judge(inputs(e, arm('control', '1.0.0', 2000, 0.5), { ...arm('treatment', '1.1.0', 500, 0.0), metricSamples: 5 }))).toBeNull();
   });
 
   it('acts as auto says: rollback reports a win, none reports everything and keeps running', () => {
