@@ -23,6 +23,9 @@
  *      from a JSONEachRow file (same block size); rule evaluation per prediction, a 20-rule set vs the
  *      defaults; frequency-cap check p50/p99 vs a Redis PING
  *
+ *  11. experiments (test/bench/experiments.ts): scoring processor events/s under a 20% A/B split, and under
+ *      the split plus a shadow version, vs the same batches with no experiment
+
  * Prints a Markdown table and writes the same data to bench-results.json at the repository root.
  * Every run uses its own topic prefix (bench-<timestamp>.) and deletes its topics at the end (the
  * features pairs' ClickHouse database too).
@@ -55,9 +58,10 @@ import { featuresProcessorPair, onlineReadPair, trainingSetPair, ONLINE_ENTITIES
 import { batchingGainPair, engineThroughputPair, predictLatencyPair, BATCHING_MAX_BATCH, BATCHING_P95_BOUND_MS, BATCHING_TARGET_RATIO, ENGINE_BATCH_SIZES, ENGINE_TARGET_BATCH, ENGINE_TARGET_RATIO, PREDICT_RATE, type BatchingSearch, type ServingContext, type ServingSizes } from './serving.js';
 import { formatNumber, formatRatio, markdownTable, median } from './stats.js';
 import { capCheckPair, ruleEvaluationPair, sinkPair, type LedgerSizes, type Pair } from './ledger.js';
+import { experimentsPairs, type ExperimentSizes } from './experiments.js';
 
 const quick = process.argv.includes('--quick');
-const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger'] as const;
+const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger', 'experiments'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : SECTIONS);
@@ -75,6 +79,8 @@ const SERVING_SIZES: ServingSizes = quick
   : { engineRows: 200_000, engineRepetitions: 3, batchingStepSec: 1.5, batchingBudgetSec: 25, batchingRefineSteps: 2, predictSec: 10, predictWarmupSec: 2, predictRepetitions: 3 };
 /** Sizes of the ledger section (test/bench/ledger.ts). */
 const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, repetitions: 2, ruleEvaluations: 100_000, capChecks: 2_000 } : { sinkRows: 300_000, sinkBatch: 5_000, repetitions: 5, ruleEvaluations: 1_000_000, capChecks: 10_000 };
+/** Sizes of the experiments section (test/bench/experiments.ts). */
+const EXPERIMENT_SIZES: ExperimentSizes = quick ? { events: 10_000, batch: 500, repetitions: 2 } : { events: 50_000, batch: 500, repetitions: 5 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */
@@ -393,6 +399,10 @@ async function main(): Promise<void> {
     row('rules_cap_p50', 'frequency-cap check (one Lua script) p50', 'ms', 'Redis PING, same client', 'lower'),
     row('rules_cap_p99', 'frequency-cap check (one Lua script) p99', 'ms', 'Redis PING, same client', 'lower'),
   ];
+  const experimentRows: Row[] = [
+    row('experiment_ab', `scoring under a 20% A/B split (two engine calls per batch of ${EXPERIMENT_SIZES.batch}), ${formatNumber(EXPERIMENT_SIZES.events)} events`, 'events/s', 'the same batches, no experiment', 'higher'),
+    row('experiment_shadow', 'scoring under the split plus a shadow version (the shadow scores every event: its cost)', 'events/s', 'the same batches, no experiment', 'higher'),
+  ];
   let batchingSearches: BatchingSearch[] = [];
   const latency = new Map<number, LatencyResult>();
   const latencyErrors = new Map<number, string>();
@@ -469,6 +479,20 @@ async function main(): Promise<void> {
       });
       if (capP50.error) capP99.error ??= capP50.error;
     }
+    if (runs('experiments')) {
+      const [ab, shadow] = experimentRows as [Row, Row];
+      progress(`experiments: scoring with an A/B split, and with a shadow, vs none: ${formatNumber(EXPERIMENT_SIZES.events)} events × ${EXPERIMENT_SIZES.repetitions}`);
+      await attempt(ab, async () => {
+        const pairs = await experimentsPairs(EXPERIMENT_SIZES);
+        for (const [r, pair] of [[ab, pairs.ab], [shadow, pairs.shadow]] as const) {
+          r.samples = { ours: pair.ours.map((rate) => ({ elapsedMs: 0, messages: 0, rate })), reference: pair.reference.map((rate) => ({ elapsedMs: 0, messages: 0, rate })) };
+          r.ours = median(pair.ours);
+          r.reference = median(pair.reference);
+          r.ratio = r.ours / r.reference;
+        }
+      });
+      if (ab.error) shadow.error ??= ab.error;
+    }
   } finally {
     progress('cleaning up (topics, groups, subjects, Redis keys)');
     cleanupReport = await cleanup();
@@ -480,6 +504,7 @@ async function main(): Promise<void> {
   if (runs('features')) rows.push(...featuresRows);
   if (runs('serving')) rows.push(...servingRows);
   if (runs('ledger')) rows.push(...ledgerRows);
+  if (runs('experiments')) rows.push(...experimentRows);
 
   const durationSec = (performance.now() - started) / 1000;
   const cpus = os.cpus();
