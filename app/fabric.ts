@@ -16,7 +16,7 @@ import { createClickHouse, type ClickHouseClient } from '../topology/runtime/cli
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
-import type { EntityMetadata, Prediction, Recommendation } from '../schemas/types.generated.js';
+import type { EntityMetadata, Experiment, Prediction, Recommendation } from '../schemas/types.generated.js';
 import { MetadataService } from '../gateways/metadata.js';
 import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, experimentsAdmin, modelStore, recordLoadStatus, registryAdmin, servingEngine, unloadableVersions, verifier } from './serving.js';
 import { FEATURE_GROUPS } from '../topology/features/groups.js';
@@ -176,7 +176,24 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         experiments ??= (async () => {
           const registry = new ExperimentRegistry(kafka, serde, config, log.child({ component: 'experiments' }));
           closers.push({ name: 'experiments', close: () => registry.close() });
+          // A running experiment's treatment and shadow are loaded (and pinned) as soon as it is seen, so
+          // neither the first stream batch nor the first predict request under it waits for a load.
+          const preload = (e: Experiment | undefined): void => {
+            if (e?.state !== 'running') return;
+            void liveModels().then((lm) => {
+              for (const version of [e.treatment, e.shadow]) {
+                if (version === null) continue;
+                try {
+                  lm.requireVersion(e.model, version);
+                } catch {
+                  // Loading now (or refused: reported by the load status, and the judge acts on it).
+                }
+              }
+            });
+          };
+          registry.onChange((e) => preload(e));
           await registry.start();
+          for (const e of registry.list()) preload(e);
           return registry;
         })();
         return experiments;
