@@ -11,7 +11,8 @@ import { readUserHistories, recommend, type MetadataLookup, type RecsAnswer, typ
 import type { FrequencyCaps } from '../../serving/rules/caps.js';
 import type { RecsUserEvent } from '../../serving/models/recs-inputs.js';
 import { recommendationRecord } from '../../serving/models/records.js';
-import { experimentPlan, type Lane, type ServingModels, type ServingRules } from '../scoring/processor.js';
+import type { ServingRules } from '../scoring/processor.js';
+import { experimentPlan, type Lane, type ServingModels } from '../../serving/experiments/plan.js';
 import type { ServingExperiments } from '../../serving/experiments/spec.js';
 import type { ExperimentLatency } from '../../serving/experiments/latency.js';
 

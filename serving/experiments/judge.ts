@@ -56,6 +56,14 @@ function fmt(x: number): string {
  * tests call it.
  */
 export function judge(i: JudgeInputs): Verdict | null {
+  const v = decide(i);
+  const e = i.experiment;
+  // A decision only reported (auto rollback or none) lets the experiment run on, to its max duration.
+  if (v && !v.end && i.now - e.started_at >= e.max_duration_ms) return { ...v, end: true, reason: `${v.reason}; max duration reached: all traffic back on ${e.control}` };
+  return v;
+}
+
+function decide(i: JudgeInputs): Verdict | null {
   const e = i.experiment;
   const { control, treatment } = i.stats.arms;
   if (i.production !== e.control) {

@@ -5,7 +5,7 @@ import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, isFabricError, messageOf } from '../../topology/errors.js';
-import { ControlTopic, writeControlTopics } from '../../topology/runtime/control-topic.js';
+import { AvroControlFollower, writeControlTopics } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import type { RegistryAdmin } from '../registry/admin.js';
 import { productionOf } from '../registry/registry.js';
@@ -18,39 +18,15 @@ export const ALERTS_TOPIC = 'alerts';
  * whole with a greater revision at every change). Scoring paths ask `running(model)` once per batch or
  * request, so an experiment starts, stops or concludes everywhere within a fetch, without restart.
  */
-export class ExperimentRegistry {
-  private readonly topic: ControlTopic<Experiment>;
+export class ExperimentRegistry extends AvroControlFollower<Experiment> {
   private readonly byModel = new Map<string, Experiment | null>();
 
   constructor(kafka: Kafka, serde: AvroSerde, config: Pick<FabricConfig, 'topicPrefix'>, log: Logger) {
-    this.topic = new ControlTopic<Experiment>(kafka, log, {
-      topic: prefixed(config, EXPERIMENTS_TOPIC),
-      groupPrefix: prefixed(config, 'fabric.experiments-reader'),
-      what: 'experiment',
-      prefetch: (values) => serde.prefetch(values),
-      supersedes,
-      decode(key, value) {
-        const e = serde.decode<Experiment>(value);
-        if (typeof e?.id !== 'string' || e.id !== key) throw new Error(`record key ${key} does not name experiment ${e?.id}`);
-        return e;
-      },
-    });
+    super(kafka, serde, log, { topic: prefixed(config, EXPERIMENTS_TOPIC), groupPrefix: prefixed(config, 'fabric.experiments-reader'), what: 'experiment', keyOf: (e) => e.id, supersedes });
     this.topic.onChange((key, value, previous) => {
       this.byModel.clear();
       if (value && value.state !== previous?.state) log.info({ experiment: key, model: value.model, state: value.state, outcome: value.decision?.outcome }, 'experiment changed');
     });
-  }
-
-  start(timeoutMs?: number): Promise<void> {
-    return this.topic.start(timeoutMs);
-  }
-
-  readOnce(): Promise<void> {
-    return this.topic.readOnce();
-  }
-
-  apply(key: string | null, value: Buffer | null): void {
-    this.topic.apply(key, value);
   }
 
   onChange(listener: (experiment: Experiment | undefined, previous: Experiment | undefined) => void): () => void {
@@ -71,10 +47,6 @@ export class ExperimentRegistry {
   /** Every experiment, the latest started first. */
   list(): Experiment[] {
     return this.topic.values().sort((a, b) => b.started_at - a.started_at || (a.id < b.id ? -1 : 1));
-  }
-
-  close(): Promise<void> {
-    return this.topic.close();
   }
 }
 

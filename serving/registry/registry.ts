@@ -3,7 +3,7 @@ import type { ModelVersion } from '../../schemas/types.generated.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
-import { ControlTopic } from '../../topology/runtime/control-topic.js';
+import { AvroControlFollower } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { entryKey } from './entry.js';
 
@@ -21,42 +21,20 @@ export type RegistryListener = (entry: ModelVersion, previous: ModelVersion | un
  * The consumer is in a group of its own that commits nothing (every instance reads everything) and
  * is deleted on close.
  */
-export class ModelRegistry {
-  private readonly topic: ControlTopic<ModelVersion>;
-
+export class ModelRegistry extends AvroControlFollower<ModelVersion> {
   constructor(kafka: Kafka, serde: AvroSerde, config: Pick<FabricConfig, 'topicPrefix'>, log: Logger) {
-    this.topic = new ControlTopic<ModelVersion>(kafka, log, {
+    super(kafka, serde, log, {
       topic: prefixed(config, MODELS_TOPIC),
       groupPrefix: prefixed(config, 'fabric.registry'),
       what: 'model version',
-      prefetch: (values) => serde.prefetch(values),
+      keyOf: (e) => entryKey(e.name, e.version),
       // A version's stage history only grows: a record with a shorter one is a registration that raced
       // a promotion (two instances bootstrapping the demo models at once), not a change.
       supersedes: (next, current) => next.stage_history.length >= current.stage_history.length,
-      decode(key, value) {
-        const entry = serde.decode<ModelVersion>(value);
-        if (typeof entry?.name !== 'string' || entryKey(entry.name, entry.version) !== key) throw new Error(`record key ${key} does not name ${entry?.name}@${entry?.version}`);
-        return entry;
-      },
     });
     this.topic.onChange((key, entry) => {
       if (!entry) log.info({ model: key }, 'model version deleted from the registry');
     });
-  }
-
-  /** Starts following; resolves once every record present at the start has been read (bounded). */
-  start(timeoutMs = 30_000): Promise<void> {
-    return this.topic.start(timeoutMs);
-  }
-
-  /** Reads the topic once to its end (tools: no follower left behind). */
-  readOnce(): Promise<void> {
-    return this.topic.readOnce();
-  }
-
-  /** Applies one record of the topic (also used by tests and one-shot readers). */
-  apply(key: string | null, value: Buffer | null): void {
-    this.topic.apply(key, value);
   }
 
   onChange(listener: RegistryListener): () => void {
@@ -76,10 +54,6 @@ export class ModelRegistry {
 
   list(): ModelVersion[] {
     return sortEntries(this.topic.values());
-  }
-
-  close(): Promise<void> {
-    return this.topic.close();
   }
 }
 

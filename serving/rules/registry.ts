@@ -5,7 +5,7 @@ import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, messageOf } from '../../topology/errors.js';
-import { ControlTopic, writeControlRecords } from '../../topology/runtime/control-topic.js';
+import { AvroControlFollower, writeControlRecords } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import { MODEL_DEFAULT_RULES, compileRules, type CompiledRules, type OutputKind } from './engine.js';
 import { RuleSetInvalid, canonicalRuleSet, checkRuleSetShape, type RuleSet } from './spec.js';
@@ -23,42 +23,18 @@ export function ruleKey(model: string, version: number): string {
  * version that decided it. A stored version that no longer compiles (written by a newer fabric, say)
  * never replaces the working one: the previous valid version stays in force, with an error logged.
  */
-export class RuleRegistry {
-  private readonly topic: ControlTopic<RuleSetVersion>;
+export class RuleRegistry extends AvroControlFollower<RuleSetVersion> {
   /** Compiled rule sets by model, output kind and version. */
   private readonly compiled = new Map<string, CompiledRules | Error>();
   /** The rule set in force per model and output kind; cleared when the topic changes (current() runs per request). */
   private readonly inForce = new Map<string, CompiledRules>();
 
   constructor(kafka: Kafka, serde: AvroSerde, config: Pick<FabricConfig, 'topicPrefix'>, private readonly log: Logger) {
-    this.topic = new ControlTopic<RuleSetVersion>(kafka, log, {
-      topic: prefixed(config, RULES_TOPIC),
-      groupPrefix: prefixed(config, 'fabric.rules-reader'),
-      what: 'rule set version',
-      prefetch: (values) => serde.prefetch(values),
-      decode(key, value) {
-        const v = serde.decode<RuleSetVersion>(value);
-        if (typeof v?.model !== 'string' || ruleKey(v.model, v.version) !== key) throw new Error(`record key ${key} does not name ${v?.model}@${v?.version}`);
-        return v;
-      },
-    });
+    super(kafka, serde, log, { topic: prefixed(config, RULES_TOPIC), groupPrefix: prefixed(config, 'fabric.rules-reader'), what: 'rule set version', keyOf: (v) => ruleKey(v.model, v.version) });
     this.topic.onChange((key, value) => {
       this.inForce.clear();
       if (value) log.info({ rules: key, sha256: value.sha256.slice(0, 12), by: value.created_by }, 'rule set version received');
     });
-  }
-
-  start(timeoutMs?: number): Promise<void> {
-    return this.topic.start(timeoutMs);
-  }
-
-  /** Reads the topic once (tools). */
-  readOnce(): Promise<void> {
-    return this.topic.readOnce();
-  }
-
-  apply(key: string | null, value: Buffer | null): void {
-    this.topic.apply(key, value);
   }
 
   /** Every stored version of a model, oldest first. */
@@ -100,10 +76,6 @@ export class RuleRegistry {
       if (!(c instanceof Error)) return c;
     }
     return MODEL_DEFAULT_RULES.current(model, output);
-  }
-
-  close(): Promise<void> {
-    return this.topic.close();
   }
 }
 

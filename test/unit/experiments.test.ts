@@ -126,6 +126,8 @@ describe('the judge', () => {
     expect(judge(inputs(r, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 500, 0.3)))).toMatchObject({ outcome: 'loss', action: 'rolled_back', end: true });
     const n = { ...e, auto: 'none' };
     expect(judge(inputs(n, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 500, 0.3)))).toMatchObject({ outcome: 'loss', action: 'none', end: false });
+    // Reported only, it runs on to its max duration, then ends with that outcome.
+    expect(judge(inputs(n, arm('control', '1.0.0', 2000, 0.5), arm('treatment', '1.1.0', 500, 0.3), { now: n.started_at + n.max_duration_ms }))).toMatchObject({ outcome: 'loss', action: 'none', end: true, reason: expect.stringMatching(/max duration reached/) });
   });
 
   it('rolls back on a guardrail breach once the treatment has enough rows, before any test', () => {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Partitioners, type Consumer, type Kafka } from 'kafkajs';
 import { FabricError, messageOf } from '../errors.js';
+import type { AvroSerde } from '../../schemas/serde.js';
 import type { Logger } from './log.js';
 import { partitionEnds, readToEnd, whenPastEnds } from './topic-reader.js';
 
@@ -134,6 +135,56 @@ export class ControlTopic<T> {
     const admin = this.kafka.admin();
     await admin.connect().then(() => admin.deleteGroups([this.groupId])).catch(() => undefined);
     await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/**
+ * What every control-plane registry (models, rules, experiments) is made of: a ControlTopic of Avro
+ * records whose key names the record (a record under another key is skipped as undecodable), and the
+ * follower's life cycle. Subclasses add the queries their readers need.
+ */
+export abstract class AvroControlFollower<T> {
+  protected readonly topic: ControlTopic<T>;
+
+  constructor(kafka: Kafka, serde: AvroSerde, log: Logger, options: { topic: string; groupPrefix: string; what: string; keyOf(value: T): string; supersedes?(next: T, current: T): boolean }) {
+    const { keyOf, what } = options;
+    this.topic = new ControlTopic<T>(kafka, log, {
+      topic: options.topic,
+      groupPrefix: options.groupPrefix,
+      what,
+      prefetch: (values) => serde.prefetch(values),
+      ...(options.supersedes ? { supersedes: options.supersedes } : {}),
+      decode(key, value) {
+        const decoded = serde.decode<T>(value);
+        let own: string | undefined;
+        try {
+          own = keyOf(decoded);
+        } catch {
+          own = undefined;
+        }
+        if (typeof own !== 'string' || own !== key) throw new Error(`record key ${key} does not name the ${what} it holds (${own ?? 'none'})`);
+        return decoded;
+      },
+    });
+  }
+
+  /** Starts following; resolves once every record present at the start has been applied (bounded). */
+  start(timeoutMs?: number): Promise<void> {
+    return this.topic.start(timeoutMs);
+  }
+
+  /** Reads the topic once to its end (tools: no follower left behind). */
+  readOnce(): Promise<void> {
+    return this.topic.readOnce();
+  }
+
+  /** Applies one record of the topic (also used by tests and one-shot readers). */
+  apply(key: string | null, value: Buffer | null): void {
+    this.topic.apply(key, value);
+  }
+
+  close(): Promise<void> {
+    return this.topic.close();
   }
 }
 
