@@ -6,7 +6,7 @@ import { createKafka } from '../../topology/runtime/kafka.js';
 import type { FabricConfig } from '../../topology/config.js';
 import { parseModelRef } from '../../serving/registry/entry.js';
 import { productionOf } from '../../serving/registry/registry.js';
-import { loadStatusKey, modelStore, registryAdmin, verifier } from '../serving.js';
+import { experimentsAdmin, loadStatusKey, modelStore, registryAdmin, verifier } from '../serving.js';
 import { cliLog, config, connectRedis, out, operator } from './common.js';
 
 interface LoadReport {
@@ -119,7 +119,11 @@ export function registerModelCommands(program: Command): void {
       const { name, version } = parseModelRef(ref);
       if (version === null) throw new FabricError('FABRIC_CLI_USAGE', `promote needs name@version, got ${JSON.stringify(ref)}`);
       if (!['staging', 'production', 'archived'].includes(o.to)) throw new FabricError('FABRIC_CLI_USAGE', `--to takes staging, production or archived; got ${JSON.stringify(o.to)}`);
-      const changes = await admin(config(), o.to === 'production').promote(name, version, o.to as ModelStage, operator(), o.reason);
+      const cfg = config();
+      const changes = await admin(cfg, o.to === 'production').promote(name, version, o.to as ModelStage, operator(), o.reason);
+      // A promotion by hand interrupts a running experiment on the model (its judge records it): say so.
+      const running = o.to === 'production' ? (await experimentsAdmin({ kafka: createKafka(cfg, cliLog(cfg, true), 'cli'), serde: new AvroSerde({ url: cfg.registryUrl }), config: cfg, log: cliLog(cfg, true) }).read()).running(name) : undefined;
+      if (running) process.stderr.write(`note: experiment ${running.id} was running on ${name} (${running.treatment} against ${running.control}); it is interrupted and all traffic follows ${name}@${version}\n`);
       out(!!o.json, changes, () => changes.map((c) => `${c.name}@${c.version}: ${c.stage_history.at(-1)?.from ?? c.stage} -> ${c.stage}`).join('\n'));
     });
 
