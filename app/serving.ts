@@ -123,16 +123,17 @@ export function experimentsAdmin(deps: { kafka: Kafka; serde: AvroSerde; config:
 
 /**
  * Whether some instance of the fleet failed to load a version for its content (FABRIC_MODEL_INVALID, as
- * recorded by recordLoadStatus and not since loaded there): the judge interrupts an experiment whose
- * treatment cannot serve.
+ * recorded by recordLoadStatus, since `since`, and not loaded there after): the judge interrupts an
+ * experiment whose treatment cannot serve.
  */
-export function unloadableVersions(redis: Redis, config: Pick<FabricConfig, 'redisKeyPrefix'>): (model: string, version: string) => Promise<string | undefined> {
-  return async (model, version) => {
+export function unloadableVersions(redis: Redis, config: Pick<FabricConfig, 'redisKeyPrefix'>): (model: string, version: string, since: number) => Promise<string | undefined> {
+  return async (model, version, since) => {
     const all = await redis.hgetall(loadStatusKey(config));
     for (const [field, raw] of Object.entries(all)) {
       if (!field.startsWith(`${model}@${version}|`)) continue;
       const status = JSON.parse(raw) as LoadStatus & { instance: string };
-      if (status.state === 'failed' && status.code === 'FABRIC_MODEL_INVALID') return `${status.error ?? 'refused'} (on ${status.instance})`;
+      // Reports from before `since` (the experiment's start) may be from instances long gone.
+      if (status.state === 'failed' && status.code === 'FABRIC_MODEL_INVALID' && status.at >= since) return `${status.error ?? 'refused'} (on ${status.instance})`;
     }
     return undefined;
   };

@@ -63,7 +63,7 @@ async function statusOf(cfg: FabricConfig, e: Experiment, production: string | u
     const redis = await connectRedis(cfg);
     try {
       latency = await new RedisExperimentLatency(redis, cfg.redisKeyPrefix).read(e.id, ['control', 'treatment', 'shadow']);
-      unloadable = await unloadableVersions(redis, cfg)(e.model, e.treatment);
+      unloadable = await unloadableVersions(redis, cfg)(e.model, e.treatment, e.started_at);
     } finally {
       redis.disconnect();
     }

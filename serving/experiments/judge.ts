@@ -119,7 +119,7 @@ export interface JudgeDeps {
   readonly log: Logger;
   readonly metrics?: Metrics;
   /** Load failures of a version reported by any instance (content refused), if any. */
-  unloadable?(model: string, version: string): Promise<string | undefined>;
+  unloadable?(model: string, version: string, since: number): Promise<string | undefined>;
 }
 
 /**
@@ -172,7 +172,7 @@ export class ExperimentJudge {
       try {
         const stats = await ledgerStats(this.deps.clickhouse, this.deps.database, e, { windowMs: this.deps.windowMs, now });
         const latency = await this.deps.latency.read(e.id, ['control', 'treatment', 'shadow']);
-        const unloadable = await this.deps.unloadable?.(e.model, e.treatment);
+        const unloadable = await this.deps.unloadable?.(e.model, e.treatment, e.started_at);
         const verdict = judge({ experiment: e, stats, latency, production: this.deps.production(e.model), ...(unloadable ? { treatmentUnloadable: unloadable } : {}), now });
         if (!verdict) continue;
         // A reported (not acted) decision is written once, not at every round.

@@ -5,7 +5,7 @@ import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, isFabricError, messageOf } from '../../topology/errors.js';
-import { AvroControlFollower, writeControlTopics } from '../../topology/runtime/control-topic.js';
+import { AvroControlFollower, writeControlTopics, writeControlTopicsExclusively } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import type { RegistryAdmin } from '../registry/admin.js';
 import { productionOf } from '../registry/registry.js';
@@ -88,28 +88,32 @@ export class ExperimentsAdmin {
    * before any traffic goes to it), then written.
    */
   async start(request: StartRequest, by: string): Promise<Experiment> {
-    const [entries, experiments] = await Promise.all([this.deps.registry.entries(), this.read()]);
-    const all = experiments.list();
-    const experiment = newExperiment(request, {
-      entries,
-      production: productionOf(entries, request.model),
-      running: all.filter((e) => e.state === 'running'),
-      existingIds: new Set(all.map((e) => e.id)),
-      by,
-      now: Date.now(),
-    });
-    for (const [arm, version] of [['treatment', experiment.treatment], ['shadow', experiment.shadow]] as const) {
-      if (version === null) continue;
-      const entry = entries.find((e) => e.name === experiment.model && e.version === version)!;
-      try {
-        await this.deps.verify?.(entry);
-      } catch (err) {
-        if (isFabricError(err) && err.retriable) throw err;
-        throw new FabricError('FABRIC_EXPERIMENT_INVALID', `experiment on ${experiment.model} refused: the ${arm} ${experiment.model}@${version} does not load: ${messageOf(err)}`, { cause: err });
+    // Checked and written under one lock per model (a fencing transactional id): two starts on one model
+    // at once cannot both pass the "no other experiment running" check.
+    return writeControlTopicsExclusively(this.deps.kafka, prefixed(this.deps.config, `fabric.experiments-start.${request.model}`), async () => {
+      const [entries, experiments] = await Promise.all([this.deps.registry.entries(), this.read()]);
+      const all = experiments.list();
+      const experiment = newExperiment(request, {
+        entries,
+        production: productionOf(entries, request.model),
+        running: all.filter((e) => e.state === 'running'),
+        existingIds: new Set(all.map((e) => e.id)),
+        by,
+        now: Date.now(),
+      });
+      for (const [arm, version] of [['treatment', experiment.treatment], ['shadow', experiment.shadow]] as const) {
+        if (version === null) continue;
+        const entry = entries.find((e) => e.name === experiment.model && e.version === version)!;
+        try {
+          await this.deps.verify?.(entry);
+        } catch (err) {
+          if (isFabricError(err) && err.retriable) throw err;
+          throw new FabricError('FABRIC_EXPERIMENT_INVALID', `experiment on ${experiment.model} refused: the ${arm} ${experiment.model}@${version} does not load: ${messageOf(err)}`, { cause: err });
+        }
       }
-    }
-    await this.write({ experiment, alert: alertFor(experiment, 'info', `experiment ${experiment.id} started on ${experiment.model}: ${experiment.treatment} against ${experiment.control} for ${experiment.split}% of entities`) });
-    return experiment;
+      const alert = alertFor(experiment, 'info', `experiment ${experiment.id} started on ${experiment.model}: ${experiment.treatment} against ${experiment.control} for ${experiment.split}% of entities`);
+      return { batches: await this.batches({ experiment, alert }), result: experiment };
+    });
   }
 
   /** Stops a running experiment by hand: all traffic back on the control, nothing promoted. */
@@ -125,6 +129,12 @@ export class ExperimentsAdmin {
 
   /** Writes a change in one transaction. */
   async write(change: ExperimentChange): Promise<void> {
+    await writeControlTopics(this.deps.kafka, prefixed(this.deps.config, 'fabric.experiments-admin'), await this.batches(change));
+    if (change.models) this.deps.registry.remember(change.models);
+  }
+
+  /** The records of a change, per topic. */
+  private async batches(change: ExperimentChange): Promise<{ topic: string; messages: { key: string; value: Buffer }[] }[]> {
     const { serde, config } = this.deps;
     const experimentsTopic = prefixed(config, EXPERIMENTS_TOPIC);
     const alertsTopic = prefixed(config, ALERTS_TOPIC);
@@ -135,8 +145,7 @@ export class ExperimentsAdmin {
       const alerts = await serde.writer<Alert>(`${alertsTopic}-value`, loadAvroSchema('alert'));
       batches.push({ topic: alertsTopic, messages: [{ key: change.alert.subject, value: alerts.encode(change.alert) }] });
     }
-    await writeControlTopics(this.deps.kafka, prefixed(config, 'fabric.experiments-admin'), batches);
-    if (change.models) this.deps.registry.remember(change.models);
+    return batches;
   }
 }
 

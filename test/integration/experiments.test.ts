@@ -214,10 +214,29 @@ describe('experiment decisions from the ledger', () => {
     expect((notProduction as Error).message).toMatch(/the control must be the version in production \(1\.0\.0\), not 0\.9\.0/);
   }, 120_000);
 
+  it('two starts on one model at the same moment: exactly one runs, the other is refused and writes nothing', async () => {
+    for (const e of (await admin.read()).list().filter((x) => x.model === 'fraud' && x.state === 'running')) await admin.stop(e.id, 'test', 'making room');
+    const [a, b] = await Promise.allSettled([
+      admin.start({ model: 'fraud', control: '1.0.0', treatment: '1.1.0', split: 10, minSamples: 100000, auto: 'none', id: 'race_a' }, 'test'),
+      admin.start({ model: 'fraud', control: '1.0.0', treatment: '1.1.0', split: 10, minSamples: 100000, auto: 'none', id: 'race_b' }, 'test'),
+    ]);
+    const settled = [a, b].map((r) => r.status);
+    expect(settled.sort()).toEqual(['fulfilled', 'rejected']);
+    // The later one either read the earlier one's record (refused) or was fenced while deciding (conflict).
+    const lost = ([a, b].find((r) => r.status === 'rejected') as PromiseRejectedResult).reason as Error;
+    if (isFabricError(lost, 'FABRIC_EXPERIMENT_INVALID')) expect(lost.message).toMatch(/experiment race_[ab] is already running on fraud/);
+    else expect(isFabricError(lost, 'FABRIC_CONTROL_CONFLICT'), lost.message).toBe(true);
+    const running = (await admin.read()).list().filter((e) => e.model === 'fraud' && e.state === 'running');
+    expect(running).toHaveLength(1);
+    await admin.stop(running[0]!.id, 'test', 'race checked');
+  }, 120_000);
+
   it('stops by hand: all traffic back on the control, recorded and alerted', async () => {
-    const stopped = (await cli('stop', 'split_aa', '--reason', 'A/A done')) as Experiment;
+    await admin.start({ model: 'fraud', control: '1.0.0', treatment: '1.1.0', split: 10, minSamples: 100000, auto: 'none', id: 'by_cli' }, 'test');
+    const stopped = (await cli('stop', 'by_cli', '--reason', 'A/A done')) as Experiment;
     expect(stopped).toMatchObject({ state: 'stopped', revision: 2, decision: { outcome: 'stopped', action: 'none', reason: 'A/A done' } });
-    expect((await alertsOf('split_aa')).map((a) => a.message)).toEqual([expect.stringMatching(/started/), expect.stringMatching(/stopped by .*: A\/A done/)]);
+    expect((await alertsOf('by_cli')).map((a) => a.message)).toEqual([expect.stringMatching(/started/), expect.stringMatching(/stopped by .*: A\/A done/)]);
+    expect((await cli('stop', 'nope').catch((e: { stderr: string }) => e.stderr)) as string).toMatch(/FABRIC_EXPERIMENT_UNKNOWN/);
   }, 120_000);
 
   it('refuses a treatment that fails to load: nothing is written', async () => {

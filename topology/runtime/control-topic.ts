@@ -139,6 +139,41 @@ export class ControlTopic<T> {
 }
 
 /**
+ * A compare-and-set over control topics: `decide` reads the state and returns the records to write, and
+ * they are written in one transaction under a transactional id that names what is guarded (one model's
+ * experiments, say). Initialising that id fences any writer that took it before and waits until its
+ * transaction completed, so `decide` reads every change an earlier writer committed; a writer that takes
+ * it while `decide` runs fences this one, whose write then fails with FABRIC_CONTROL_CONFLICT (nothing
+ * written). Two changes guarded by one id therefore never both pass a check the other would have failed.
+ */
+export async function writeControlTopicsExclusively<T>(kafka: Kafka, transactionalId: string, decide: () => Promise<{ batches: readonly { topic: string; messages: readonly { key: string; value: Buffer | null }[] }[]; result: T }>): Promise<T> {
+  const producer = kafka.producer({ transactionalId, idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
+  await producer.connect();
+  try {
+    const tx = await producer.transaction();
+    let decided: Awaited<ReturnType<typeof decide>>;
+    try {
+      decided = await decide();
+    } catch (err) {
+      await tx.abort().catch(() => undefined);
+      throw err;
+    }
+    try {
+      await tx.sendBatch({ acks: -1, topicMessages: decided.batches.filter((b) => b.messages.length > 0).map((b) => ({ topic: b.topic, messages: [...b.messages] })) });
+      await tx.commit();
+    } catch (err) {
+      await tx.abort().catch(() => undefined);
+      const fenced = /fenc|epoch/i.test(`${messageOf(err)} ${(err as { type?: string }).type ?? ''}`);
+      if (fenced) throw new FabricError('FABRIC_CONTROL_CONFLICT', `another writer of ${transactionalId} wrote at the same moment; nothing was written: read the state again and retry`, { cause: err });
+      throw new FabricError('FABRIC_KAFKA_UNAVAILABLE', `writing ${decided.batches.map((b) => b.topic).join(', ')}: ${messageOf(err)}`, { cause: err });
+    }
+    return decided.result;
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+  }
+}
+
+/**
  * What every control-plane registry (models, rules, experiments) is made of: a ControlTopic of Avro
  * records whose key names the record (a record under another key is skipped as undecodable), and the
  * follower's life cycle. Subclasses add the queries their readers need.
