@@ -189,16 +189,20 @@ export class ExperimentJudge {
   private async act(e: Experiment, verdict: Verdict, stats: LedgerStats, latency: Readonly<Record<string, ArmLatency>>, now: number): Promise<void> {
     const by = `fabric experiments judge (${this.owner})`;
     const decision = { outcome: verdict.outcome, action: verdict.action, reason: verdict.reason, by, at: now, stats_json: JSON.stringify({ ...stats, latency }) };
-    const next: Experiment = verdict.end ? ended(e, verdict.outcome === 'interrupted' ? 'stopped' : 'concluded', decision) : { ...e, revision: e.revision + 1, decision };
-    let models: ModelVersion[] = [];
-    if (verdict.action === 'promoted') {
-      const entries = await this.deps.registry.entries();
-      const entry = entries.find((x) => x.name === e.model && x.version === e.treatment);
-      if (!entry) throw new Error(`treatment ${e.model}@${e.treatment} is no longer registered`);
-      models = await this.deps.registry.planPromotion(entry, 'production', by, `experiment ${e.id}: ${verdict.reason}`, entries);
-    }
-    const alert = alertFor(next, verdict.severity, `experiment ${e.id} on ${e.model}: ${verdict.outcome}${verdict.action !== 'none' ? `, ${verdict.action.replace('_', ' ')}` : ''}: ${verdict.reason}`, { control: e.control, treatment: e.treatment });
-    await this.deps.admin.write({ experiment: next, models, alert });
+    // Under the model's lock, and only if the record is still the one judged: an operator's stop (or
+    // another judge) in between wins, and this decision is dropped (FABRIC_CONTROL_CONFLICT, next round).
+    const next = await this.deps.admin.change(e.model, e.id, e.revision, async (current) => {
+      const updated: Experiment = verdict.end ? ended(current, verdict.outcome === 'interrupted' ? 'stopped' : 'concluded', decision) : { ...current, revision: current.revision + 1, decision };
+      let models: ModelVersion[] = [];
+      if (verdict.action === 'promoted') {
+        const entries = await this.deps.registry.entries();
+        const entry = entries.find((x) => x.name === e.model && x.version === e.treatment);
+        if (!entry) throw new Error(`treatment ${e.model}@${e.treatment} is no longer registered`);
+        models = await this.deps.registry.planPromotion(entry, 'production', by, `experiment ${e.id}: ${verdict.reason}`, entries);
+      }
+      const alert = alertFor(updated, verdict.severity, `experiment ${e.id} on ${e.model}: ${verdict.outcome}${verdict.action !== 'none' ? `, ${verdict.action.replace('_', ' ')}` : ''}: ${verdict.reason}`, { control: e.control, treatment: e.treatment });
+      return { experiment: updated, models, alert };
+    });
     this.written.set(e.id, next.revision);
     this.deps.metrics?.experimentDecisions.inc({ model: e.model, outcome: verdict.outcome, action: verdict.action });
     this.deps.log.info({ experiment: e.id, outcome: verdict.outcome, action: verdict.action, reason: verdict.reason }, 'experiment decided');

@@ -5,7 +5,7 @@ import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { AvroSerde } from '../../schemas/serde.js';
 import { prefixed, type FabricConfig } from '../../topology/config.js';
 import { FabricError, isFabricError, messageOf } from '../../topology/errors.js';
-import { AvroControlFollower, writeControlTopics, writeControlTopicsExclusively } from '../../topology/runtime/control-topic.js';
+import { AvroControlFollower, writeControlTopicsExclusively } from '../../topology/runtime/control-topic.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import type { RegistryAdmin } from '../registry/admin.js';
 import { productionOf } from '../registry/registry.js';
@@ -70,7 +70,9 @@ export interface ExperimentChange {
 /**
  * The write side of experiments (`fabric experiments start|stop`, and the judge's decisions). A change
  * is one Kafka transaction over `_fabric.experiments`, `_fabric.models` (a promotion) and `alerts`:
- * readers see the experiment end, the treatment promoted and the alert together, or none of them.
+ * readers see the experiment end, the treatment promoted and the alert together, or none of them. Every
+ * change of a model's experiments is checked and written under that model's lock (a fencing
+ * transactional id), against the state read inside it.
  */
 export class ExperimentsAdmin {
   constructor(private readonly deps: ExperimentsAdminDeps) {}
@@ -90,7 +92,7 @@ export class ExperimentsAdmin {
   async start(request: StartRequest, by: string): Promise<Experiment> {
     // Checked and written under one lock per model (a fencing transactional id): two starts on one model
     // at once cannot both pass the "no other experiment running" check.
-    return writeControlTopicsExclusively(this.deps.kafka, prefixed(this.deps.config, `fabric.experiments-start.${request.model}`), async () => {
+    return writeControlTopicsExclusively(this.deps.kafka, this.lockOf(request.model), async () => {
       const [entries, experiments] = await Promise.all([this.deps.registry.entries(), this.read()]);
       const all = experiments.list();
       const experiment = newExperiment(request, {
@@ -118,19 +120,36 @@ export class ExperimentsAdmin {
 
   /** Stops a running experiment by hand: all traffic back on the control, nothing promoted. */
   async stop(id: string, by: string, reason: string): Promise<Experiment> {
-    const experiments = await this.read();
-    const current = experiments.get(id);
-    if (!current) throw new FabricError('FABRIC_EXPERIMENT_UNKNOWN', `no experiment ${id}${experiments.list().length ? ` (experiments: ${experiments.list().map((e) => e.id).join(', ')})` : ''}`);
-    if (current.state !== 'running') return current;
-    const next = ended(current, 'stopped', { outcome: 'stopped', action: 'none', reason: reason || 'stopped by hand', by, at: Date.now(), stats_json: current.decision?.stats_json ?? '' });
-    await this.write({ experiment: next, alert: alertFor(next, 'info', `experiment ${id} stopped by ${by}${reason ? `: ${reason}` : ''}; all traffic on ${next.control}`) });
-    return next;
+    const known = (await this.read()).get(id);
+    if (!known) throw new FabricError('FABRIC_EXPERIMENT_UNKNOWN', `no experiment ${id}`);
+    return this.change(known.model, id, undefined, (current) => {
+      if (current.state !== 'running') return null;
+      const next = ended(current, 'stopped', { outcome: 'stopped', action: 'none', reason: reason || 'stopped by hand', by, at: Date.now(), stats_json: current.decision?.stats_json ?? '' });
+      return { experiment: next, alert: alertFor(next, 'info', `experiment ${id} stopped by ${by}${reason ? `: ${reason}` : ''}; all traffic on ${next.control}`) };
+    });
   }
 
-  /** Writes a change in one transaction. */
-  async write(change: ExperimentChange): Promise<void> {
-    await writeControlTopics(this.deps.kafka, prefixed(this.deps.config, 'fabric.experiments-admin'), await this.batches(change));
-    if (change.models) this.deps.registry.remember(change.models);
+  /**
+   * Changes one experiment under its model's lock (the one start takes): `build` gets the record as on
+   * the topic now and returns the change (or null: nothing to write). With `revision`, the change is
+   * refused (FABRIC_CONTROL_CONFLICT) when the record moved on since it was read: a judge's decision and an
+   * operator's stop never both land.
+   */
+  async change(model: string, id: string, revision: number | undefined, build: (current: Experiment) => ExperimentChange | null | Promise<ExperimentChange | null>): Promise<Experiment> {
+    return writeControlTopicsExclusively(this.deps.kafka, this.lockOf(model), async () => {
+      const current = (await this.read()).get(id);
+      if (!current) throw new FabricError('FABRIC_EXPERIMENT_UNKNOWN', `no experiment ${id}`);
+      if (revision !== undefined && current.revision !== revision) throw new FabricError('FABRIC_CONTROL_CONFLICT', `experiment ${id} changed since it was read (revision ${current.revision}, not ${revision}); nothing was written`);
+      const change = await build(current);
+      if (!change) return { batches: [], result: current };
+      const batches = await this.batches(change);
+      if (change.models) this.deps.registry.remember(change.models);
+      return { batches, result: change.experiment };
+    });
+  }
+
+  private lockOf(model: string): string {
+    return prefixed(this.deps.config, `fabric.experiments.${model}`);
   }
 
   /** The records of a change, per topic. */

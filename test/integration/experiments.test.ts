@@ -237,6 +237,10 @@ describe('experiment decisions from the ledger', () => {
     expect(stopped).toMatchObject({ state: 'stopped', revision: 2, decision: { outcome: 'stopped', action: 'none', reason: 'A/A done' } });
     expect((await alertsOf('by_cli')).map((a) => a.message)).toEqual([expect.stringMatching(/started/), expect.stringMatching(/stopped by .*: A\/A done/)]);
     expect((await cli('stop', 'nope').catch((e: { stderr: string }) => e.stderr)) as string).toMatch(/FABRIC_EXPERIMENT_UNKNOWN/);
+    // A decision taken on the record as it was before the stop (a judge's round) is refused, nothing written.
+    const late = await admin.change('fraud', 'by_cli', 1, (current) => ({ experiment: { ...current, state: 'concluded', revision: 2 } })).then(() => null, (e: unknown) => e);
+    expect(isFabricError(late, 'FABRIC_CONTROL_CONFLICT'), String(late)).toBe(true);
+    expect(await experiment('by_cli')).toMatchObject({ state: 'stopped', revision: 2 });
   }, 120_000);
 
   it('refuses a treatment that fails to load: nothing is written', async () => {

@@ -159,7 +159,8 @@ export async function writeControlTopicsExclusively<T>(kafka: Kafka, transaction
       throw err;
     }
     try {
-      await tx.sendBatch({ acks: -1, topicMessages: decided.batches.filter((b) => b.messages.length > 0).map((b) => ({ topic: b.topic, messages: [...b.messages] })) });
+      const topicMessages = decided.batches.filter((b) => b.messages.length > 0).map((b) => ({ topic: b.topic, messages: [...b.messages] }));
+      if (topicMessages.length > 0) await tx.sendBatch({ acks: -1, topicMessages });
       await tx.commit();
     } catch (err) {
       await tx.abort().catch(() => undefined);
