@@ -92,7 +92,7 @@ function decide(i: JudgeInputs): Verdict | null {
     const outcome: Outcome = test.difference > 0 ? 'win' : 'loss';
     const act = acts(outcome);
     const summary = `${e.metric} ${fmt(treatment.metric!.value)} (treatment ${e.treatment}) against ${fmt(control.metric!.value)} (control ${e.control}), difference ${fmt(test.difference)} in [${fmt(test.interval[0])}, ${fmt(test.interval[1])}], always-valid p ${test.pValue.toPrecision(3)}`;
-    if (outcome === 'win') return { outcome, action: act ? 'promoted' : 'none', end: act, reason: `treatment wins: ${summary}${act ? '' : `; auto ${e.auto}: promote it with fabric models promote --name ${e.model} --version ${e.treatment} --to production`}`, severity: 'info' };
+    if (outcome === 'win') return { outcome, action: act ? 'promoted' : 'none', end: act, reason: `treatment wins: ${summary}${act ? '' : `; auto ${e.auto}: promote it with fabric models promote ${e.model}@${e.treatment} --to production`}`, severity: 'info' };
     return { outcome, action: act ? 'rolled_back' : 'none', end: act, reason: `treatment loses: ${summary}${act ? '' : '; auto none: reported only'}`, severity: 'warning' };
   }
   if (i.now - e.started_at >= e.max_duration_ms) {
@@ -124,10 +124,11 @@ export interface JudgeDeps {
 
 /**
  * Runs `judge` on every running experiment every interval, in one instance of the fleet at a time (a
- * Redis lease), and acts on the verdict in one Kafka transaction: the experiment's next record, the
- * promotion's registry records, and the alert. A crash between two intervals loses nothing: the next
- * holder of the lease judges again from the ledger, and an experiment already decided is not decided
- * twice (its record says so).
+ * Redis lease: it saves the others the ledger queries; correctness does not rest on it), and acts on the
+ * verdict in one Kafka transaction under the model's lock, only if the record is still the one judged:
+ * the experiment's next record, the promotion's registry records, and the alert. A crash between two
+ * intervals loses nothing: the next holder of the lease judges again from the ledger, and an experiment
+ * already decided is not decided twice (its record says so).
  */
 export class ExperimentJudge {
   private timer: NodeJS.Timeout | null = null;
