@@ -161,10 +161,11 @@ function defaultId(model: string, now: number): string {
  * instances, restarts and replays, and two experiments split independently.
  */
 export function armOf(experiment: Pick<Experiment, 'id' | 'split'>, entity: string): Arm {
-  return bucketOf(experiment.id, entity) < experiment.split / 100 ? 'treatment' : 'control';
+  return fractionOf(experiment.id, entity) < experiment.split / 100 ? 'treatment' : 'control';
 }
 
-export function bucketOf(id: string, entity: string): number {
+/** sha256(`<id>:<entity>`), its first 32 bits as a fraction of 2^32: where the entity falls in [0, 1). */
+function fractionOf(id: string, entity: string): number {
   return createHash('sha256').update(`${id}:${entity}`).digest().readUInt32BE(0) / 4294967296;
 }
 

@@ -173,14 +173,38 @@ describe('experiments on the stream', () => {
 
   it('status prints both arms with samples, the metric and its interval; list shows it running', async () => {
     type ArmJson = { outputs: number; samples: number; metric: { value: number; interval: number[] } | null };
-    type StatusJson = { stats: { arms: { control: ArmJson; treatment: ArmJson }; test: { difference: number; significant: boolean } | null; shadow: { outputs: number } }; latency: { control: { rows: number }; shadow: { rows: number } } };
+    type StatusJson = { stats: { arms: { control: ArmJson; treatment: ArmJson }; test: { difference: number; interval: number[]; significant: boolean } | null; shadow: { outputs: number } }; latency: { control: { rows: number }; shadow: { rows: number } } };
+    // The metric recomputed here from Kafka alone: each arm's predictions joined with the labels on
+    // outcomes.transactions, AUC by its pairwise definition on the raw scores.
+    const labels = new Map((await decoded<Outcome>('outcomes.transactions')).map((o) => [o.event_id, o.value]));
+    const byArm = { control: { pos: [] as number[], neg: [] as number[] }, treatment: { pos: [] as number[], neg: [] as number[] } };
+    for (const p of await decoded<Prediction>('predictions.fraud')) {
+      const label = labels.get(p.event_id);
+      if (p.experiment !== id || label === undefined || p.score === null) continue;
+      (label === 1 ? byArm[p.arm as 'control' | 'treatment'].pos : byArm[p.arm as 'control' | 'treatment'].neg).push(p.score);
+    }
+    const pairwise = ({ pos, neg }: { pos: number[]; neg: number[] }): number => {
+      let wins = 0;
+      for (const x of pos) for (const y of neg) wins += x > y ? 1 : x === y ? 0.5 : 0;
+      return wins / (pos.length * neg.length);
+    };
+    const labelled = (arm: 'control' | 'treatment'): number => byArm[arm].pos.length + byArm[arm].neg.length;
+    expect(byArm.control.pos.length).toBeGreaterThan(0);
+    expect(byArm.treatment.pos.length).toBeGreaterThan(0);
     const statuses = await waitFor(() => cli('status', id) as Promise<StatusJson[]>,
-      (s) => (s[0]?.stats?.arms.treatment.samples ?? 0) > 0 && (s[0]?.stats?.arms.control.metric ?? null) !== null && (s[0]?.stats.shadow.outputs ?? 0) >= events.length, { timeoutMs: 60_000, intervalMs: 1000, what: 'labelled samples in the status' });
+      (s) => s[0]?.stats?.arms.control.samples === labelled('control') && s[0]?.stats?.arms.treatment.samples === labelled('treatment') && (s[0]?.stats.shadow.outputs ?? 0) >= events.length, { timeoutMs: 60_000, intervalMs: 1000, what: 'every label in the status' });
     const status = statuses[0]!;
     expect(status.stats.arms.control.outputs + status.stats.arms.treatment.outputs).toBe(events.length);
-    const a = status.stats.arms.control.metric!;
-    expect(a.interval[0]).toBeLessThanOrEqual(a.value);
-    expect(a.interval[1]).toBeGreaterThanOrEqual(a.value);
+    for (const arm of ['control', 'treatment'] as const) {
+      // The fabric groups scores rounded to 1e-4 (ties count half): within a hundredth of the exact value.
+      expect(status.stats.arms[arm].metric!.value, arm).toBeCloseTo(pairwise(byArm[arm]), 2);
+      const m = status.stats.arms[arm].metric!;
+      expect(m.interval[0]).toBeLessThanOrEqual(m.value);
+      expect(m.interval[1]).toBeGreaterThanOrEqual(m.value);
+    }
+    // Both arms run the same bytes (A/A): the difference is inside its interval, not significant.
+    expect(status.stats.test!.significant).toBe(false);
+    expect(status.stats.test!.difference).toBeCloseTo(pairwise(byArm.treatment) - pairwise(byArm.control), 2);
     expect(status.stats.shadow.outputs).toBe(events.length);
     expect(status.latency.control.rows).toBeGreaterThan(0);
     expect(status.latency.shadow.rows).toBeGreaterThan(0);
@@ -354,9 +378,13 @@ describe('an experiment on the recommendations', () => {
       const r = served.get(s.event_id)!;
       if (r.items.length > 0) expect(s.items[0]?.score).toBe(Math.max(...r.items.map((i) => i.score), s.items[0]?.score ?? -1));
     }
-    const [status] = (await cli('status', id)) as { stats: { metric: string; arms: { control: { outputs: number }; treatment: { outputs: number } } } }[];
+    // The ledger's outputs per arm are the items each arm showed, as on predictions.recs.
+    const shown = (arm: string): number => recs.filter((r) => r.arm === arm).reduce((n, r) => n + r.items.length, 0);
+    type RecsStatus = { stats: { metric: string; arms: { control: { outputs: number }; treatment: { outputs: number } } } };
+    const [status] = await waitFor(() => cli('status', id) as Promise<RecsStatus[]>, (s) => s[0]?.stats.arms.control.outputs === shown('control') && s[0]?.stats.arms.treatment.outputs === shown('treatment'), { timeoutMs: 60_000, intervalMs: 1000, what: 'every item shown in the status' });
     expect(status!.stats.metric).toBe('ctr');
-    expect(status!.stats.arms.control.outputs + status!.stats.arms.treatment.outputs).toBeGreaterThan(0);
+    expect(shown('control')).toBeGreaterThan(0);
+    expect(shown('treatment')).toBeGreaterThan(0);
     await admin.stop(id, 'test', 'done');
   }, 240_000);
 });
