@@ -16,7 +16,7 @@ import type { ExperimentRegistry } from '../serving/experiments/registry.js';
 import type { RedisExperimentLatency } from '../serving/experiments/latency.js';
 import { metadataProcessor } from '../processors/metadata/processor.js';
 import type { ServingRules } from '../processors/scoring/processor.js';
-import { referenceOf } from '../serving/registry/reference.js';
+import type { ReferenceSource } from './monitoring.js';
 import { trackingProcessor } from '../processors/tracking/processor.js';
 import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
 import { driftMergeProcessor, driftProcessor } from '../processors/drift/processor.js';
@@ -47,6 +47,8 @@ export interface FabricResources {
   experiments(): Promise<ExperimentRegistry>;
   /** Where the arms' model time goes (Redis histograms per experiment and arm). */
   latency(): Promise<RedisExperimentLatency>;
+  /** The reference profiles of a model's versions (drift), from the registry: no model is loaded for them. */
+  references(model: string): Promise<ReferenceSource>;
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
@@ -75,6 +77,11 @@ function featuresNode(group: FeatureGroup, spec: { name: string; group: string; 
         ...(spec.repartition ? { repartition: spec.repartition } : {}),
       }),
   });
+}
+
+/** The drift panes' length: the hop of hopping windows, or the whole window (tumbling). */
+function driftHopMs(config: FabricResources['config']): number {
+  return (config.driftHopSec || config.driftWindowSec) * 1000;
 }
 
 /** The fabric's graph: the two demo streams, their features, model, tracking and drift, each processor bound to its logic here. */
@@ -162,10 +169,10 @@ export function fabricTopology(): Topology<FabricResources> {
         inputs: ['predictions.fraud'],
         outputs: ['drift.partials'],
         sinks: ['redis'],
-        doc: 'Per partition: tumbling event-time windows of model inputs and scores; closed windows go to drift.partials.',
+        doc: 'Per partition: event-time panes (hop-long) of every model input and the score, per model version, against the version\'s reference bins; snapshots of the panes a batch changed go to drift.partials.',
         create: async (r) => {
-          const { entry } = await (await r.models('fraud')).serving('fraud');
-          return driftProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
+          const source = await r.references('fraud');
+          return driftProcessor({ model: 'fraud', version: () => source.production(), references: source.references, prepare: (v) => source.prepare(v), paneMs: driftHopMs(r.config), latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
         },
       }),
       processor({
@@ -174,10 +181,10 @@ export function fabricTopology(): Topology<FabricResources> {
         inputs: ['drift.partials'],
         outputs: ['drift.metrics'],
         sinks: ['redis'],
-        doc: 'Merges the partitions\' partial windows; a window closes once every partition\'s watermark passed it, then PSI against the model reference goes to drift.metrics.',
+        doc: 'Merges the partitions\' panes into windows; a window closes once every partition\'s watermark passed it (or every partition is idle), then PSI, Jensen-Shannon, KS, Wasserstein or chi-square and data quality per version and variable go to drift.metrics.',
         create: async (r) => {
-          const { entry } = await (await r.models('fraud')).serving('fraud');
-          return driftMergeProcessor({ model: entry.name, version: entry.version, reference: referenceOf(entry), windowMs: r.config.driftWindowSec * 1000, partitions: predictionsPartitions });
+          const source = await r.references('fraud');
+          return driftMergeProcessor({ model: 'fraud', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
         },
       }),
     ],

@@ -29,6 +29,7 @@ import { RedisExperimentLatency } from '../serving/experiments/latency.js';
 import { ExperimentJudge } from '../serving/experiments/judge.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { ModelRegistry } from '../serving/registry/registry.js';
+import { registryReferences, startDriftClock } from './monitoring.js';
 import { publishStatus } from './processor-status.js';
 import { Gateway } from '../gateways/server.js';
 import { IngestService, type BoundStream } from '../gateways/ingest/ingest.js';
@@ -97,11 +98,19 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
     const store = modelStore(config);
     let live: Promise<LiveModels> | null = null;
     let engine: ReturnType<typeof servingEngine> | null = null;
-    const liveModels = (): Promise<LiveModels> => {
-      live ??= (async () => {
+    let modelRegistry: Promise<ModelRegistry> | null = null;
+    const registryFollower = (): Promise<ModelRegistry> => {
+      modelRegistry ??= (async () => {
         const registry = new ModelRegistry(kafka, serde, config, log.child({ component: 'registry' }));
         closers.push({ name: 'registry', close: () => registry.close() });
         await registry.start();
+        return registry;
+      })();
+      return modelRegistry;
+    };
+    const liveModels = (): Promise<LiveModels> => {
+      live ??= (async () => {
+        const registry = await registryFollower();
         const e = servingEngine(config, metrics, log.child({ component: 'serving' }));
         closers.push({ name: 'serving engine', close: () => e.close() });
         await e.start();
@@ -148,6 +157,9 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
           clickhouse = ch;
         }
         return clickhouse;
+      },
+      async references(model) {
+        return registryReferences(await registryFollower(), model, log.child({ component: 'drift-references', model }));
       },
       async models(follow) {
         const lm = await liveModels();
@@ -265,6 +277,11 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       });
       judge.start();
       closers.push({ name: 'experiments judge', close: () => judge.close() });
+    }
+    if ([...heads].some((h) => topology.chain(h).some((d) => d.name === 'drift-merge'))) {
+      // Time for the drift merge when no predictions flow: windows of stopped traffic close on its idle timeout.
+      const stopClock = await startDriftClock({ producer, serde, config, log: log.child({ component: 'drift-clock' }), intervalMs: Math.min(5_000, Math.max(250, (config.driftIdleSec * 1000) / 4)) });
+      closers.push({ name: 'drift clock', close: stopClock });
     }
     const processors = (): ProcessorStatus[] => runners.map((r) => r.status());
     if (runners.length > 0) {

@@ -164,7 +164,7 @@ export interface Outcome {
   item_id: null | string;
 }
 
-/** Population stability of one variable over one tumbling event-time window. Topic drift.metrics, key: model/variable. */
+/** Drift and data quality of one variable of one model version over one event-time window, against the version's reference profile (formulas: processors/drift/metrics.ts). Topic drift.metrics, key: model/version/variable. */
 export interface DriftMetric {
   model: string;
   version: string;
@@ -174,37 +174,75 @@ export interface DriftMetric {
   window_start: number;
   /** Exclusive, epoch ms. */
   window_end: number;
+  /** Values measured (binned). */
   count: number;
-  /** Population stability index against the model's reference profile. */
+  /** Population stability index against the reference profile (0 without one). */
   psi: number;
   mean: null | number;
-  /** ok (<0.1), warn (<0.25) or drift. */
+  /** ok (psi < 0.1), warn (< 0.25), drift, low_count (fewer values than the minimum), or no_reference (the version has no profile for the variable: reported, not measured). */
   status: string;
+  /** numeric, categorical, or none (no reference profile). */
+  kind: string;
+  /** Predictions of this version in the window. */
+  total: number;
+  /** Jensen-Shannon distance, base 2. */
+  js: null | number;
+  /** Kolmogorov-Smirnov statistic on the reference bins (numeric). */
+  ks: null | number;
+  /** Wasserstein-1 distance on the reference bins at their centers, in the variable's unit (numeric, v2 profiles). */
+  wasserstein: null | number;
+  /** Chi-square goodness-of-fit p-value against the reference frequencies (categorical). */
+  chi2_p: null | number;
+  /** Share of the version's predictions without the value. */
+  missing_rate: number;
+  /** Values present but unusable (NaN, infinite, wrong type). */
+  invalid: number;
+  /** Share of measured numeric values outside the reference [min, max]. */
+  out_of_range_rate: number;
+  /** Share of measured categorical values the reference never saw. */
+  unseen_rate: number;
+  /** Predictions (of every version) that arrived after their window closed: not counted. */
+  late: number;
 }
 
 export interface DriftVariablePartial {
-  /** Counts per bin of the model's reference profile. */
+  /** Counts per bin of the version's reference profile (empty without a profile). */
   bins: number[];
-  /** Sum of the finite values, in partition order. */
+  /** Sum of the finite numeric values, in partition order. */
   sum: number;
-  /** Number of finite values. */
+  /** Number of values binned (finite numbers, or strings of a categorical profile). */
   n: number;
+  /** Null or absent. */
+  missing: number;
+  /** Present but unusable: NaN or infinite, or of the wrong type for the profile. */
+  invalid: number;
+  /** Numeric values below the reference minimum or above its maximum (binned all the same). */
+  out_of_range: number;
+  /** Categorical values not among the reference categories (binned as others). */
+  unseen: number;
 }
-export interface DriftWindowPartial {
-  /** Inclusive, epoch ms. */
-  window_start: number;
-  /** Exclusive, epoch ms. */
-  window_end: number;
-  /** Predictions of this partition folded into the window. */
+export interface DriftVersionPartial {
   count: number;
-  /** Predictions of this partition that arrived while this window was the partition's oldest open window but belonged to an already closed one: counted here, not folded. */
-  late: number;
-  /** By variable (score and model inputs). */
   variables: Record<string, DriftVariablePartial>;
 }
-/** Partial drift aggregates of one input partition of predictions.<model>: the windows its event-time watermark closed in one batch. Topic drift.partials (one partition), key: model. Merged into drift.metrics once every partition's watermark has passed a window. */
+export interface DriftWindowPartial {
+  /** Pane start, inclusive, epoch ms (panes are hop-long; a window is window/hop consecutive panes). */
+  window_start: number;
+  /** Pane end, exclusive, epoch ms. */
+  window_end: number;
+  /** Predictions of this partition folded into the pane. */
+  count: number;
+  /** Predictions of this partition that arrived while this pane was the partition's oldest open one but belonged to an already closed pane: counted here, not folded. */
+  late: number;
+  /** The partition's watermark has passed the pane: this snapshot is final. */
+  closed: boolean;
+  /** By model version: its predictions in the pane and, per variable (score and model inputs), the aggregates. */
+  versions: Record<string, DriftVersionPartial>;
+}
+/** What one input partition of predictions.<model> holds of its drift panes after a batch, or a clock tick. Topic drift.partials (one partition), key: model. The merge keeps the latest snapshot of each (pane, partition) and closes a window once every partition's watermark has passed it (or every partition has been idle for the idle timeout, measured on these records' timestamps). */
 export interface DriftPartial {
   model: string;
+  /** The serving version when the partial was made (informative: panes hold every version they saw). */
   version: string;
   /** Logical input topic, e.g. predictions.fraud. */
   source_topic: string;
@@ -213,7 +251,9 @@ export interface DriftPartial {
   partitions: number;
   /** The partition's event-time watermark after the batch (newest accepted event_ts minus the allowed lateness), epoch ms. */
   watermark: number;
-  /** Windows this batch closed (window_end <= watermark), by window_start; may be empty when only the watermark moved. */
+  /** partial, or tick: a clock record the monitor writes so windows close when traffic stops (only its timestamp counts). */
+  kind: string;
+  /** Snapshots of the panes this batch changed or closed, by window_start: each the partition's whole aggregate of the pane so far (a later snapshot of a pane replaces an earlier one). */
   windows: DriftWindowPartial[];
 }
 

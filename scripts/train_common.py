@@ -24,14 +24,17 @@ import sklearn
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 
+from reference_profile import BIN_CONVENTION, numeric_profile
+
 # onnxruntime-node 1.22 (serving) loads these; pinning the opsets keeps the file stable across converters.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 # The parity fixture (test/unit/parity.test.ts) holds onnxruntime-node to 1e-5 of scikit-learn.
 MAX_FIXTURE_DIFF = 1e-5
 FIXTURE_ROWS = 200
 MISSING = -1.0
-REFERENCE_BINNING = ("bin i holds edges[i-1] < x <= edges[i] (bin 0: x <= edges[0]; last bin: x > edges[-1]); "
-                     "proportions has len(edges) + 1 entries; edges are deciles, deduplicated on ties")
+REFERENCE_BINNING = (BIN_CONVENTION + "; edges are inverted-CDF deciles of the data, a value holding a tenth or more of "
+                     "it gets a bin of its own, bins under max(1, ceil(n/100)) values are merged "
+                     "(scripts/reference_profile.py, serving/registry/reference.ts)")
 
 PROG = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "train"))[0]
 
@@ -183,20 +186,13 @@ def finish(ex: Export, manifest: dict, fixture_path: str, model, x_va: np.ndarra
           f"{fixture_path} ({len(rows)} rows) in {time.time() - t0:.1f}s total")
 
 
-def reference_profile(values: np.ndarray) -> dict:
-    """Decile profile for PSI: 9 inner cut points (deduplicated on ties), right-closed bins (REFERENCE_BINNING)."""
-    values = values.astype(np.float64)
-    edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
-    bins = np.searchsorted(edges, values, side="left")  # number of edges strictly below x
-    counts = np.bincount(bins, minlength=len(edges) + 1)
-    return {
-        "edges": [float(e) for e in edges],
-        "proportions": [float(c) / len(values) for c in counts],
-        "counts": [int(c) for c in counts],
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values)),
-        "count": int(len(values)),
-    }
+def reference_profiles(names: list[str], rows: np.ndarray, scores: np.ndarray) -> dict:
+    """The drift reference of every model input (the float64 values as served: an imputed missing value
+    is profiled as the value it is served as) and of the score, with scripts/reference_profile.py:
+    the same bins the online windows use (serving/registry/reference.ts)."""
+    profiles = {name: numeric_profile(rows[:, i].astype(np.float64).tolist()) for i, name in enumerate(names)}
+    profiles["score"] = numeric_profile(np.asarray(scores, dtype=np.float64).tolist())
+    return profiles
 
 
 def parity_rows(x_va: np.ndarray, y_va: np.ndarray, x_all: np.ndarray, seed: int, n: int = FIXTURE_ROWS) -> np.ndarray:

@@ -32,7 +32,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from train_common import (binary_signature, check_signature, csv_header, csv_matrix, export_model, fail, finish, manifest_head,
-                          manifest_tail, reference_profile)
+                          manifest_tail, reference_profiles)
 
 MODEL_NAME = "fraud"
 MODEL_VERSION = "1.0.0"
@@ -198,11 +198,8 @@ def main() -> None:
         **manifest_tail(
             ex,
             {"seed": args.seed, "count": args.count, "generator": "sim/transactions.ts via scripts/build-training-set.ts"},
-            {
-                "amount": reference_profile(raw[n_train:, names.index("amount")]),  # float64, as in the events
-                "score": reference_profile(p_va),
-            },
-            "validation split (amount: model input; score: positive-class probability)",
+            reference_profiles(names, raw[n_train:], ex.sess.run(["probabilities"], {"input": x_va})[0][:, 1]),
+            "validation split: every model input as served (float64) and the score (onnxruntime's positive-class probability)",
         ),
     }
     finish(ex, manifest, args.parity_fixture, model, x_va, y_va, x, RANDOM_STATE, t0)

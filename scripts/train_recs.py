@@ -41,7 +41,7 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from train_common import (binary_signature, check_signature, csv_header, csv_matrix, export_model, fail, finish, manifest_head,
-                          manifest_tail, reference_profile)
+                          manifest_tail, reference_profiles)
 
 MODEL_NAME = "recs"
 MODEL_VERSION = "1.0.0"
@@ -70,7 +70,7 @@ def load(path: str):
     y = data[:, -1].astype(np.int64)
     if np.any(np.diff(query) < 0):
         fail(f"{path}: rows are not in query order")
-    return header[3:-1], query, ts, item, x, y
+    return header[3:-1], query, ts, item, x, y, data[:, 3:-1]
 
 
 def ranking_metrics(query: np.ndarray, item: np.ndarray, score: np.ndarray, y: np.ndarray, k: int = K) -> dict:
@@ -117,7 +117,7 @@ def main() -> None:
     sig_inputs = meta["signature_inputs"]
 
     t0 = time.time()
-    names, query, ts, item, x, y = load(args.csv)
+    names, query, ts, item, x, y, raw = load(args.csv)
     check_signature(names, sig_inputs)
     queries = np.unique(query)
     n_train_q = int(round(len(queries) * (1 - VALIDATION_SHARE)))
@@ -206,11 +206,8 @@ def main() -> None:
         **manifest_tail(
             ex,
             meta["trained_on"],
-            {
-                "item_views_24h": reference_profile(x_va[:, col("item_views_24h")]),
-                "score": reference_profile(p_va),
-            },
-            "validation split rows (item_views_24h: model input of each candidate; score: positive-class probability)",
+            reference_profiles(names, raw[va], ex.sess.run(["probabilities"], {"input": x_va})[0][:, 1]),
+            "validation split rows: every model input of each candidate as served (float64) and the score (onnxruntime's positive-class probability)",
         ),
     }
     finish(ex, manifest, args.parity_fixture, model, x_va, y_va, x, RANDOM_STATE, t0)

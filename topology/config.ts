@@ -82,8 +82,11 @@ export const SETTINGS = {
   processorRestarts: s('FABRIC_PROCESSOR_MAX_RESTARTS', positive, '10', 'Consecutive unexpected failures a processor restarts its consumer for (with backoff) before the process exits non-zero.'),
   experimentsIntervalSec: s('FABRIC_EXPERIMENTS_INTERVAL_SEC', positive, '15', 'How often the experiment judge (one instance of the fleet at a time) reads the ledger and decides running experiments.'),
   experimentsWindowSec: s('FABRIC_EXPERIMENTS_WINDOW_SEC', positive, '600', 'Length (event time) of the windows `fabric experiments status` shows each arm\'s metric for, beside the cumulative test.'),
-  driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Tumbling drift window length in event time.'),
+  driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Drift window length in event time.'),
+  driftHopSec: s('FABRIC_DRIFT_HOP_SEC', ms, '0', 'A drift window ends every this many seconds (hopping windows; it must divide FABRIC_DRIFT_WINDOW_SEC); 0: tumbling windows.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
+  driftIdleSec: s('FABRIC_DRIFT_IDLE_SEC', positive, '120', 'Wall-clock seconds without predictions from a partition after which it no longer holds drift windows open; when every partition is idle (traffic stopped), the windows that have ended close.'),
+  driftMinCount: s('FABRIC_DRIFT_MIN_COUNT', positive, '50', 'Values a drift window needs for a status other than low_count (and for alert rules to judge it).'),
 
   clickhouseLingerMs: s('FABRIC_CLICKHOUSE_LINGER_MS', ms, '1000', 'How long the ClickHouse sink gathers rows from all partitions before one insert per table.'),
   clickhouseFlushRows: s('FABRIC_CLICKHOUSE_FLUSH_ROWS', positive, '5000', 'Rows buffered per table before an insert.'),

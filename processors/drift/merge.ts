@@ -2,17 +2,26 @@ import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../t
 import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
 import type { DriftMetric, DriftPartial } from '../../schemas/types.generated.js';
-import { driftStatus, psi } from './psi.js';
-import { emptyWindow, mergeWindow, misfit, variablesOf, type References, type WindowAggregate } from './window.js';
+import { isCategorical, type ReferenceProfile } from '../../serving/registry/reference.js';
+import { chiSquare, driftStatus, jsDistance, ksStatistic, psi, wasserstein } from './metrics.js';
+import { addPane, emptyPane, misfit, type PaneAggregate, type ReferenceLookup, type VariableAggregate } from './window.js';
 
 export interface DriftMergeOptions {
   readonly model: string;
-  /** Reported on every metric (the version the reference profile belongs to). */
-  readonly version: string;
-  /** Reference profiles by variable, the same as the per-partition processor's. */
-  readonly reference: References;
-  /** When set, partials whose windows are not `windowMs` long tumbling windows are rejected. The windows' bounds come from the partials. */
-  readonly windowMs?: number;
+  /** Reference profiles by version, the same as the per-partition processor's. */
+  readonly references: ReferenceLookup;
+  /** Called with the versions a batch's partials hold before they are merged (see the per-partition processor). */
+  readonly prepare?: (versions: readonly string[]) => Promise<void>;
+  /** Window length; a multiple of `hopMs`. */
+  readonly windowMs: number;
+  /** A window ends every hop (the panes' length). Default `windowMs` (tumbling windows). */
+  readonly hopMs?: number;
+  /**
+   * A partition whose last partial is this old (by the record timestamps of drift.partials, ticks
+   * included) no longer holds windows open; when every partition is idle, every window whose panes
+   * have all ended closes (traffic stopped). Default 2 windows.
+   */
+  readonly idleMs?: number;
   /** Below this many values a window's status is low_count. Default 50. */
   readonly minCount?: number;
   /**
@@ -28,141 +37,199 @@ export interface DriftMergeOptions {
 
 /** The merge task's durable state. */
 interface MergeState {
-  readonly v: 1;
+  readonly v: 2;
   /** Largest `partitions` carried by a partial (0 before the first). */
   partitions: number;
   /** Latest (largest) watermark per source partition. */
   readonly watermarks: Record<string, number>;
-  /** Every window ending at or before this has been emitted; null before the first close. */
+  /** Record timestamp of each source partition's latest partial. */
+  readonly seen: Record<string, number>;
+  /** Record timestamp of the first record this task read (partitions not seen yet count as seen then). */
+  since: number | null;
+  /** Every window ending at or before this has been emitted (or never will be); null before the first close. */
   closed: number | null;
-  /** Open windows: by window_start, the partial of each source partition (the first one received). */
-  readonly windows: Record<string, Record<string, WindowAggregate>>;
+  /** Panes still needed by a window not emitted yet: by pane start, each source partition's latest snapshot. */
+  readonly panes: Record<string, Record<string, PaneAggregate>>;
 }
 
-const STATE_VERSION = 1;
+const STATE_VERSION = 2;
 
-function parseState(saved: string | null): MergeState {
-  if (saved === null) return { v: STATE_VERSION, partitions: 0, watermarks: {}, closed: null, windows: {} };
-  const parsed = JSON.parse(saved) as MergeState;
+function parseState(saved: string | null, log: BatchContext['log']): MergeState {
+  const fresh = (): MergeState => ({ v: STATE_VERSION, partitions: 0, watermarks: {}, seen: {}, since: null, closed: null, panes: {} });
+  if (saved === null) return fresh();
+  const parsed = JSON.parse(saved) as { v: number; closed?: number | null };
+  if (parsed.v === 1) {
+    log.warn({ closed: parsed.closed }, 'drift merge: state of an earlier release; its open windows are dropped once');
+    return { ...fresh(), closed: parsed.closed ?? null };
+  }
   if (parsed.v !== STATE_VERSION) throw new Error(`drift merge state has version ${String(parsed.v)}, this code reads ${STATE_VERSION}`);
-  return parsed;
+  return parsed as MergeState;
+}
+
+/** The DriftMetric of one variable of one version over one window (see metrics.ts for the formulas). */
+export function variableMetric(base: { model: string; version: string; window_start: number; window_end: number; total: number; late: number }, variable: string, agg: VariableAggregate, profile: ReferenceProfile | undefined, minCount: number): DriftMetric {
+  const rate = (x: number, of: number): number => (of > 0 ? x / of : 0);
+  const common = {
+    model: base.model,
+    version: base.version,
+    variable,
+    window_start: base.window_start,
+    window_end: base.window_end,
+    count: agg.n,
+    total: base.total,
+    missing_rate: rate(agg.missing, base.total),
+    invalid: agg.invalid,
+    late: base.late,
+  };
+  if (!profile) {
+    return { ...common, kind: 'none', psi: 0, mean: agg.n ? Math.round((agg.sum / agg.n) * 1e6) / 1e6 : null, status: 'no_reference', js: null, ks: null, wasserstein: null, chi2_p: null, out_of_range_rate: 0, unseen_rate: 0 };
+  }
+  const value = psi(profile.proportions, agg.bins);
+  if (isCategorical(profile)) {
+    return { ...common, kind: 'categorical', psi: value, mean: null, status: driftStatus(value, agg.n, minCount), js: jsDistance(profile.proportions, agg.bins), ks: null, wasserstein: null, chi2_p: agg.n ? chiSquare(profile.proportions, agg.bins).pValue : null, out_of_range_rate: 0, unseen_rate: rate(agg.unseen, agg.n) };
+  }
+  return {
+    ...common,
+    kind: 'numeric',
+    psi: value,
+    mean: agg.n ? Math.round((agg.sum / agg.n) * 1e6) / 1e6 : null,
+    status: driftStatus(value, agg.n, minCount),
+    js: jsDistance(profile.proportions, agg.bins),
+    ks: ksStatistic(profile.proportions, agg.bins),
+    wasserstein: profile.centers ? wasserstein(profile.centers, profile.proportions, agg.bins) : null,
+    chi2_p: null,
+    out_of_range_rate: rate(agg.out_of_range, agg.n),
+    unseen_rate: 0,
+  };
 }
 
 /**
- * Drift, second stage: merges the per-partition partials of drift.partials (one partition, so one task
- * holds the whole merge) into one DriftMetric per window and variable on drift.metrics (key
- * `${model}/${variable}`), in window_start then variable order.
+ * Drift, second stage: merges the per-partition pane snapshots of drift.partials (one partition, so
+ * one task holds the whole merge) into windows, and emits per window, model version and variable one
+ * DriftMetric on drift.metrics (key `${model}/${version}/${variable}`), in window end, version, then
+ * variable order. Windows are `windowMs` long and end every `hopMs` (tumbling when equal): a window is
+ * the sum of its panes.
  *
  * A window closes when the watermark of every source partition has passed its end. A partition's
- * partial for a window travels in the same record as (or before) the first watermark of that
- * partition beyond the window's end, so when the window closes every partition's share is here, and
- * the metrics are the same whatever the interleaving of partitions, their batch boundaries or the
- * number of instances that produced them. Partitions' aggregates are added in partition order, so
- * even the floating sums come out byte-identical.
+ * final snapshot of a pane travels in the same record as (or before) the first watermark of that
+ * partition beyond the pane's end, so when a window closes every partition's share is here, and the
+ * metrics are the same whatever the interleaving of partitions, their batch boundaries or the number
+ * of instances that produced them. Partitions' panes are added in partition order, then pane order,
+ * so even the floating sums come out byte-identical.
  *
- * Idempotent: at most one partial per (source partition, window) is kept, the first; a partial for a
- * window already emitted is ignored. With transactions a partial is never delivered twice, but if it
- * were (a producer without transactions, a replayed topic) the copies are identical: a partition's
- * window is emitted once, when its watermark first passes the end, and from then on the window takes
- * no more records (later ones are late), so its aggregate is fixed; a re-run of that batch after an
- * abort starts from the same versioned state and folds the same records, whatever the new batch
- * boundaries. Watermarks only move forward (max).
+ * Idle partitions and stopped traffic: a partition whose latest partial is older than `idleMs`
+ * (measured on the record timestamps of drift.partials, where the monitor also writes a tick record
+ * every few seconds) stops holding windows open; when every partition is idle, every window whose
+ * panes have all ended closes with what the partitions reported (their snapshots include open panes).
+ * Both decisions read only this task's input log, so a replay of drift.partials gives the same
+ * metrics; what the idle timeout trades is completeness for a partition that stalls longer than
+ * `idleMs` (its later snapshots of a closed window are late, logged and not counted).
  *
- * Known limit, on purpose: a source partition that receives no predictions never advances its
- * watermark and holds every later window open (they are emitted, complete, once it moves; meanwhile
- * the merge state grows by one small aggregate per window and partition). There is no wall-clock idle
- * timeout: closing without a partition would make the metrics depend on how fast that partition's
- * consumer ran (its partial could arrive before or after the forced close). Nor an event-time one
- * (close when the other partitions are far enough ahead), for the same reason: the order in which
- * partials of different partitions reach drift.partials is timing. A deterministic escape has to be in
- * the idle partition's own input (a watermark or heartbeat record written into it upstream); none is
- * needed with the fabric's traffic, since predictions are keyed by entity and reach every partition.
+ * Idempotent: the latest snapshot of a (pane, partition) replaces the earlier ones (snapshots are
+ * cumulative), a snapshot of a pane no window still needs is ignored, and watermarks only move
+ * forward (max).
  */
 export function driftMergeProcessor(options: DriftMergeOptions): ProcessorLogic {
   const name = options.name ?? 'drift-merge';
   const outputTopic = options.outputTopic ?? 'drift.metrics';
   const minCount = options.minCount ?? 50;
-  const { windowMs, reference } = options;
-  const variables = variablesOf(reference);
-  if (windowMs !== undefined && !(Number.isSafeInteger(windowMs) && windowMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift windowMs must be a positive integer, got ${windowMs}`);
+  const { windowMs, references } = options;
+  const hopMs = options.hopMs ?? windowMs;
+  const idleMs = options.idleMs ?? 2 * windowMs;
+  if (!(Number.isSafeInteger(windowMs) && windowMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift windowMs must be a positive integer, got ${windowMs}`);
+  if (!(Number.isSafeInteger(hopMs) && hopMs > 0 && windowMs % hopMs === 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift hopMs must be a positive integer dividing the window (${windowMs} ms), got ${hopMs}`);
+  if (!(Number.isSafeInteger(idleMs) && idleMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift idleMs must be a positive integer, got ${idleMs}`);
 
-  function invalid(p: DriftPartial | null, state: MergeState): string | null {
-    if (!p || typeof p !== 'object' || !Array.isArray(p.windows)) return 'not a drift partial';
+  function invalid(p: DriftPartial): string | null {
     if (!Number.isSafeInteger(p.source_partition) || p.source_partition < 0) return `invalid source_partition ${String(p.source_partition)}`;
     if (!Number.isSafeInteger(p.partitions) || p.partitions <= p.source_partition) return `invalid partitions ${String(p.partitions)} for source partition ${p.source_partition}`;
     if (!Number.isSafeInteger(p.watermark)) return `invalid watermark ${String(p.watermark)}`;
     for (const w of p.windows) {
-      const why = misfit(w, windowMs, reference);
+      const why = misfit(w, hopMs, references);
       if (why) return why;
-      if (w.window_end > p.watermark) return `window ${w.window_start} is reported closed but ends after the watermark ${p.watermark}`;
-      const known = Object.values(state.windows[w.window_start] ?? {})[0];
-      if (known && known.window_end !== w.window_end) return `window ${w.window_start} ends at ${w.window_end}, other partitions' at ${known.window_end} (window length changed?)`;
+      if (w.closed && w.window_end > p.watermark) return `pane ${w.window_start} is reported closed but ends after the watermark ${p.watermark}`;
     }
     return null;
   }
 
-  /** Emits every window ending at or before the slowest partition's watermark. */
-  function close(state: MergeState, outputs: Output[], ctx: BatchContext): void {
-    const partitions = Math.max(options.partitions ?? 0, state.partitions);
-    if (partitions === 0) return;
-    let slowest = Infinity;
-    for (let i = 0; i < partitions; i++) slowest = Math.min(slowest, state.watermarks[i] ?? -Infinity);
-    if (slowest === -Infinity || (state.closed !== null && slowest <= state.closed)) return;
-    const endOf = (start: number): number => Object.values(state.windows[start]!)[0]!.window_end;
-    const ready = Object.keys(state.windows)
-      .map(Number)
-      .filter((start) => endOf(start) <= slowest)
-      .sort((a, b) => a - b);
-    for (const start of ready) {
-      const parts = state.windows[start]!;
-      const total = emptyWindow(start, endOf(start), reference);
-      for (const source of Object.keys(parts).map(Number).sort((a, b) => a - b)) mergeWindow(total, parts[source]!);
-      delete state.windows[start];
-      if (total.late > 0) ctx.log.info({ model: options.model, window_start: start, late: total.late }, 'drift window closed with late predictions (not counted)');
-      // A window holding only late events (of earlier windows) has nothing to measure.
-      if (total.count === 0) continue;
-      for (const v of variables) {
-        const agg = total.variables[v]!;
-        const value = psi(reference[v]!, agg.bins);
-        const metric: DriftMetric = {
-          model: options.model,
-          version: options.version,
-          variable: v,
-          window_start: total.window_start,
-          window_end: total.window_end,
-          count: agg.n,
-          psi: value,
-          mean: agg.n ? Math.round((agg.sum / agg.n) * 1e6) / 1e6 : null,
-          status: driftStatus(value, agg.n, minCount),
-        };
-        outputs.push(emit(outputTopic, `${options.model}/${v}`, metric));
-      }
+  function emitWindow(state: MergeState, end: number, outputs: Output[]): void {
+    const total = emptyPane(end - windowMs, end);
+    for (let start = end - windowMs; start < end; start += hopMs) {
+      const parts = state.panes[start];
+      if (!parts) continue;
+      for (const source of Object.keys(parts).map(Number).sort((a, b) => a - b)) addPane(total, parts[source]!, references);
     }
-    state.closed = slowest;
+    // A window holding only late predictions (of earlier windows) has nothing to measure.
+    if (total.count === 0) return;
+    for (const version of Object.keys(total.versions).sort()) {
+      const agg = total.versions[version]!;
+      const ref = references(version);
+      const base = { model: options.model, version, window_start: total.window_start, window_end: end, total: agg.count, late: total.late };
+      for (const v of Object.keys(agg.variables).sort()) outputs.push(emit(outputTopic, `${options.model}/${version}/${v}`, variableMetric(base, v, agg.variables[v]!, ref?.[v], minCount)));
+    }
+  }
+
+  /** Emits every window the watermark (or the idle timeout, at `now`) closes. */
+  function close(state: MergeState, now: number, outputs: Output[], ctx: BatchContext): void {
+    const partitions = Math.max(options.partitions ?? 0, state.partitions);
+    const starts = Object.keys(state.panes).map(Number);
+    if (partitions === 0 || starts.length === 0) return;
+    let limit = Infinity;
+    let active = 0;
+    for (let i = 0; i < partitions; i++) {
+      if ((state.seen[i] ?? state.since ?? now) <= now - idleMs) continue; // idle: does not hold windows open
+      active++;
+      limit = Math.min(limit, state.watermarks[i] ?? -Infinity);
+    }
+    // Every partition idle: traffic stopped; close what has fully ended.
+    if (active === 0) limit = Math.max(...starts) + hopMs;
+    if (limit === -Infinity || (state.closed !== null && limit <= state.closed)) return;
+    const ends = new Set<number>();
+    for (const s of starts) for (let e = s + hopMs; e <= s + windowMs; e += hopMs) if (e <= limit && (state.closed === null || e > state.closed)) ends.add(e);
+    for (const end of [...ends].sort((a, b) => a - b)) emitWindow(state, end, outputs);
+    if (active === 0) ctx.log.info({ model: options.model, closedTo: limit }, 'drift: every partition idle; windows closed on the idle timeout');
+    state.closed = limit;
+    for (const s of starts) if (s + windowMs <= limit) delete state.panes[s];
   }
 
   async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {
-    const state = parseState(await ctx.state.load());
+    const state = parseState(await ctx.state.load(), ctx.log);
     const outputs: Output[] = [];
+    const versions = new Set<string>();
+    for (const r of records) for (const w of (r.value as DriftPartial | null)?.windows ?? []) for (const v of Object.keys(w.versions ?? {})) versions.add(v);
+    await options.prepare?.([...versions]);
     for (const record of records) {
       const p = record.value as DriftPartial | null;
-      if (p && typeof p === 'object' && p.model !== options.model) continue;
-      const why = invalid(p, state);
-      if (why) {
-        outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `drift partial: ${why}`)));
+      if (!p || typeof p !== 'object' || !Array.isArray(p.windows)) {
+        outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', 'drift partial: not a drift partial')));
         continue;
       }
-      const partial = p!;
-      const source = String(partial.source_partition);
-      state.partitions = Math.max(state.partitions, partial.partitions);
-      state.watermarks[source] = Math.max(state.watermarks[source] ?? -Infinity, partial.watermark);
-      for (const w of partial.windows) {
-        if (state.closed !== null && w.window_end <= state.closed) continue; // already emitted
-        const parts = (state.windows[w.window_start] ??= {});
-        parts[source] ??= w; // first wins (identical copies, see above)
+      const now = record.timestamp;
+      state.since ??= now;
+      if (p.kind !== 'tick') {
+        if (p.model !== options.model) continue;
+        const why = invalid(p);
+        if (why) {
+          outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `drift partial: ${why}`)));
+          continue;
+        }
+        const source = String(p.source_partition);
+        state.partitions = Math.max(state.partitions, p.partitions);
+        state.watermarks[source] = Math.max(state.watermarks[source] ?? -Infinity, p.watermark);
+        state.seen[source] = Math.max(state.seen[source] ?? -Infinity, now);
+        let late = 0;
+        for (const w of p.windows) {
+          // Every window holding this pane has been emitted: what it adds comes too late.
+          if (state.closed !== null && w.window_start + windowMs <= state.closed) {
+            late += w.count;
+            continue;
+          }
+          (state.panes[w.window_start] ??= {})[source] = w; // the latest snapshot replaces the earlier
+        }
+        if (late > 0) ctx.log.info({ model: options.model, partition: p.source_partition, predictions: late }, 'drift: snapshot of panes whose windows already closed (after an idle timeout): not counted');
       }
       // Per record, not per batch: what closes when never depends on the merge's own batch boundaries.
-      close(state, outputs, ctx);
+      close(state, now, outputs, ctx);
     }
     await ctx.state.save(JSON.stringify(state));
     return outputs;

@@ -1,81 +1,128 @@
-import type { DriftVariablePartial, DriftWindowPartial, Prediction } from '../../schemas/types.generated.js';
-import type { ReferenceProfile } from '../../serving/registry/reference.js';
-import { binOf } from './psi.js';
+import type { DriftVariablePartial, DriftVersionPartial, DriftWindowPartial, Prediction } from '../../schemas/types.generated.js';
+import { binCount, binOf, categoryBin, isCategorical, type ReferenceProfile, type References } from '../../serving/registry/reference.js';
 
 /**
- * The aggregates drift keeps per tumbling event-time window, shared by the per-partition processor
- * (which folds predictions into them) and the merge (which adds partitions' aggregates up). They are
- * the Avro `DriftWindowPartial` as is: integers (bin counts, n) add up exactly in any order, and the
- * one floating sum is always added in a fixed order (records in partition order, then partitions by
- * number), so the result never depends on batching or interleaving.
+ * The aggregates drift keeps per pane (a hop-long slice of event time), shared by the per-partition
+ * processor (which folds predictions into them) and the merge (which adds partitions' panes up into
+ * windows). They are the Avro `DriftWindowPartial` as is, per model version and variable: integers
+ * (bin counts, n, missing, ...) add up exactly in any order, and the one floating sum is always added
+ * in a fixed order (records in partition order, then partitions by number, then panes by time), so
+ * the result never depends on batching or interleaving. State is O(bins) per pane, version and
+ * variable, never O(events).
  */
-export type WindowAggregate = DriftWindowPartial;
+export type PaneAggregate = DriftWindowPartial;
+export type VersionAggregate = DriftVersionPartial;
 export type VariableAggregate = DriftVariablePartial;
+export type { References };
 
-export type References = Readonly<Record<string, ReferenceProfile>>;
+/** The reference profiles of a model version; null when the version has none (or is unknown). */
+export type ReferenceLookup = (version: string) => References | null;
 
-/** Variables in the one order every output uses. */
-export function variablesOf(reference: References): string[] {
-  return Object.keys(reference).sort();
+/** Start of the pane `ts` falls in: panes are [start, start + paneMs). */
+export function paneStartOf(ts: number, paneMs: number): number {
+  return Math.floor(ts / paneMs) * paneMs;
 }
 
-/** Start of the tumbling window `ts` falls in: windows are [start, start + windowMs). */
-export function windowStartOf(ts: number, windowMs: number): number {
-  return Math.floor(ts / windowMs) * windowMs;
+export function emptyPane(start: number, end: number): PaneAggregate {
+  return { window_start: start, window_end: end, count: 0, late: 0, closed: false, versions: {} };
 }
 
-export function emptyWindow(start: number, end: number, reference: References): WindowAggregate {
-  const variables: Record<string, VariableAggregate> = {};
-  for (const v of variablesOf(reference)) variables[v] = { bins: new Array<number>(reference[v]!.proportions.length).fill(0), sum: 0, n: 0 };
-  return { window_start: start, window_end: end, count: 0, late: 0, variables };
+export function emptyVariable(profile: ReferenceProfile | undefined): VariableAggregate {
+  return { bins: new Array<number>(profile ? binCount(profile) : 0).fill(0), sum: 0, n: 0, missing: 0, invalid: 0, out_of_range: 0, unseen: 0 };
 }
 
-function valueOf(p: Prediction, variable: string): number | null {
+/** The variables measured for a version: its profile's, plus the score and every input its predictions carry (in one sorted order). */
+export function variablesOf(reference: References | null, seen: Iterable<string> = []): string[] {
+  return [...new Set([...Object.keys(reference ?? {}), 'score', ...seen])].sort();
+}
+
+function valueOf(p: Prediction, variable: string): unknown {
   if (variable === 'score') return p.score;
-  const v = p.features[variable];
-  return v === undefined ? null : v;
+  return p.features[variable];
 }
 
-/** Adds one prediction: count, and per variable with a finite value its bin, sum and n. */
-export function foldPrediction(w: WindowAggregate, p: Prediction, reference: References): void {
-  w.count++;
-  for (const v of variablesOf(reference)) {
-    const x = valueOf(p, v);
-    if (x === null || !Number.isFinite(x)) continue;
-    const agg = w.variables[v]!;
-    agg.bins[binOf(reference[v]!.edges, x)]!++;
-    agg.sum += x;
+/** Adds one value of one variable: binned when it fits the profile, else counted as missing or invalid. */
+export function foldValue(agg: VariableAggregate, profile: ReferenceProfile | undefined, x: unknown): void {
+  if (x === null || x === undefined) {
+    agg.missing++;
+    return;
+  }
+  if (profile && isCategorical(profile)) {
+    if (typeof x !== 'string' && !(typeof x === 'number' && Number.isFinite(x))) {
+      agg.invalid++;
+      return;
+    }
+    const bin = categoryBin(profile, String(x));
+    if (bin === profile.categories.length) agg.unseen++;
+    agg.bins[bin]!++;
     agg.n++;
+    return;
+  }
+  if (typeof x !== 'number' || !Number.isFinite(x)) {
+    agg.invalid++;
+    return;
+  }
+  if (profile) {
+    agg.bins[binOf(profile.edges, x)]!++;
+    if ((profile.min !== undefined && x < profile.min) || (profile.max !== undefined && x > profile.max)) agg.out_of_range++;
+  }
+  agg.sum += x;
+  agg.n++;
+}
+
+/** Adds one prediction to a pane: its version's count, and per variable its value. */
+export function foldPrediction(pane: PaneAggregate, p: Prediction, reference: References | null): void {
+  pane.count++;
+  const version = (pane.versions[p.version] ??= { count: 0, variables: {} });
+  version.count++;
+  for (const v of variablesOf(reference, Object.keys(p.features))) {
+    const profile = reference?.[v];
+    foldValue((version.variables[v] ??= emptyVariable(profile)), profile, valueOf(p, v));
   }
 }
 
+function addVariable(into: VariableAggregate, part: VariableAggregate): void {
+  for (let i = 0; i < into.bins.length; i++) into.bins[i]! += part.bins[i] ?? 0;
+  into.sum += part.sum;
+  into.n += part.n;
+  into.missing += part.missing;
+  into.invalid += part.invalid;
+  into.out_of_range += part.out_of_range;
+  into.unseen += part.unseen;
+}
+
 /**
- * Adds `part` into `into` (same window; check it with `misfit` first). Callers add partitions in
- * ascending partition order so the floating sums are added in one fixed order.
+ * Adds `part` into `into` (panes checked with `misfit` first). Callers add in one fixed order
+ * (partitions ascending, then panes by time) so the floating sums are always added the same way.
  */
-export function mergeWindow(into: WindowAggregate, part: WindowAggregate): void {
+export function addPane(into: PaneAggregate, part: PaneAggregate, reference: ReferenceLookup): void {
   into.count += part.count;
   into.late += part.late;
-  for (const [v, agg] of Object.entries(into.variables)) {
-    const p = part.variables[v];
-    if (!p) continue;
-    for (let i = 0; i < agg.bins.length; i++) agg.bins[i]! += p.bins[i] ?? 0;
-    agg.sum += p.sum;
-    agg.n += p.n;
+  for (const version of Object.keys(part.versions).sort()) {
+    const p = part.versions[version]!;
+    const mine = (into.versions[version] ??= { count: 0, variables: {} });
+    mine.count += p.count;
+    const ref = reference(version);
+    for (const v of Object.keys(p.variables).sort()) addVariable((mine.variables[v] ??= emptyVariable(ref?.[v])), p.variables[v]!);
   }
 }
 
-/** Why a partial window cannot be merged against `reference`, or null when it can. */
-export function misfit(part: WindowAggregate, windowMs: number | undefined, reference: References): string | null {
-  if (!Number.isSafeInteger(part.window_start) || !Number.isSafeInteger(part.window_end) || part.window_end <= part.window_start) return `window [${part.window_start}, ${part.window_end}) is not a window`;
-  if (windowMs !== undefined && (part.window_end - part.window_start !== windowMs || part.window_start % windowMs !== 0)) return `window [${part.window_start}, ${part.window_end}) is not a ${windowMs} ms tumbling window`;
-  if (!Number.isSafeInteger(part.count) || part.count < 0 || !Number.isSafeInteger(part.late) || part.late < 0) return `window ${part.window_start} has invalid counts`;
-  for (const v of variablesOf(reference)) {
-    const p = part.variables[v];
-    if (!p) continue;
-    const bins = reference[v]!.proportions.length;
-    if (p.bins.length !== bins) return `variable ${v} of window ${part.window_start} has ${p.bins.length} bins, the reference has ${bins}`;
-    if (!Number.isFinite(p.sum) || p.bins.some((b) => !Number.isSafeInteger(b) || b < 0)) return `variable ${v} of window ${part.window_start} has invalid aggregates`;
+/** Why a partition's pane cannot be merged (against the versions' profiles), or null when it can. */
+export function misfit(part: PaneAggregate, paneMs: number | undefined, reference: ReferenceLookup): string | null {
+  if (!Number.isSafeInteger(part.window_start) || !Number.isSafeInteger(part.window_end) || part.window_end <= part.window_start) return `pane [${part.window_start}, ${part.window_end}) is not a pane`;
+  if (paneMs !== undefined && (part.window_end - part.window_start !== paneMs || part.window_start % paneMs !== 0)) return `pane [${part.window_start}, ${part.window_end}) is not a ${paneMs} ms pane`;
+  const counts = [part.count, part.late];
+  for (const [version, agg] of Object.entries(part.versions)) {
+    counts.push(agg.count);
+    const ref = reference(version);
+    for (const [v, p] of Object.entries(agg.variables)) {
+      const profile = ref?.[v];
+      const bins = profile ? binCount(profile) : 0;
+      if (p.bins.length !== bins) return `variable ${v} of version ${version} in pane ${part.window_start} has ${p.bins.length} bins, its reference has ${bins}`;
+      if (!Number.isFinite(p.sum)) return `variable ${v} of version ${version} in pane ${part.window_start} has a non-finite sum`;
+      counts.push(...p.bins, p.n, p.missing, p.invalid, p.out_of_range, p.unseen);
+    }
   }
+  if (counts.some((c) => !Number.isSafeInteger(c) || c < 0)) return `pane ${part.window_start} has invalid counts`;
   return null;
 }

@@ -157,8 +157,12 @@ describe('a database the pre-migration schema.sql created (drift_metrics and ale
     const keys = await chRows<{ name: string; partition_key: string }>(client, `SELECT name, partition_key FROM system.tables WHERE database = ${sqlLiteral(name)} AND engine LIKE '%MergeTree' AND name != 'schema_migrations' ORDER BY name`);
     expect(keys.map((k) => k.name)).toContain('drift_metrics');
     for (const k of keys) expect(k.partition_key, k.name).toMatch(/^toYYYYMMDD\(/);
-    expect(await chRows(client, `SELECT name FROM system.tables WHERE database = ${sqlLiteral(name)} AND name LIKE '%0003%'`)).toEqual([]);
-    expect(await chRows(client, `SELECT * FROM ${name}.v_drift_metrics ORDER BY window_start_ms`)).toEqual(drift);
+    expect(await chRows(client, `SELECT name FROM system.tables WHERE database = ${sqlLiteral(name)} AND (name LIKE '%0003%' OR name LIKE '%0005%')`)).toEqual([]);
+    // Columns added by 0005 (the drift measures beside PSI) take their defaults on the old rows.
+    const monitoring = { kind: 'numeric', total: '0', js: null, ks: null, wasserstein: null, chi2_p: null, missing_rate: 0, invalid: '0', out_of_range_rate: 0, unseen_rate: 0, late: '0' };
+    expect(await chRows(client, `SELECT * FROM ${name}.v_drift_metrics ORDER BY window_start_ms`)).toEqual(drift.map((d) => ({ ...d, ...monitoring })));
+    const key = await chRows<{ sorting_key: string }>(client, `SELECT sorting_key FROM system.tables WHERE database = ${sqlLiteral(name)} AND name = 'drift_metrics'`);
+    expect(key).toEqual([{ sorting_key: 'model, version, variable, window_end_ms, window_start_ms' }]);
     // Columns added since (0004: alert_id, severity, version, subject, details) take their defaults.
     expect(await chRows(client, `SELECT * FROM ${name}.v_alerts ORDER BY ts_ms`)).toEqual(alerts.map((a) => ({ ...a, alert_id: '', severity: '', version: '', subject: '', detail_names: [], detail_values: [] })));
     expect(await partitions('drift_metrics', name)).toEqual([{ partition_id: '20251030' }, { partition_id: '20251102' }, { partition_id: '20251103' }]);
@@ -181,20 +185,23 @@ describe('a database the pre-migration schema.sql created (drift_metrics and ale
     expect(await chRows(client, `SELECT count() AS n FROM ${name}.v_alerts`)).toEqual([{ n: '3' }]);
   });
 
-  it('0003 run again after it failed at any statement (even between the two renames) loses no row and leaves nothing aside', async () => {
+  it.each([
+    [3, '0003_partition_by_day', 2],
+    [5, '0005_monitoring', 1],
+  ])('%i run again after it failed at any statement (even between the two renames) loses no row and leaves nothing aside', async (version, migration, renameStatements) => {
     const migrations = await clickhouseMigrations('x');
-    const repartition = migrations.find((m) => m.name === '0003_partition_by_day')!;
+    const repartition = migrations.find((m) => m.name === migration)!;
     const renames = repartition.statements.flatMap((q, i) => (q.startsWith('RENAME TABLE') ? [i] : []));
-    expect(renames).toHaveLength(2);
+    expect(renames).toHaveLength(renameStatements);
     // A failure after each statement; -1: after the first rename of a RENAME statement but before its second.
     const failures: { after: number; halfRename?: boolean }[] = [...repartition.statements.keys()].map((i) => ({ after: i })).concat(renames.map((i) => ({ after: i - 1, halfRename: true })));
     for (const failure of failures) {
       const name = await oldDatabase('it_rerun0003');
-      await migrateClickHouse(client, name, (await clickhouseMigrations(name)).filter((m) => m.version < 3));
-      const statements = (await clickhouseMigrations(name)).find((m) => m.version === 3)!.statements;
+      await migrateClickHouse(client, name, (await clickhouseMigrations(name)).filter((m) => m.version < version));
+      const statements = (await clickhouseMigrations(name)).find((m) => m.version === version)!.statements;
       for (const query of statements.slice(0, failure.after + 1)) await client.command({ query });
       if (failure.halfRename) await client.command({ query: statements[failure.after + 1]!.split(',')[0]! });
-      expect((await migrateClickHouse(client, name)).applied, `failed after statement ${failure.after + 1}${failure.halfRename ? ' and half of the next' : ''}`).toContain('0003_partition_by_day');
+      expect((await migrateClickHouse(client, name)).applied, `failed after statement ${failure.after + 1}${failure.halfRename ? ' and half of the next' : ''}`).toContain(migration);
       await expectMigrated(name);
       await client.command({ query: `DROP DATABASE ${name}` });
     }

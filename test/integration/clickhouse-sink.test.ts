@@ -37,7 +37,7 @@ const samples: Record<string, (n: number) => unknown> = {
     rules_version: 1, rules_fired: ['top'], experiment: '', arm: '', latency_ms: 0, items: [{ item_id: 'item-1', rank: 1, score: 0.5, features: { f: 1 }, attributes: { title: 'T', category: 'c', price: 9.5 } }],
   }),
   'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS, item_id: null }),
-  'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok' }),
+  'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok', kind: 'numeric', total: n, js: 0.02, ks: 0.03, wasserstein: 1.5, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0 }),
 };
 
 /** The column that carries `n` in each table (as a string), to check which copy the view kept. */

@@ -4,7 +4,8 @@ import type { Observable } from 'rxjs';
 import { TestDriver } from '../../topology/runtime/test-driver.js';
 import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { driftMergeProcessor, driftProcessor } from '../../processors/drift/processor.js';
-import { binOf, driftStatus, psi } from '../../processors/drift/psi.js';
+import { variableMetric } from '../../processors/drift/merge.js';
+import { binOf } from '../../serving/registry/reference.js';
 import { loadAvroSchema } from '../../schemas/catalog.js';
 import type { DriftMetric, DriftPartial, Prediction } from '../../schemas/types.generated.js';
 import { seededUniform } from '../shared/seeded.js';
@@ -65,10 +66,11 @@ function generate(seed: number, perPartition = 900): Prediction[][] {
  * once every partition's final watermark passed its end; its metrics are psi.ts over all partitions'
  * accepted predictions.
  */
-function expected(parts: readonly Prediction[][], recordTs = NOW): { metrics: DriftMetric[]; late: number[]; rejected: number } {
+function expected(parts: readonly Prediction[][], recordTs = NOW, options: { windowMs?: number; flush?: boolean } = {}): { metrics: DriftMetric[]; late: number[]; rejected: number } {
   const accepted: Prediction[] = [];
   const late: number[] = [];
   const watermarks: number[] = [];
+  const lateByWindow = new Map<number, number>();
   let rejected = 0;
   for (const seq of parts) {
     let max = -Infinity;
@@ -89,24 +91,31 @@ function expected(parts: readonly Prediction[][], recordTs = NOW): { metrics: Dr
     }
     // Reported once that window closes in the partition.
     late.push(lateIn.filter((start) => start + WINDOW <= max - LATENESS).length);
+    for (const start of lateIn) lateByWindow.set(start, (lateByWindow.get(start) ?? 0) + 1);
     watermarks.push(max - LATENESS);
   }
-  const through = Math.min(...watermarks);
-  const byWindow = new Map<number, Prediction[]>();
+  // Windows are `size` long and end at every pane end (WINDOW); with `flush` (every partition idle) the
+  // merge closes every window ending at or before the last pane's end, whatever the watermarks.
+  const through = options.flush ? Math.max(...accepted.map((p) => Math.floor(p.event_ts / WINDOW) * WINDOW + WINDOW)) : Math.min(...watermarks);
+  const size = options.windowMs ?? WINDOW;
+  const ends = new Set<number>();
   for (const p of accepted) {
-    const start = Math.floor(p.event_ts / WINDOW) * WINDOW;
-    if (start + WINDOW > through) continue;
-    byWindow.set(start, [...(byWindow.get(start) ?? []), p]);
+    const pane = Math.floor(p.event_ts / WINDOW) * WINDOW;
+    for (let e = pane + WINDOW; e <= pane + size; e += WINDOW) if (e <= through) ends.add(e);
   }
   const metrics: DriftMetric[] = [];
-  for (const start of [...byWindow.keys()].sort((a, b) => a - b)) {
+  for (const end of [...ends].sort((a, b) => a - b)) {
+    const start = end - size;
+    const inWindow = accepted.filter((p) => p.event_ts >= start && p.event_ts < end);
+    let lateIn = 0;
+    for (let pane = start; pane < end; pane += WINDOW) lateIn += lateByWindow.get(pane) ?? 0;
     for (const v of VARIABLES) {
-      const values = byWindow.get(start)!.map((p) => (v === 'score' ? p.score : (p.features[v] ?? null))).filter((x): x is number => x !== null);
+      const raw = inWindow.map((p) => (v === 'score' ? p.score : p.features[v]));
+      const values = raw.filter((x): x is number => typeof x === 'number');
       const bins = new Array<number>(reference[v].proportions.length).fill(0);
       for (const x of values) bins[binOf(reference[v].edges, x)]!++;
-      const value = psi(reference[v], bins);
-      const mean = values.length ? Math.round((values.reduce((a, b) => a + b, 0) / values.length) * 1e6) / 1e6 : null;
-      metrics.push({ model: 'fraud', version: '1', variable: v, window_start: start, window_end: start + WINDOW, count: values.length, psi: value, mean, status: driftStatus(value, values.length, MIN_COUNT) });
+      const agg = { bins, sum: values.reduce((a, b) => a + b, 0), n: values.length, missing: raw.length - values.length, invalid: 0, out_of_range: 0, unseen: 0 };
+      metrics.push(variableMetric({ model: 'fraud', version: '1', window_start: start, window_end: end, total: inWindow.length, late: lateIn }, v, agg, reference[v], MIN_COUNT));
     }
   }
   return { metrics, late, rejected };
@@ -118,8 +127,9 @@ function instances(make: () => ProcessorLogic, n: number, pick: () => number): P
   return { name: all[0]!.name, process: (records: Observable<SourceRecord>, ctx: BatchContext): Observable<Output> => all[Math.floor(pick() * n)]!.process(records, ctx) };
 }
 
-const sourceLogic = () => driftProcessor({ model: 'fraud', version: '1', reference, windowMs: WINDOW, latenessMs: LATENESS, maxClockSkewMs: SKEW, partitions: PARTITIONS });
-const mergeLogic = (partitions?: number) => driftMergeProcessor({ model: 'fraud', version: '1', reference, windowMs: WINDOW, minCount: MIN_COUNT, ...(partitions ? { partitions } : {}) });
+const references = (version: string) => (version === '1' ? reference : null);
+const sourceLogic = () => driftProcessor({ model: 'fraud', version: () => '1', references, paneMs: WINDOW, latenessMs: LATENESS, maxClockSkewMs: SKEW, partitions: PARTITIONS });
+const mergeLogic = (partitions?: number, extra: { hopMs?: number; windowMs?: number; idleMs?: number } = {}) => driftMergeProcessor({ model: 'fraud', references, windowMs: WINDOW, minCount: MIN_COUNT, ...(partitions ? { partitions } : {}), ...extra });
 
 interface Run {
   metrics: DriftMetric[];
@@ -134,10 +144,10 @@ interface Run {
  * logic, and the merge fed in random chunks as partials commit, with crashes of its own. Partials
  * travel Avro-encoded, as through Kafka.
  */
-async function run(parts: readonly Prediction[][], seed?: number): Promise<Run> {
+async function run(parts: readonly Prediction[][], seed?: number, mergeOptions: { windowMs?: number; hopMs?: number } = {}): Promise<Run> {
   const r = seed === undefined ? null : rng(seed);
   const source = await new TestDriver(r ? instances(sourceLogic, 3, r) : sourceLogic(), { startTime: NOW }).open();
-  const merge = await new TestDriver(r ? instances(() => mergeLogic(), 2, r) : mergeLogic(), { startTime: NOW }).open();
+  const merge = await new TestDriver(r ? instances(() => mergeLogic(undefined, mergeOptions), 2, r) : mergeLogic(undefined, mergeOptions), { startTime: NOW }).open();
   const queue: Buffer[] = [];
   let merged = 0;
   const committed = (outputs: Output[]) => {
@@ -180,7 +190,8 @@ async function run(parts: readonly Prediction[][], seed?: number): Promise<Run> 
 
 function latePerPartition(partials: readonly DriftPartial[]): number[] {
   const late = new Array<number>(PARTITIONS).fill(0);
-  for (const x of partials) for (const w of x.windows) late[x.source_partition]! += w.late;
+  // Snapshots repeat a pane while it is open: its late count is final in the closing one.
+  for (const x of partials) for (const w of x.windows) if (w.closed) late[x.source_partition]! += w.late;
   return late;
 }
 
@@ -232,7 +243,8 @@ describe('drift across partitions', () => {
       }
     }
     expect(JSON.stringify(merge.emitted('drift.metrics'))).toBe(JSON.stringify(clean.metrics));
-    const windows = (ps: DriftPartial[]) => ps.flatMap((x) => x.windows.map((w) => ({ p: x.source_partition, ...w })));
+    // The closing snapshots (open ones follow the batch boundaries).
+    const windows = (ps: DriftPartial[]) => ps.flatMap((x) => x.windows.filter((w) => w.closed).map((w) => ({ p: x.source_partition, ...w })));
     expect(windows(source.emitted<DriftPartial>('drift.partials'))).toEqual(windows(clean.partials));
   });
 
@@ -273,7 +285,7 @@ describe('drift across partitions', () => {
         await source.pipe(TOPIC, seq.slice(at, at + n), { partition: 2 });
         at += n;
       }
-      const windows = source.emitted<DriftPartial>('drift.partials').flatMap((x) => x.windows.map((win) => [win.window_start - w(0), win.count, win.late]));
+      const windows = source.emitted<DriftPartial>('drift.partials').flatMap((x) => x.windows.filter((win) => win.closed).map((win) => [win.window_start - w(0), win.count, win.late]));
       expect(windows).toEqual([[0, 1, 0], [2 * WINDOW, 2, 2]]);
       results.push(JSON.stringify(windows));
     }
@@ -317,11 +329,93 @@ describe('drift across partitions', () => {
   it('the merge dead-letters a partial that does not fit the reference', async () => {
     const merge = await new TestDriver(mergeLogic(1), { startTime: NOW }).open();
     const bad: DriftPartial = {
-      model: 'fraud', version: '1', source_topic: TOPIC, source_partition: 0, partitions: 1, watermark: WINDOW,
-      windows: [{ window_start: 0, window_end: WINDOW, count: 1, late: 0, variables: { score: { bins: [1, 0], sum: 0.1, n: 1 } } }],
+      model: 'fraud', version: '1', source_topic: TOPIC, source_partition: 0, partitions: 1, watermark: WINDOW, kind: 'partial',
+      windows: [{ window_start: 0, window_end: WINDOW, count: 1, late: 0, closed: true, versions: { '1': { count: 1, variables: { score: { bins: [1, 0], sum: 0.1, n: 1, missing: 0, invalid: 0, out_of_range: 0, unseen: 0 } } } } }],
     };
     await merge.pipe('drift.partials', [bad, { ...bad, model: 'recs' }]);
     expect(merge.rejected().map((x) => [x.record.offset, x.error.code])).toEqual([['0', 'FABRIC_RECORD_REJECTED']]);
     expect(merge.emitted('drift.metrics')).toEqual([]);
   });
 });
+
+describe('drift windows: hopping, idle partitions, versions, data quality', () => {
+  const partial = (o: Output) => (o.kind === 'emit' && o.topic === 'drift.partials' ? [o.value] : []);
+
+  it('hopping windows (3 panes, a window ends every pane) equal an independent computation under any batching and crashes', async () => {
+    const parts = generate(61, 500);
+    const want = expected(parts, NOW, { windowMs: 3 * WINDOW });
+    const clean = await run(parts, undefined, { windowMs: 3 * WINDOW, hopMs: WINDOW });
+    expect(clean.metrics.length).toBeGreaterThan(10 * VARIABLES.length);
+    // Consecutive windows overlap: a window's count is the sum of its three panes'.
+    expectSameAsIndependent(clean.metrics, want.metrics);
+    for (const seed of [3, 8]) expect(JSON.stringify((await run(parts, seed, { windowMs: 3 * WINDOW, hopMs: WINDOW })).metrics)).toBe(JSON.stringify(clean.metrics));
+  });
+
+  it('windows close when traffic stops: once every partition is idle, a tick closes every window whose panes ended, open panes included', async () => {
+    const parts = generate(71, 200);
+    const source = await new TestDriver(sourceLogic(), { startTime: NOW }).open();
+    const merge = await new TestDriver(mergeLogic(PARTITIONS, { idleMs: 60_000 }), { startTime: NOW }).open();
+    for (let p = 0; p < PARTITIONS; p++) await merge.pipe('drift.partials', (await source.pipe(TOPIC, parts[p]!, { partition: p })).flatMap(partial), { timestamp: NOW + p });
+    const before = merge.emitted<DriftMetric>('drift.metrics').length;
+    const tick: DriftPartial = { model: '', version: '', source_topic: '', source_partition: 0, partitions: 0, watermark: 0, kind: 'tick', windows: [] };
+    // Not idle yet: a tick changes nothing.
+    await merge.pipe('drift.partials', [tick], { timestamp: NOW + 30_000 });
+    expect(merge.emitted('drift.metrics')).toHaveLength(before);
+    await merge.pipe('drift.partials', [tick], { timestamp: NOW + 60_003 });
+    const all = merge.emitted<DriftMetric>('drift.metrics');
+    expect(all.length).toBeGreaterThan(before);
+    // Every accepted prediction is in a window now, the last (partly filled) ones too.
+    expectSameAsIndependent(all, expected(parts, NOW, { flush: true }).metrics);
+    // A partition waking up with a snapshot of a closed window: not counted, nothing emitted twice.
+    const last = Math.max(...all.map((m) => m.window_start));
+    const late = prediction('late', last + 1000, 0.5, { amount: 50, velocity: 1 });
+    await merge.pipe('drift.partials', (await source.pipe(TOPIC, [late], { partition: 0 })).flatMap(partial), { timestamp: NOW + 70_000 });
+    expect(merge.emitted('drift.metrics')).toHaveLength(all.length);
+  });
+
+  it('an idle partition stops holding windows open while the others advance', async () => {
+    const w = (k: number, ms = 0) => T0 - (T0 % WINDOW) + k * WINDOW + ms;
+    const source = await new TestDriver(sourceLogic(), { startTime: NOW }).open();
+    const merge = await new TestDriver(mergeLogic(2, { idleMs: 60_000 }), { startTime: NOW }).open();
+    const step = async (partition: number, values: Prediction[], at: number) => {
+      await merge.pipe('drift.partials', (await source.pipe(TOPIC, values, { partition })).flatMap(partial), { timestamp: at });
+      return merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.variable === 'score').map((m) => [m.window_start - w(0), m.count]);
+    };
+    expect(await step(0, [prediction('a', w(0, 1000), 0.1, {})], NOW)).toEqual([]);
+    expect(await step(1, [prediction('b', w(0, 2000), 0.3, {})], NOW)).toEqual([]);
+    expect(await step(0, [prediction('c', w(2), 0.1, {})], NOW + 10_000)).toEqual([]); // partition 1 still holds window 0
+    // A minute later partition 1 has sent nothing: it is idle, partition 0 alone closes windows.
+    expect(await step(0, [prediction('d', w(3, 6000), 0.1, {})], NOW + 70_001)).toEqual([[0, 2], [2 * WINDOW, 1]]);
+  });
+
+  it('measures each model version against its own profile; a version without one is reported no_reference, not skipped', async () => {
+    const source = await new TestDriver(driftProcessor({ model: 'fraud', version: () => '1', references, paneMs: WINDOW, latenessMs: LATENESS, partitions: 1 }), { startTime: NOW }).open();
+    const merge = await new TestDriver(mergeLogic(1), { startTime: NOW }).open();
+    const values = Array.from({ length: 60 }, (_, i) => ({ ...prediction(`v${i}`, T0 + i * 10, 0.1 + (i % 5) * 0.2, { amount: 50, velocity: 2, fresh: i }), version: i % 3 === 0 ? '2' : '1' }));
+    await merge.pipe('drift.partials', (await source.pipe(TOPIC, [...values, prediction('end', T0 + 10 * WINDOW, 0.1, {})], { partition: 0 })).flatMap(partial));
+    const got = merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.window_start === T0 - (T0 % WINDOW));
+    expect(got.map((m) => `${m.version}/${m.variable}/${m.status}/${m.count}`)).toEqual([
+      // Every amount is 50 and every velocity 2 (one bin each): drift against version 1's profile.
+      '1/amount/drift/40', '1/fresh/no_reference/40', '1/score/ok/40', '1/velocity/drift/40',
+      '2/amount/no_reference/20', '2/fresh/no_reference/20', '2/score/no_reference/20', '2/velocity/no_reference/20',
+    ]);
+    // Version 1's score: 40 values, 8 in each fifth of [0, 1]: exactly the reference.
+    expect(got.find((m) => m.version === '1' && m.variable === 'score')!.psi).toBeCloseTo(0, 12);
+    expect(got.find((m) => m.version === '2' && m.variable === 'fresh')).toMatchObject({ kind: 'none', psi: 0, js: null, mean: 28.5, total: 20 });
+  });
+
+  it('NaN, infinite, null and out-of-range values are data-quality findings, never crashes', async () => {
+    const ranged = { amount: { kind: 'numeric' as const, edges: [10, 100], proportions: [0.3, 0.4, 0.3], centers: [5, 50, 500], min: 1, max: 1000 } };
+    const source = await new TestDriver(driftProcessor({ model: 'fraud', version: () => '1', references: () => ranged, paneMs: WINDOW, latenessMs: 0, partitions: 1 }), { startTime: NOW }).open();
+    const merge = await new TestDriver(driftMergeProcessor({ model: 'fraud', references: () => ranged, windowMs: WINDOW, minCount: 1 }), { startTime: NOW }).open();
+    const amounts = [5, 50, 500, Number.NaN, Number.POSITIVE_INFINITY, null, 0.5, 5000, 50];
+    const values = amounts.map((a, i) => prediction(`q${i}`, T0 + i, 0.5, a === undefined ? {} : { amount: a }));
+    await merge.pipe('drift.partials', (await source.pipe(TOPIC, [...values, prediction('end', T0 + 3 * WINDOW, 0.5, {})], { partition: 0 })).flatMap(partial));
+    const amount = merge.emitted<DriftMetric>('drift.metrics').find((m) => m.variable === 'amount' && m.window_start === T0 - (T0 % WINDOW))!;
+    expect(amount).toMatchObject({ count: 6, total: 9, invalid: 2, kind: 'numeric' });
+    expect(amount.missing_rate).toBeCloseTo(1 / 9, 12);
+    expect(amount.out_of_range_rate).toBeCloseTo(2 / 6, 12);
+    expect(source.rejected()).toEqual([]);
+  });
+});
+

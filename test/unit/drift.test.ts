@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { TestDriver, type PipeOptions } from '../../topology/runtime/test-driver.js';
 import { driftMergeProcessor, driftProcessor } from '../../processors/drift/processor.js';
-import { binOf, psi } from '../../processors/drift/psi.js';
+import { psi } from '../../processors/drift/metrics.js';
+import { binOf } from '../../serving/registry/reference.js';
 import type { DriftMetric, DriftPartial, Prediction } from '../../schemas/types.generated.js';
 
 const reference = {
@@ -21,8 +22,8 @@ function matching(start: number, n: number, offset = 0): Prediction[] {
 
 /** One input partition: the per-partition processor, its partials piped into the merge as they commit. */
 async function pipeline() {
-  const source = await new TestDriver(driftProcessor({ model: 'fraud', version: '1', reference, windowMs: WINDOW, latenessMs: 5000, partitions: 1 })).open();
-  const merge = await new TestDriver(driftMergeProcessor({ model: 'fraud', version: '1', reference, windowMs: WINDOW, minCount: 10 })).open();
+  const source = await new TestDriver(driftProcessor({ model: 'fraud', version: () => '1', references: () => reference, paneMs: WINDOW, latenessMs: 5000, partitions: 1 })).open();
+  const merge = await new TestDriver(driftMergeProcessor({ model: 'fraud', references: () => reference, windowMs: WINDOW, minCount: 10 })).open();
   return {
     source,
     merge,
@@ -38,13 +39,13 @@ async function pipeline() {
 }
 
 describe('PSI', () => {
-  it('bins values by inner edges', () => {
-    expect([binOf([1, 2], 0.5), binOf([1, 2], 1), binOf([1, 2], 1.5), binOf([1, 2], 5)]).toEqual([0, 1, 1, 2]);
+  it('bins values by inner edges, right-closed', () => {
+    expect([binOf([1, 2], 0.5), binOf([1, 2], 1), binOf([1, 2], 1.5), binOf([1, 2], 5)]).toEqual([0, 0, 1, 2]);
   });
   it('is zero for the reference distribution and grows with the shift', () => {
-    expect(psi(reference.score, [25, 25, 25, 25])).toBe(0);
-    expect(psi(reference.score, [10, 20, 30, 40])).toBeGreaterThan(0.05);
-    expect(psi(reference.score, [0, 0, 0, 100])).toBeGreaterThan(1);
+    expect(psi(reference.score.proportions, [25, 25, 25, 25])).toBe(0);
+    expect(psi(reference.score.proportions, [10, 20, 30, 40])).toBeGreaterThan(0.05);
+    expect(psi(reference.score.proportions, [0, 0, 0, 100])).toBeGreaterThan(1);
   });
 });
 
@@ -90,7 +91,7 @@ describe('drift processor (one partition)', () => {
     const windows = p.metrics().filter((m) => m.variable === 'score');
     expect(windows.map((w) => [w.window_start, w.count])).toEqual([[0, 1], [3 * WINDOW, 1]]);
     // The late one was counted in the partition's oldest open window when it arrived: [2W, 3W).
-    expect(p.partials().flatMap((x) => x.windows).filter((w) => w.late > 0)).toMatchObject([{ window_start: 2 * WINDOW, count: 0, late: 1 }]);
+    expect(p.partials().flatMap((x) => x.windows).filter((w) => w.late > 0 && w.closed)).toMatchObject([{ window_start: 2 * WINDOW, count: 0, late: 1 }]);
   });
 
   it('ignores predictions of other models and dead-letters those without an event time', async () => {
