@@ -30,22 +30,38 @@ export interface TransactionSimOptions {
   ratePerSec: number;
   /** Stop after this many events (infinite without). */
   count?: number;
-  /** Legit account population (default 2000). */
+  /**
+   * Legit account population. Default: enough accounts that each transacts at the training stream's
+   * pace whatever the rate (ACCOUNT_RATE_PER_SEC each, about 17 a day): DEFAULT_ACCOUNTS at the
+   * training rate (0.4/s) and below, `rate / ACCOUNT_RATE_PER_SEC` above it. Without that, a faster
+   * stream would be a different world (each account hundreds of times busier), and every activity
+   * feature, and the score, would read as drifted against the model's training reference.
+   */
   accounts?: number;
   /** Target share of fraud events (default 0.015). */
   fraudRate?: number;
-  /** Shift the distributions: amounts x2.5, more TRANSFERs, more mobile. */
+  /** Shift the distributions: amounts x2.5, TRANSFERs from 8% to 30% of legit events, more mobile. */
   drift?: boolean;
 }
 
 export const DEFAULT_ACCOUNTS = 2000;
+/** Events per second of one account (on average) when the population scales with the rate: the training stream's 0.4/s over 2000 accounts. */
+export const ACCOUNT_RATE_PER_SEC = 0.4 / DEFAULT_ACCOUNTS;
+/** Account ids have 7 digits below the mule range (C9...). */
+const MAX_ACCOUNTS = 8_999_999;
+
+/** The legit population a stream of `ratePerSec` gets by default (see TransactionSimOptions.accounts). */
+export function accountsFor(ratePerSec: number): number {
+  return Math.min(MAX_ACCOUNTS, Math.max(DEFAULT_ACCOUNTS, Math.round(ratePerSec / ACCOUNT_RATE_PER_SEC)));
+}
 export const DEFAULT_FRAUD_RATE = 0.015;
 export const DRIFT_AMOUNT_FACTOR = 2.5;
 
 const TYPES: readonly TransactionType[] = ['PAYMENT', 'CASH_IN', 'CASH_OUT', 'TRANSFER', 'DEBIT'];
 /** PaySim's mix (roughly): CASH_OUT 35%, PAYMENT 34%, CASH_IN 22%, TRANSFER 8%, DEBIT <1%. */
 const MIX: readonly number[] = [0.34, 0.22, 0.35, 0.08, 0.01];
-const MIX_DRIFT: readonly number[] = [0.27, 0.2, 0.31, 0.21, 0.01];
+/** Drifted: TRANSFER's share from 8% to 30% (a PSI above 0.25 on its input alone), the others down in proportion. */
+const MIX_DRIFT: readonly number[] = [0.25, 0.17, 0.27, 0.3, 0.01];
 /** Lognormal amount per type: median (currency units) and sigma, before the account's own scale. */
 const AMOUNT: Record<TransactionType, { median: number; sigma: number }> = {
   PAYMENT: { median: 35, sigma: 0.9 },
@@ -83,6 +99,8 @@ const MULE_CASHOUT_GAP_MEAN_S = 600;
 interface Account {
   index: number;
   id: string;
+  /** Template index of the payees (the first DEFAULT_ACCOUNTS-sized shard's numbering). */
+  payeeIdx: number[];
   /** Balance in integer cents. */
   balance: number;
   /** Multiplier of all the account's amounts. */
@@ -111,7 +129,7 @@ const merchantId = (i: number): string => `M${pad(i, 5)}`;
 const agentId = (i: number): string => `A${pad(i, 4)}`;
 const bankId = (i: number): string => `B${pad(i, 3)}`;
 /** Ring mules live in their own id range (C9rrkkkk) and ring agents in A9rkk, apart from the population. */
-const muleId = (ring: number, k: number): string => `C9${pad(ring, 2)}${pad(k, 4)}`;
+const muleId = (ring: number, k: number, shard = 0): string => (shard === 0 ? `C9${pad(ring, 2)}${pad(k, 4)}` : `C9${pad(shard, 4)}${ring}${k}`);
 const ringAgentId = (ring: number, k: number): string => `A9${ring % 10}${pad(k, 2)}`;
 
 /** Event ids sort (as strings) in generation order, which is what compareEvents uses to break ts ties. */
@@ -123,11 +141,15 @@ function cents(x: number): number {
 
 export function* generateTransactions(opts: TransactionSimOptions): Generator<SimulatedTransaction> {
   const { seed, startTs, ratePerSec, count } = opts;
-  const nAccounts = opts.accounts ?? DEFAULT_ACCOUNTS;
+  const nAccounts = opts.accounts ?? accountsFor(ratePerSec);
   const fraudRate = opts.fraudRate ?? DEFAULT_FRAUD_RATE;
   const drift = opts.drift ?? false;
   if (!(ratePerSec > 0)) throw new Error('generateTransactions: ratePerSec must be > 0');
-  if (!(nAccounts >= 2)) throw new Error('generateTransactions: need at least 2 accounts');
+  if (!(Number.isSafeInteger(nAccounts) && nAccounts >= 2 && nAccounts <= MAX_ACCOUNTS)) throw new Error(`generateTransactions: accounts must be an integer in [2, ${MAX_ACCOUNTS}]`);
+  // Populations larger than DEFAULT_ACCOUNTS are shards of one template population of that size:
+  // account k is template k % T in shard floor(k / T), with the template's traits, payees in its own
+  // shard, and a ring of mules per shard. Up to T accounts the stream is exactly the unsharded one.
+  const templates = Math.min(nAccounts, DEFAULT_ACCOUNTS);
   if (!(fraudRate >= 0 && fraudRate < 0.5)) throw new Error('generateTransactions: fraudRate must be in [0, 0.5)');
 
   // The population does not depend on drift, count or rate: the same seed gives the same accounts.
@@ -135,27 +157,32 @@ export function* generateTransactions(opts: TransactionSimOptions): Generator<Si
   const merchantSampler = new WeightedSampler(Array.from({ length: MERCHANTS }, (_, i) => 1 / (i + 1) ** 0.9));
   const accounts: Account[] = [];
   const activity: number[] = [];
-  for (let i = 0; i < nAccounts; i++) {
-    const payees: string[] = [];
+  for (let i = 0; i < templates; i++) {
+    const payeeIdx: number[] = [];
     const nPayees = pop.int(1, 4);
-    while (payees.length < nPayees) {
-      const j = pop.int(0, nAccounts - 1);
-      if (j !== i) payees.push(accountId(j));
+    while (payeeIdx.length < nPayees) {
+      const j = pop.int(0, templates - 1);
+      if (j !== i) payeeIdx.push(j);
     }
     accounts.push({
       index: i,
       id: accountId(i),
+      payeeIdx,
+      payees: payeeIdx.map(accountId),
       balance: cents(pop.lognormal(Math.log(1500), 1.0)),
       scale: pop.lognormal(0, 0.5),
       mobile: pop.bernoulli(0.55) ? 0.85 : 0.15,
       merchants: Array.from({ length: pop.int(3, 8) }, () => merchantSampler.sample(pop)),
-      payees,
       agents: [pop.int(0, AGENTS - 1), pop.int(0, AGENTS - 1)],
       bank: pop.int(0, BANKS - 1),
     });
     activity.push(pop.lognormal(0, 0.7));
   }
-  const accountSampler = new WeightedSampler(activity);
+  const initialBalance = accounts.map((a) => a.balance);
+  /** Accounts of template t across the shards (the last shard may be partial). */
+  const shardsOf = (t: number): number => Math.floor((nAccounts - 1 - t) / templates) + 1;
+  // A template's weight covers all its copies, so every account keeps its template's own pace.
+  const accountSampler = new WeightedSampler(nAccounts === templates ? activity : activity.map((a, t) => a * shardsOf(t)));
   const rings: Ring[] = [];
   for (let r = 0; r < RINGS; r++) {
     const nMules = pop.int(3, 6);
@@ -163,6 +190,7 @@ export function* generateTransactions(opts: TransactionSimOptions): Generator<Si
       mules: Array.from({ length: nMules }, (_, k) => ({
         index: -1,
         id: muleId(r, k),
+        payeeIdx: [],
         balance: cents(pop.lognormal(Math.log(50), 0.8)),
         scale: 1,
         mobile: 0.9,
@@ -175,7 +203,40 @@ export function* generateTransactions(opts: TransactionSimOptions): Generator<Si
     });
   }
 
+  const muleBalance = rings.map((r) => r.mules.map((m) => m.balance));
+  const copies = new Map<number, Account>();
+  const shardRings = new Map<number, Ring[]>();
+  /** Account k: a template, or its copy in shard floor(k / T) (made on first use, with the template's initial balance). */
+  const accountAt = (k: number): Account => {
+    if (k < templates) return accounts[k] as Account;
+    let acc = copies.get(k);
+    if (!acc) {
+      const t = k % templates;
+      const base = k - t;
+      const template = accounts[t] as Account;
+      const payees = template.payeeIdx.map((j) => accountId(base + j < nAccounts ? base + j : j));
+      acc = { ...template, index: k, id: accountId(k), balance: initialBalance[t] as number, payees };
+      copies.set(k, acc);
+    }
+    return acc;
+  };
+  const ringsOf = (shard: number): Ring[] => {
+    if (shard === 0) return rings;
+    let rs = shardRings.get(shard);
+    if (!rs) {
+      rs = rings.map((r, ri) => ({ agents: r.agents, mules: r.mules.map((m, k) => ({ ...m, id: muleId(ri, k, shard), balance: (muleBalance[ri] as number[])[k] as number })) }));
+      shardRings.set(shard, rs);
+    }
+    return rs;
+  };
+
   const rng = new Rng(deriveSeed(seed, drift ? 3 : 2));
+  const pickAccount = (): Account => {
+    const t = accountSampler.sample(rng);
+    if (nAccounts === templates) return accounts[t] as Account;
+    const n = shardsOf(t);
+    return accountAt(t + templates * (n > 1 ? rng.int(0, n - 1) : 0));
+  };
   const mix = drift ? MIX_DRIFT : MIX;
   const amountFactor = drift ? DRIFT_AMOUNT_FACTOR : 1;
   // Fraud steps replace legit slots, so campaigns start on a share of the free slots.
@@ -197,7 +258,7 @@ export function* generateTransactions(opts: TransactionSimOptions): Generator<Si
     cents(acc.scale * amountFactor * rng.lognormal(Math.log(AMOUNT[type].median), AMOUNT[type].sigma));
 
   const legit = (eventId: string, ts: number): Transaction => {
-    const acc = accounts[accountSampler.sample(rng)] as Account;
+    const acc = pickAccount();
     let type = TYPES[rng.categorical(mix)] as TransactionType;
     let amount = amountCents(acc, type);
     if (type !== 'CASH_IN' && amount > acc.balance) {
@@ -258,12 +319,13 @@ export function* generateTransactions(opts: TransactionSimOptions): Generator<Si
 
   const startCampaign = (ts: number): void => {
     // The richest of a few random accounts: fraudsters go where the money is.
-    let victim = accounts[accountSampler.sample(rng)] as Account;
+    let victim = pickAccount();
     for (let i = 0; i < 4; i++) {
-      const other = accounts[accountSampler.sample(rng)] as Account;
+      const other = pickAccount();
       if (other.balance > victim.balance) victim = other;
     }
-    const ring = rings[rng.int(0, RINGS - 1)] as Ring;
+    // The victim's shard's rings, so mules keep the training stream's pace too.
+    const ring = ringsOf(Math.floor(victim.index / templates))[rng.int(0, RINGS - 1)] as Ring;
     const nTransfers = Math.min(rng.categorical(TRANSFERS_P) + 1, ring.mules.length);
     const budget = Math.max(victim.balance, cents(rng.lognormal(Math.log(800), 0.6))) * rng.range(0.75, 1);
     const weights = Array.from({ length: nTransfers + 1 }, () => rng.range(0.5, 1.5));

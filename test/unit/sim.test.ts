@@ -3,14 +3,15 @@ import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../../sim/rng.js';
 import { generateInteractions, itemCatalog } from '../../sim/interactions.js';
-import { generateTransactions, outcomeFor, type SimulatedTransaction } from '../../sim/transactions.js';
+import { ACCOUNT_RATE_PER_SEC, accountsFor, generateTransactions, outcomeFor, type SimulatedTransaction } from '../../sim/transactions.js';
 import { runSimulation } from '../../sim/run.js';
 import type { Outcome, Transaction } from '../../schemas/types.generated.js';
 
 const START = Date.UTC(2024, 0, 1);
 
+/** 2/s over the template population (2000 accounts, each five times the training pace): rings and bursts show in 20,000 events. */
 function sim(opts: Partial<Parameters<typeof generateTransactions>[0]> = {}): SimulatedTransaction[] {
-  return [...generateTransactions({ seed: 7, startTs: START, ratePerSec: 2, count: 20_000, ...opts })];
+  return [...generateTransactions({ seed: 7, startTs: START, ratePerSec: 2, count: 20_000, accounts: 2000, ...opts })];
 }
 
 const median = (xs: number[]): number => {
@@ -171,6 +172,43 @@ describe('generateTransactions', () => {
     const l = base.find((s) => !s.isFraud)!;
     expect(outcomeFor(f, 123)).toEqual({ event_id: f.event.event_id, entity_id: f.event.account_id, label: 'fraud', value: 1, ts: 123, item_id: null });
     expect(outcomeFor(l, 456)).toEqual({ event_id: l.event.event_id, entity_id: l.event.account_id, label: 'legit', value: 0, ts: 456, item_id: null });
+  });
+});
+
+describe('generateTransactions: the population scales with the rate', () => {
+  const activity = (rate: number, seconds: number) => {
+    const perAccount = new Map<string, number>();
+    let legit = 0;
+    for (const s of generateTransactions({ seed: 5, startTs: 0, ratePerSec: rate, count: Math.round(rate * seconds) })) {
+      if (s.isFraud) continue;
+      legit++;
+      perAccount.set(s.event.account_id, (perAccount.get(s.event.account_id) ?? 0) + 1);
+    }
+    return { legit, accounts: perAccount.size, perAccount };
+  };
+
+  it('keeps each account at the training stream\'s pace whatever the rate (activity features stay comparable)', () => {
+    expect(accountsFor(0.4)).toBe(2000);
+    expect(accountsFor(0.05)).toBe(2000);
+    expect(accountsFor(10)).toBe(50_000);
+    // Over one day of event time, accounts transact about as often at 0.4/s as at 4/s (ten times the accounts).
+    const slow = activity(0.4, 86_400);
+    const fast = activity(4, 86_400);
+    const mean = (a: { legit: number; accounts: number }) => a.legit / a.accounts;
+    expect(fast.accounts).toBeGreaterThan(8 * slow.accounts);
+    expect(mean(fast) / mean(slow)).toBeGreaterThan(0.9);
+    expect(mean(fast) / mean(slow)).toBeLessThan(1.1);
+    // Per account and day: ACCOUNT_RATE_PER_SEC * 86400 (about 17) on average.
+    expect((fast.legit / accountsFor(4)) / (ACCOUNT_RATE_PER_SEC * 86_400)).toBeGreaterThan(0.9);
+    // Shard copies have their own ids, in the account id format, apart from the mules (C9...).
+    expect([...fast.perAccount.keys()].every((id) => /^C\d{7}$/.test(id) && !id.startsWith('C9'))).toBe(true);
+  });
+
+  it('mules of a shard are its own, so fraud rings keep their pace too', () => {
+    const mules = new Set<string>();
+    for (const s of generateTransactions({ seed: 5, startTs: 0, ratePerSec: 8, count: 200_000 })) if (s.isFraud && s.event.type === 'TRANSFER') mules.add(s.event.counterparty_id);
+    expect([...mules].some((id) => /^C9\d{6}$/.test(id))).toBe(true);
+    expect([...mules].some((id) => /^C9\d{4}[0-3][0-5]$/.test(id) && id.length === 8)).toBe(true);
   });
 });
 
