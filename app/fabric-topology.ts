@@ -20,6 +20,9 @@ import type { ReferenceSource } from './monitoring.js';
 import { trackingProcessor } from '../processors/tracking/processor.js';
 import { ClickHouseSink } from '../processors/tracking/clickhouse-sink.js';
 import { driftMergeProcessor, driftProcessor } from '../processors/drift/processor.js';
+import { alertsProcessor } from '../processors/monitor/alerts.js';
+import { parseAlertRules } from '../processors/monitor/rules.js';
+import { alertWebhookProcessor } from '../processors/monitor/webhook.js';
 
 /**
  * What the composition root lends to processors: shared clients it owns and closes. Each is opened
@@ -174,6 +177,24 @@ export function fabricTopology(): Topology<FabricResources> {
           const source = await r.references('fraud');
           return driftProcessor({ model: 'fraud', version: () => source.production(), references: source.references, prepare: (v) => source.prepare(v), paneMs: driftHopMs(r.config), latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
         },
+      }),
+      processor({
+        name: 'monitor-alerts',
+        group: 'fabric.monitor-alerts',
+        inputs: ['drift.metrics'],
+        outputs: ['alerts'],
+        sinks: ['redis'],
+        doc: 'Alert rules (FABRIC_ALERT_RULES) over the drift and data-quality metrics, with hysteresis: an alert fires after N consecutive breaching windows and resolves after M clean ones, on alerts.',
+        create: (r) => alertsProcessor({ rules: parseAlertRules(r.config.alertRules), metrics: r.metrics }),
+      }),
+      processor({
+        name: 'alert-webhook',
+        group: 'fabric.alert-webhook',
+        inputs: ['alerts'],
+        outputs: [],
+        sinks: ['webhook'],
+        doc: 'POSTs every alert to FABRIC_ALERT_WEBHOOK_URL (when set), at least once, with the alert id as Idempotency-Key and retries with backoff.',
+        create: (r) => alertWebhookProcessor({ url: r.config.alertWebhookUrl, attempts: r.config.alertWebhookAttempts, metrics: r.metrics }),
       }),
       processor({
         name: 'drift-merge',

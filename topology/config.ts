@@ -86,6 +86,9 @@ export const SETTINGS = {
   driftHopSec: s('FABRIC_DRIFT_HOP_SEC', ms, '0', 'A drift window ends every this many seconds (hopping windows; it must divide FABRIC_DRIFT_WINDOW_SEC); 0: tumbling windows.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
   driftIdleSec: s('FABRIC_DRIFT_IDLE_SEC', positive, '120', 'Wall-clock seconds without predictions from a partition after which it no longer holds drift windows open; when every partition is idle (traffic stopped), the windows that have ended close.'),
+  alertRules: s('FABRIC_ALERT_RULES', z.string(), 'psi>0.25 fire=1 severity=critical; missing_rate>0.2; out_of_range_rate>0.2; unseen_rate>0.2', 'Monitoring alert rules, `;`-separated: `<metric>[:<variable or glob>] <op> <threshold> [fire=N] [clear=N] [severity=info|warning|critical]` (metrics: psi, js, ks, wasserstein, chi2_p, missing_rate, out_of_range_rate, unseen_rate, invalid; fire and clear: consecutive windows, default 2; severity default warning).'),
+  alertWebhookUrl: s('FABRIC_ALERT_WEBHOOK_URL', z.union([z.literal(''), z.string().url()]), '', 'Where every alert is POSTed as JSON (header Idempotency-Key: the alert id), at least once; empty: no webhook.'),
+  alertWebhookAttempts: s('FABRIC_ALERT_WEBHOOK_ATTEMPTS', positive, '5', 'Tries per alert (exponential backoff from 0.5 s) before the webhook gives it up (logged and counted).'),
   driftMinCount: s('FABRIC_DRIFT_MIN_COUNT', positive, '50', 'Values a drift window needs for a status other than low_count (and for alert rules to judge it).'),
 
   clickhouseLingerMs: s('FABRIC_CLICKHOUSE_LINGER_MS', ms, '1000', 'How long the ClickHouse sink gathers rows from all partitions before one insert per table.'),

@@ -9,6 +9,7 @@ import { createKafka } from '../../topology/runtime/kafka.js';
 import { createLogger } from '../../topology/runtime/log.js';
 import { prefixed } from '../../topology/config.js';
 import { accountGroup } from '../../topology/features/groups.js';
+import { FRAUD_INPUT_NAMES } from '../../serving/models/fraud-inputs.js';
 
 const ACCOUNT_FEATURE_NAMES = accountGroup.featureNames;
 import type { Outcome } from '../../schemas/types.generated.js';
@@ -116,7 +117,8 @@ describe('one event the whole way: gateway, Kafka, features, scoring, rules, Cli
       (r) => r.length >= 2,
       { what: 'drift rows' },
     );
-    expect(new Set(rows.map((r) => r.variable))).toEqual(new Set(['amount', 'score']));
+    // Every model input and the score (models/fraud/model.json profiles them all).
+    expect(new Set(rows.map((r) => r.variable))).toEqual(new Set([...FRAUD_INPUT_NAMES, 'score']));
     for (const r of rows) expect(Number.isFinite(r.psi)).toBe(true);
   });
 

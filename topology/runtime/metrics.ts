@@ -38,6 +38,8 @@ export class Metrics {
   readonly servingWorkerRestarts = new Counter({ name: 'fabric_serving_worker_restarts_total', help: 'ONNX worker processes replaced after a crash or a run beyond the timeout.', registers: [this.registry] });
   readonly modelLoads = new Counter({ name: 'fabric_model_loads_total', help: 'Model version loads by model, version and outcome (loaded, failed).', labelNames: ['model', 'version', 'outcome'] as const, registers: [this.registry] });
   readonly modelServing = new Gauge({ name: 'fabric_model_serving_info', help: '1 for the model version (and provider) this process serves, by model.', labelNames: ['model', 'version', 'provider'] as const, registers: [this.registry] });
+  readonly alertsRaised = new Counter({ name: 'fabric_alerts_total', help: 'Monitoring alerts raised and resolved, by model, kind, severity and state (counted per batch attempt).', labelNames: ['model', 'kind', 'severity', 'state'] as const, registers: [this.registry] });
+  readonly alertWebhook = new Counter({ name: 'fabric_alert_webhook_total', help: 'Alert webhook deliveries by outcome (delivered, refused, failed after every attempt).', labelNames: ['outcome'] as const, registers: [this.registry] });
   readonly predictCache = new Counter({ name: 'fabric_predict_cache_total', help: 'Prediction cache lookups by model and result (hit, miss).', labelNames: ['model', 'result'] as const, registers: [this.registry] });
   readonly predictLatency = new Histogram({ name: 'fabric_predict_duration_seconds', help: 'POST /v1/predict latency (features, model, rules), by model.', labelNames: ['model'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [this.registry] });
 

@@ -1,0 +1,205 @@
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import avro from 'avsc';
+import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFabric } from './harness.js';
+import { runSimulation } from '../../sim/run.js';
+import { FRAUD_INPUT_NAMES } from '../../serving/models/fraud-inputs.js';
+
+/**
+ * The monitor on the running fabric: an undrifted seeded stream, then the same generator with
+ * --drift. Checked from outside: the drift metrics in ClickHouse against a recomputation from the
+ * predictions read back from Kafka and the profile in models/fraud/model.json (binned and measured by
+ * this test's own code), the alert on `alerts` within two windows of the drift, the webhook's POST,
+ * and the last windows closing after the traffic stopped.
+ */
+const WINDOW_SEC = 4;
+const WINDOW = WINDOW_SEC * 1000;
+
+interface Profile {
+  edges: number[];
+  proportions: number[];
+  centers: number[];
+}
+const reference = (JSON.parse(readFileSync(new URL('../../models/fraud/model.json', import.meta.url), 'utf8')) as { reference: Record<string, Profile> }).reference;
+
+let f: TestFabric;
+let hook: Server;
+const posts: { headers: IncomingMessage['headers']; body: Record<string, unknown> }[] = [];
+let driftStart = 0;
+let lastEventTs = 0;
+
+const decoders = new Map<number, avro.Type>();
+async function decode(registryUrl: string, buf: Buffer): Promise<Record<string, unknown>> {
+  const id = buf.readInt32BE(1);
+  let type = decoders.get(id);
+  if (!type) {
+    const { schema } = (await (await fetch(`${registryUrl}/schemas/ids/${id}`)).json()) as { schema: string };
+    type = avro.Type.forSchema(JSON.parse(schema) as avro.Schema);
+    decoders.set(id, type);
+  }
+  return type.fromBuffer(buf.subarray(5)) as Record<string, unknown>;
+}
+
+beforeAll(async () => {
+  hook = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      posts.push({ headers: req.headers, body: JSON.parse(body) as Record<string, unknown> });
+      // The first delivery fails: the webhook retries it.
+      res.statusCode = posts.length === 1 ? 503 : 204;
+      res.end();
+    });
+  });
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+  const config = isolatedConfig({
+    driftWindowSec: WINDOW_SEC,
+    driftAllowedLatenessSec: 0,
+    driftIdleSec: 3,
+    driftMinCount: 50,
+    alertWebhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`,
+  });
+  f = await startTestFabric(config, { processors: ['features', 'scoring', 'tracking', 'drift', 'drift-merge', 'monitor-alerts', 'alert-webhook'] });
+  const run = (drift: boolean, seed: number) => runSimulation({ stream: 'transactions', gatewayUrl: f.url, apiKey: 'dev-key', ratePerSec: 100, durationSec: 12, seed, drift, runId: `mon-${seed}`, outcomeDelayMs: 500 });
+  const plain = await run(false, 21);
+  expect(plain.accepted).toBe(1200);
+  driftStart = Date.now();
+  const drifted = await run(true, 22);
+  expect(drifted.accepted).toBe(1200);
+  lastEventTs = Date.now();
+}, 180_000);
+
+afterAll(async () => {
+  await f?.cleanup();
+  await new Promise((r) => hook?.close(r));
+});
+
+interface Row {
+  version: string;
+  variable: string;
+  window_start_ms: string;
+  window_end_ms: string;
+  count: string;
+  total: string;
+  psi: number;
+  js: number | null;
+  ks: number | null;
+  wasserstein: number | null;
+  missing_rate: number;
+  status: string;
+}
+
+/** This test's own binning (right-closed: the number of edges strictly below x) and measures. */
+function measure(p: Profile, values: number[]): { psi: number; ks: number; wasserstein: number } {
+  const counts = new Array<number>(p.proportions.length).fill(0);
+  for (const x of values) counts[p.edges.filter((e) => e < x).length]!++;
+  const q = counts.map((c) => c / values.length);
+  let psi = 0;
+  let ks = 0;
+  let w = 0;
+  let cp = 0;
+  let cq = 0;
+  for (let i = 0; i < q.length; i++) {
+    const a = Math.max(p.proportions[i]!, 1e-4);
+    const b = Math.max(q[i]!, 1e-4);
+    psi += (b - a) * Math.log(b / a);
+    cp += p.proportions[i]!;
+    cq += q[i]!;
+    ks = Math.max(ks, Math.abs(cp - cq));
+    if (i < q.length - 1) w += Math.abs(cp - cq) * (p.centers[i + 1]! - p.centers[i]!);
+  }
+  return { psi, ks, wasserstein: w };
+}
+
+describe('model monitoring on the running fabric', () => {
+  let rows: Row[] = [];
+  let predictions: Record<string, unknown>[] = [];
+
+  it('measures every model input and the score per window, closing the last windows after the traffic stopped', async () => {
+    const lastWindowEnd = Math.ceil(lastEventTs / WINDOW) * WINDOW;
+    rows = await waitFor(
+      () => chRows<Row>(f.clickhouse, `SELECT version, variable, window_start_ms, window_end_ms, count, total, psi, js, ks, wasserstein, missing_rate, status FROM ${f.config.clickhouseDatabase}.v_drift_metrics ORDER BY window_start_ms, variable`),
+      (r) => r.some((x) => Number(x.window_end_ms) >= lastWindowEnd - WINDOW),
+      { what: 'drift windows up to the end of the traffic (closed on the idle timeout)', timeoutMs: 90_000 },
+    );
+    expect(new Set(rows.map((r) => r.variable))).toEqual(new Set([...FRAUD_INPUT_NAMES, 'score']));
+    expect(new Set(rows.map((r) => r.version))).toEqual(new Set(['1.0.0']));
+  });
+
+  it('PSI, KS and Wasserstein of every window equal a recomputation from the predictions on Kafka (within 1e-6)', async () => {
+    const events = await readAll(f.kafka, f.config, 'events.transactions');
+    const records = await waitFor(() => readAll(f.kafka, f.config, 'predictions.fraud'), (r) => r.length >= events.length, { what: 'a prediction per event' });
+    const decoded = await Promise.all(records.map(async (r) => ({ partition: r.partition, offset: BigInt(r.offset), value: await decode(f.config.registryUrl, r.value!) })));
+    expect(events.length).toBe(2400);
+    expect(new Set(decoded.map((p) => p.value.event_id)).size).toBe(2400);
+    // Late ones are left out (allowed lateness 0): per partition in offset order, a prediction whose
+    // window ended at or before the newest event time seen before it.
+    const newest = new Map<number, number>();
+    let late = 0;
+    for (const r of decoded.sort((a, b) => a.partition - b.partition || (a.offset < b.offset ? -1 : 1))) {
+      const ts = r.value.event_ts as number;
+      const max = newest.get(r.partition) ?? -Infinity;
+      if (Math.floor(ts / WINDOW) * WINDOW + WINDOW <= max) late++;
+      else {
+        predictions.push(r.value);
+        newest.set(r.partition, Math.max(max, ts));
+      }
+    }
+    expect(late).toBeLessThan(50);
+    let checked = 0;
+    for (const row of rows) {
+      const start = Number(row.window_start_ms);
+      const inWindow = predictions.filter((p) => (p.event_ts as number) >= start && (p.event_ts as number) < Number(row.window_end_ms));
+      expect(Number(row.total), `${row.variable} @ ${start}`).toBe(inWindow.length);
+      const values = inWindow.map((p) => (row.variable === 'score' ? p.score : (p.features as Record<string, number | null>)[row.variable])).filter((x): x is number => typeof x === 'number');
+      expect(Number(row.count)).toBe(values.length);
+      const want = measure(reference[row.variable]!, values);
+      expect(Math.abs(row.psi - want.psi), `psi ${row.variable} @ ${start}`).toBeLessThan(1e-6);
+      expect(Math.abs(row.ks! - want.ks), `ks ${row.variable} @ ${start}`).toBeLessThan(1e-6);
+      expect(Math.abs(row.wasserstein! - want.wasserstein), `wasserstein ${row.variable} @ ${start}`).toBeLessThan(1e-6 * Math.max(1, want.wasserstein));
+      checked++;
+    }
+    expect(checked).toBeGreaterThanOrEqual(5 * (FRAUD_INPUT_NAMES.length + 1));
+  });
+
+  it('the amount stays below 0.1 undrifted and exceeds 0.25 once drifted; TRANSFER\'s share too', () => {
+    const full = (r: Row) => Number(r.window_end_ms) <= driftStart - 1000 && Number(r.window_start_ms) > 0 && Number(r.count) >= 200;
+    const before = rows.filter((r) => full(r) && (r.variable === 'amount' || r.variable.startsWith('type_')));
+    expect(before.length).toBeGreaterThan(4);
+    for (const r of before) expect(r.psi, `${r.variable} @ ${r.window_start_ms}`).toBeLessThan(0.1);
+    const after = rows.filter((r) => Number(r.window_start_ms) >= driftStart && Number(r.window_end_ms) <= lastEventTs && Number(r.count) >= 200);
+    for (const v of ['amount', 'type_TRANSFER']) {
+      const w = after.filter((r) => r.variable === v);
+      expect(w.length, v).toBeGreaterThan(1);
+      for (const r of w) expect(r.psi, `${v} @ ${r.window_start_ms}`).toBeGreaterThan(0.25);
+    }
+  });
+
+  it('raises an alert on `alerts` within two windows of the drift, and POSTs it to the webhook (retried after a 503)', async () => {
+    const alerts = await waitFor(
+      async () => Promise.all((await readAll(f.kafka, f.config, 'alerts')).map((r) => decode(f.config.registryUrl, r.value!))),
+      (a) => a.some((x) => (x.subject as string) === 'fraud@1.0.0/amount/psi'),
+      { what: 'the amount drift alert', timeoutMs: 60_000 },
+    );
+    const amount = alerts.find((x) => (x.subject as string) === 'fraud@1.0.0/amount/psi')!;
+    expect(amount).toMatchObject({ kind: 'drift', severity: 'critical', model: 'fraud', version: '1.0.0' });
+    const details = amount.details as Record<string, string>;
+    expect(details).toMatchObject({ state: 'firing', metric: 'psi', variable: 'amount', windows: '1' });
+    // Fired at the latest at the end of the second window holding drifted events (the first may hold
+    // more undrifted events than drifted ones).
+    const firstDriftedWindowEnd = Math.floor(driftStart / WINDOW) * WINDOW + WINDOW;
+    expect(amount.ts as number).toBeLessThanOrEqual(firstDriftedWindowEnd + WINDOW);
+    expect(amount.ts as number).toBeGreaterThan(driftStart);
+    // Undrifted, the amount never fired.
+    expect(alerts.filter((x) => x.subject === 'fraud@1.0.0/amount/psi' && (x.ts as number) < driftStart)).toEqual([]);
+    const delivered = await waitFor(async () => posts.filter((p) => p.body.alert_id === amount.alert_id), (p) => p.length >= 1, { what: 'the webhook POST' });
+    expect(delivered[0]!.headers['idempotency-key']).toBe(amount.alert_id);
+    expect(delivered[0]!.body).toMatchObject({ subject: 'fraud@1.0.0/amount/psi', message: expect.stringContaining('psi') });
+    // Every alert reached the webhook (the first after a retry), and ClickHouse.
+    await waitFor(async () => new Set(posts.map((p) => p.body.alert_id)), (ids) => alerts.every((a) => ids.has(a.alert_id as string)), { what: 'every alert POSTed' });
+    const stored = await waitFor(() => chRows<{ alert_id: string }>(f.clickhouse, `SELECT alert_id FROM ${f.config.clickhouseDatabase}.v_alerts`), (r) => r.length >= alerts.length, { what: 'alerts in ClickHouse' });
+    expect(new Set(stored.map((r) => r.alert_id))).toEqual(new Set(alerts.map((a) => a.alert_id as string)));
+  });
+});
