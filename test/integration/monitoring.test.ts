@@ -115,7 +115,7 @@ function measure(p: Profile, values: number[]): { psi: number; ks: number; wasse
 
 describe('model monitoring on the running fabric', () => {
   let rows: Row[] = [];
-  let predictions: Record<string, unknown>[] = [];
+  const predictions: Record<string, unknown>[] = [];
 
   it('measures every model input and the score per window, closing the last windows after the traffic stopped', async () => {
     const lastWindowEnd = Math.ceil(lastEventTs / WINDOW) * WINDOW;
