@@ -25,6 +25,7 @@ import { registerFeatureCommands } from './features.js';
 import { registerModelCommands } from './models.js';
 import { registerRuleCommands } from './rules.js';
 import { registerExperimentCommands } from './experiments.js';
+import { registerMonitorCommands } from './monitor.js';
 
 const program = new Command('fabric')
   .description('Real-time data and inference fabric: events over HTTP/WS into Kafka, features, ONNX scoring, rules, tracking and drift.')
@@ -219,6 +220,7 @@ program
 registerModelCommands(program);
 registerRuleCommands(program);
 registerExperimentCommands(program);
+registerMonitorCommands(program);
 
 function readTopic(cfg: FabricConfig, physical: string, max: number, fromBeginning: boolean, onRecord: (r: ReadRecord) => Promise<void>, idleMs = 3000): Promise<number> {
   return readUntilIdle(createKafka(cfg, cliLog(cfg, true), 'cli'), physical, { groupPrefix: prefixed(cfg, 'fabric.cli'), fromBeginning, max, idleMs, onRecord });

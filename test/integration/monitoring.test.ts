@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { promisify } from 'node:util';
 import type { AddressInfo } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +8,9 @@ import avro from 'avsc';
 import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFabric } from './harness.js';
 import { runSimulation } from '../../sim/run.js';
 import { FRAUD_INPUT_NAMES } from '../../serving/models/fraud-inputs.js';
+import { numericProfile } from '../../serving/registry/reference.js';
+
+const execFileP = promisify(execFile);
 
 /**
  * The monitor on the running fabric: an undrifted seeded stream, then the same generator with
@@ -201,5 +206,39 @@ describe('model monitoring on the running fabric', () => {
     await waitFor(async () => new Set(posts.map((p) => p.body.alert_id)), (ids) => alerts.every((a) => ids.has(a.alert_id as string)), { what: 'every alert POSTed' });
     const stored = await waitFor(() => chRows<{ alert_id: string }>(f.clickhouse, `SELECT alert_id FROM ${f.config.clickhouseDatabase}.v_alerts`), (r) => r.length >= alerts.length, { what: 'alerts in ClickHouse' });
     expect(new Set(stored.map((r) => r.alert_id))).toEqual(new Set(alerts.map((a) => a.alert_id as string)));
+  });
+
+  const cli = async (...args: string[]) => {
+    const env = { ...process.env, FABRIC_TOPIC_PREFIX: f.config.topicPrefix, FABRIC_REDIS_PREFIX: f.config.redisKeyPrefix, FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' };
+    return JSON.parse((await execFileP('npx', ['tsx', 'app/cli/main.ts', 'monitor', ...args, '--json'], { env, timeout: 120_000 })).stdout) as unknown;
+  };
+
+  it('fabric monitor alerts lists them; --active keeps what is firing now', async () => {
+    const all = (await cli('alerts', '--model', 'fraud')) as { subject: string; state: string; severity: string; ts: number }[];
+    expect(all.find((a) => a.subject === 'fraud@1.0.0/amount/psi')).toMatchObject({ state: 'firing', severity: 'critical' });
+    for (let i = 1; i < all.length; i++) expect(all[i]!.ts).toBeLessThanOrEqual(all[i - 1]!.ts);
+    const active = (await cli('alerts', '--active')) as { subject: string; state: string }[];
+    expect(active.every((a) => a.state === 'firing')).toBe(true);
+    expect(new Set(active.map((a) => a.subject)).size).toBe(active.length);
+    expect((await cli('alerts', '--model', 'nope')) as unknown[]).toEqual([]);
+  });
+
+  it('fabric monitor profile makes the reference profile of a version from the ledger: the same bins as from the predictions on Kafka', async () => {
+    const from = Math.min(...predictions.map((p) => p.event_ts as number));
+    const to = driftStart;
+    const got = (await cli('profile', '--model', 'fraud@1.0.0', '--from', new Date(from).toISOString(), '--to', String(to))) as { predictions: number; profile: Record<string, { edges: number[]; counts: number[] }> };
+    // Every prediction of the undrifted run, late ones included (the ledger has them all).
+    const records = await Promise.all((await readAll(f.kafka, f.config, 'predictions.fraud')).map((r) => decode(f.config.registryUrl, r.value!)));
+    const undrifted = records.filter((p) => (p.event_ts as number) >= from && (p.event_ts as number) < to);
+    expect(got.predictions).toBe(undrifted.length);
+    expect(Object.keys(got.profile).sort()).toEqual([...FRAUD_INPUT_NAMES, 'score'].sort());
+    for (const v of ['amount', 'score', 'txn_count_24h']) {
+      const want = numericProfile(undrifted.map((p) => (v === 'score' ? (p.score as number | null) : (p.features as Record<string, number | null>)[v]!)));
+      expect(got.profile[v]!.edges, v).toEqual(want.edges);
+      expect(got.profile[v]!.counts, v).toEqual(want.counts);
+    }
+    const none = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'monitor', 'profile', '--model', 'fraud@9.9.9', '--from', '0', '--to', '1'], { env: { ...process.env, FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' }, timeout: 120_000 }).then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(none?.code).not.toBe(0);
+    expect(none?.stderr).toMatch(/FABRIC_MODEL_UNKNOWN|no predictions of fraud@9.9.9/);
   });
 });
