@@ -70,14 +70,25 @@ export function foldValue(agg: VariableAggregate, profile: ReferenceProfile | un
   agg.n++;
 }
 
-/** Adds one prediction to a pane: its version's count, and per variable its value. */
+const profiled = new WeakMap<References, readonly string[]>();
+
+/** Adds one prediction to a pane: its version's count, and per variable (`variablesOf`) its value. */
 export function foldPrediction(pane: PaneAggregate, p: Prediction, reference: References | null): void {
   pane.count++;
   const version = (pane.versions[p.version] ??= { count: 0, variables: {} });
   version.count++;
-  for (const v of variablesOf(reference, Object.keys(p.features))) {
-    const profile = reference?.[v];
-    foldValue((version.variables[v] ??= emptyVariable(profile)), profile, valueOf(p, v));
+  const vars = version.variables;
+  // The hot path: the profile's variables (listed once per profile), then the score and the inputs it has no profile for.
+  let names = reference ? profiled.get(reference) : undefined;
+  if (reference && !names) profiled.set(reference, (names = Object.keys(reference)));
+  for (const v of names ?? []) {
+    const profile = reference![v];
+    foldValue((vars[v] ??= emptyVariable(profile)), profile, valueOf(p, v));
+  }
+  if (!reference?.score) foldValue((vars.score ??= emptyVariable(undefined)), undefined, p.score);
+  for (const v in p.features) {
+    if (reference?.[v] || v === 'score') continue;
+    foldValue((vars[v] ??= emptyVariable(undefined)), undefined, p.features[v]);
   }
 }
 

@@ -22,7 +22,7 @@ export interface ExperimentSizes {
 }
 
 /** A features head that emits the same kind of row features would, derived from the record alone. */
-function fixedFeatures(): ProcessorLogic {
+export function fixedFeatures(): ProcessorLogic {
   return {
     name: 'features',
     process: (records$) =>

@@ -25,6 +25,9 @@
  *
  *  11. experiments (test/bench/experiments.ts): scoring processor events/s under a 20% A/B split, and under
  *      the split plus a shadow version, vs the same batches with no experiment
+ *
+ *  12. monitoring (test/bench/monitoring.ts): drift's time per event (both stages, every fraud input and
+ *      the score) as a share of the scoring path's time per event, same predictions, alternated
 
  * Prints a Markdown table and writes the same data to bench-results.json at the repository root.
  * Every run uses its own topic prefix (bench-<timestamp>.) and deletes its topics at the end (the
@@ -59,9 +62,10 @@ import { batchingGainPair, engineThroughputPair, predictLatencyPair, BATCHING_MA
 import { formatNumber, formatRatio, markdownTable, median } from './stats.js';
 import { capCheckPair, ruleEvaluationPair, sinkPair, type LedgerSizes, type Pair } from './ledger.js';
 import { experimentsPairs, type ExperimentSizes } from './experiments.js';
+import { monitoringPair, type MonitoringSizes } from './monitoring.js';
 
 const quick = process.argv.includes('--quick');
-const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger', 'experiments'] as const;
+const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger', 'experiments', 'monitoring'] as const;
 type Section = (typeof SECTIONS)[number];
 const onlyArg = process.argv.find((a) => a.startsWith('--only='));
 const only = new Set<string>(onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : SECTIONS);
@@ -81,6 +85,8 @@ const SERVING_SIZES: ServingSizes = quick
 const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, repetitions: 2, ruleEvaluations: 100_000, capChecks: 2_000 } : { sinkRows: 300_000, sinkBatch: 5_000, repetitions: 5, ruleEvaluations: 1_000_000, capChecks: 10_000 };
 /** Sizes of the experiments section (test/bench/experiments.ts). */
 const EXPERIMENT_SIZES: ExperimentSizes = quick ? { events: 10_000, batch: 500, repetitions: 2 } : { events: 50_000, batch: 500, repetitions: 5 };
+/** Sizes of the monitoring section (test/bench/monitoring.ts). */
+const MONITORING_SIZES: MonitoringSizes = quick ? { events: 10_000, batch: 500, repetitions: 2 } : { events: 50_000, batch: 500, repetitions: 5 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */
@@ -403,6 +409,9 @@ async function main(): Promise<void> {
     row('experiment_ab', `scoring under a 20% A/B split (two engine calls per batch of ${EXPERIMENT_SIZES.batch}), ${formatNumber(EXPERIMENT_SIZES.events)} events`, 'events/s', 'the same batches, no experiment', 'higher'),
     row('experiment_shadow', 'scoring under the split plus a shadow version (the shadow scores every event: its cost)', 'events/s', 'the same batches, no experiment', 'higher'),
   ];
+  const monitoringRows: Row[] = [
+    row('monitoring_cost', `drift (per-partition panes of every fraud input and the score, then the merge and metrics) per event, ${formatNumber(MONITORING_SIZES.events)} predictions in batches of ${MONITORING_SIZES.batch}; ratio: its share of scoring (target <= 0.05)`, 'µs/event', 'the scoring path per event (features row, ONNX run per batch, rules)', 'lower'),
+  ];
   let batchingSearches: BatchingSearch[] = [];
   const latency = new Map<number, LatencyResult>();
   const latencyErrors = new Map<number, string>();
@@ -493,6 +502,17 @@ async function main(): Promise<void> {
       });
       if (ab.error) shadow.error ??= ab.error;
     }
+    if (runs('monitoring')) {
+      const [cost] = monitoringRows as [Row];
+      progress(`monitoring: drift vs scoring per event: ${formatNumber(MONITORING_SIZES.events)} events × ${MONITORING_SIZES.repetitions}`);
+      await attempt(cost, async () => {
+        const pair = await monitoringPair(MONITORING_SIZES);
+        cost.samples = { ours: pair.ours.map((rate) => ({ elapsedMs: 0, messages: 0, rate })), reference: pair.reference.map((rate) => ({ elapsedMs: 0, messages: 0, rate })) };
+        cost.ours = median(pair.ours);
+        cost.reference = median(pair.reference);
+        cost.ratio = cost.ours / cost.reference;
+      });
+    }
   } finally {
     progress('cleaning up (topics, groups, subjects, Redis keys)');
     cleanupReport = await cleanup();
@@ -505,6 +525,7 @@ async function main(): Promise<void> {
   if (runs('serving')) rows.push(...servingRows);
   if (runs('ledger')) rows.push(...ledgerRows);
   if (runs('experiments')) rows.push(...experimentRows);
+  if (runs('monitoring')) rows.push(...monitoringRows);
 
   const durationSec = (performance.now() - started) / 1000;
   const cpus = os.cpus();
