@@ -16,7 +16,7 @@ import { createClickHouse, type ClickHouseClient } from '../topology/runtime/cli
 import { fabricTopology, type FabricResources } from './fabric-topology.js';
 import { OnlinePredictor } from '../serving/predict.js';
 import type { AvroWriter } from '../schemas/serde.js';
-import type { EntityMetadata, Experiment, Prediction, Recommendation } from '../schemas/types.generated.js';
+import type { EntityMetadata, Experiment, PerformanceMetric, Prediction, Recommendation } from '../schemas/types.generated.js';
 import { MetadataService } from '../gateways/metadata.js';
 import { DEMO_MODELS, batchingOptions, ensureDemoModels, ensureDemoRules, experimentsAdmin, modelStore, recordLoadStatus, registryAdmin, servingEngine, unloadableVersions, verifier } from './serving.js';
 import { FEATURE_GROUPS } from '../topology/features/groups.js';
@@ -30,6 +30,7 @@ import { ExperimentJudge } from '../serving/experiments/judge.js';
 import { TASKS } from '../serving/models/tasks.js';
 import { ModelRegistry } from '../serving/registry/registry.js';
 import { registryReferences, startDriftClock } from './monitoring.js';
+import { PerformanceMonitor } from '../processors/monitor/performance.js';
 import { publishStatus } from './processor-status.js';
 import { Gateway } from '../gateways/server.js';
 import { IngestService, type BoundStream } from '../gateways/ingest/ingest.js';
@@ -277,6 +278,29 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       });
       judge.start();
       closers.push({ name: 'experiments judge', close: () => judge.close() });
+    }
+    if (runners.length > 0) {
+      // Model performance with delayed labels, from the ledger: in every instance that runs processors, one at a time (a lease).
+      const registry = await registryFollower();
+      const topic = prefixed(config, 'performance.metrics');
+      const writer = await serde.writer<PerformanceMetric>(`${topic}-value`, loadAvroSchema('performance_metric'));
+      const performance = new PerformanceMonitor({
+        clickhouse: resources.clickhouse(),
+        database: config.clickhouseDatabase,
+        redis: await resources.redis(),
+        keyPrefix: config.redisKeyPrefix,
+        models: [{ model: 'fraud', stream: 'transactions' }],
+        thresholds: (model, version) => registry.get(model, version)?.thresholds ?? {},
+        windowMs: config.performanceWindowSec * 1000,
+        horizonMs: config.outcomeHorizonSec * 1000,
+        graceMs: config.performanceGraceSec * 1000,
+        lookbackMs: Math.max(86_400_000, 2 * config.outcomeHorizonSec * 1000),
+        intervalMs: config.performanceIntervalSec * 1000,
+        publish: (metrics) => producer.send(metrics.map((m) => ({ topic, key: `${m.model}/${m.version}/${m.arm}`, value: writer.encode(m) }))),
+        log: log.child({ component: 'performance' }),
+      });
+      performance.start();
+      closers.push({ name: 'performance monitor', close: () => performance.close() });
     }
     if ([...heads].some((h) => topology.chain(h).some((d) => d.name === 'drift-merge'))) {
       // Time for the drift merge when no predictions flow: windows of stopped traffic close on its idle timeout.

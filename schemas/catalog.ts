@@ -19,6 +19,7 @@ export const SCHEMA_FILES = {
   rule_set: 'rule_set.avsc',
   experiment: 'experiment.avsc',
   alert: 'alert.avsc',
+  performance_metric: 'performance_metric.avsc',
 } as const;
 
 export type SchemaName = keyof typeof SCHEMA_FILES;

@@ -490,6 +490,50 @@ export interface Alert {
   details: Record<string, string>;
 }
 
+export interface ThresholdPerformance {
+  name: string;
+  threshold: number;
+  flagged: number;
+  precision: null | number;
+  recall: null | number;
+  f1: null | number;
+}
+/** How one model version (and experiment arm) did over one event-time window of its predictions, from the outcomes joined to them by event id within the horizon (processors/monitor/performance.ts). Topic performance.metrics, key: model/version/arm. */
+export interface PerformanceMetric {
+  model: string;
+  version: string;
+  /** The experiment the predictions were made under ('' outside one). */
+  experiment: string;
+  /** control or treatment ('' outside an experiment). */
+  arm: string;
+  /** Inclusive, epoch ms of event time. */
+  window_start: number;
+  /** Exclusive. */
+  window_end: number;
+  /** An outcome counts when it arrived within this long of the prediction's event time. */
+  horizon_ms: number;
+  /** Stream predictions in the window (with or without a score). */
+  predictions: number;
+  /** Of which with a score (not a fallback). */
+  scored: number;
+  /** Scored predictions with an outcome within the horizon: what every measure below is over. */
+  labelled: number;
+  /** Labelled predictions whose outcome is positive (fraud). */
+  positives: number;
+  /** Scored predictions whose outcome arrived after the horizon: counted here, not joined. */
+  late_labels: number;
+  /** ROC AUC (ties count one half); null without both classes. */
+  auc: null | number;
+  /** Mean negative log-likelihood, probabilities clipped to [1e-15, 1 - 1e-15]. */
+  log_loss: null | number;
+  /** Expected calibration error over 10 equal-width score bins: sum over bins of (n_b / n) |mean label - mean score|. */
+  ece: null | number;
+  /** positives / labelled. */
+  base_rate: null | number;
+  /** At each of the version's decision thresholds (score >= threshold flags): precision, recall, F1 and the share flagged. */
+  thresholds: ThresholdPerformance[];
+}
+
 /** The value type of each schema, by catalog name. */
 export interface SchemaTypes {
   transaction: Transaction;
@@ -507,4 +551,5 @@ export interface SchemaTypes {
   rule_set: RuleSetVersion;
   experiment: Experiment;
   alert: Alert;
+  performance_metric: PerformanceMetric;
 }

@@ -7,7 +7,10 @@
   (scipy.stats.ks_2samp on the binned samples), Wasserstein-1 (scipy.stats.wasserstein_distance on the
   bin centers) and the chi-square p-value (scipy.stats.chisquare);
 - test/fixtures/monitoring/profiles.json: data sets (numeric with heavy values, missing values,
-  degenerate ones, categorical) and the profiles scripts/reference_profile.py makes of them.
+  degenerate ones, categorical) and the profiles scripts/reference_profile.py makes of them;
+- test/fixtures/monitoring/performance.json: labelled scores (ties included) with scikit-learn's ROC AUC,
+  log loss and precision, recall and F1 at thresholds, and the expected calibration error over 10
+  equal-width bins (numpy).
 """
 import json
 import os
@@ -113,9 +116,35 @@ def profiles_fixture():
     return {"data": sets, "cases": cases}
 
 
+def performance_fixture():
+    from sklearn.metrics import log_loss, precision_score, recall_score, f1_score, roc_auc_score
+    rng = np.random.default_rng(11)
+    cases = []
+    for i in range(12):
+        n = int(rng.integers(50, 3000))
+        y = (rng.random(n) < [0.02, 0.2, 0.5][i % 3]).astype(int)
+        if y.sum() == 0:
+            y[0] = 1
+        raw = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+        # Coarse scores (many ties, as a tree model gives), and an exact 0 and 1 now and then.
+        scores = np.round(raw, 2 if i % 2 else 6)
+        thresholds = {"block": 0.5, "review": 0.2}
+        at = {}
+        for name, t in thresholds.items():
+            pred = (scores >= t).astype(int)
+            at[name] = {"precision": float(precision_score(y, pred, zero_division=np.nan)) if pred.sum() else None,
+                        "recall": float(recall_score(y, pred)), "f1": float(f1_score(y, pred)), "flagged": int(pred.sum())}
+        bins = np.minimum((scores * 10).astype(int), 9)
+        ece = sum((np.sum(bins == b) / n) * abs(y[bins == b].mean() - scores[bins == b].mean()) for b in range(10) if np.any(bins == b))
+        cases.append({"scores": [float(x) for x in scores], "labels": [int(x) for x in y], "thresholds": thresholds,
+                      "auc": float(roc_auc_score(y, scores)), "log_loss": float(log_loss(y, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1])),
+                      "ece": float(ece), "at": at})
+    return {"cases": cases}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    for name, doc in [("metrics.json", metrics_fixture()), ("profiles.json", profiles_fixture())]:
+    for name, doc in [("metrics.json", metrics_fixture()), ("profiles.json", profiles_fixture()), ("performance.json", performance_fixture())]:
         with open(os.path.join(OUT, name), "w") as f:
             json.dump(doc, f, separators=(",", ":"))
             f.write("\n")

@@ -1,4 +1,4 @@
-import type { Alert, DriftMetric, Experiment, Interaction, Outcome, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
+import type { Alert, DriftMetric, Experiment, Interaction, Outcome, PerformanceMetric, Prediction, Recommendation, Transaction } from '../../schemas/types.generated.js';
 import type { SourceRecord } from '../../topology/runtime/processor.js';
 import type { Row } from './clickhouse-sink.js';
 import { featureTable, featureTableRow, type FeatureRow } from '../../topology/features/rows.js';
@@ -83,6 +83,18 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const a = r.value as Alert;
       const names = Object.keys(a.details).sort();
       return [{ alert_id: a.alert_id, ts_ms: a.ts, kind: a.kind, severity: a.severity, model: a.model, version: a.version, subject: a.subject, message: a.message, detail_names: names, detail_values: names.map((n) => a.details[n]!), ...source(r) }];
+    },
+  }),
+  'performance.metrics': () => ({
+    table: 'model_performance',
+    rows(r) {
+      const m = r.value as PerformanceMetric;
+      return [{
+        model: m.model, version: m.version, experiment: m.experiment, arm: m.arm, window_start_ms: m.window_start, window_end_ms: m.window_end, horizon_ms: m.horizon_ms,
+        predictions: m.predictions, scored: m.scored, labelled: m.labelled, positives: m.positives, late_labels: m.late_labels, auc: m.auc, log_loss: m.log_loss, ece: m.ece, base_rate: m.base_rate,
+        threshold_names: m.thresholds.map((t) => t.name), threshold_values: m.thresholds.map((t) => t.threshold), threshold_flagged: m.thresholds.map((t) => t.flagged),
+        threshold_precision: m.thresholds.map((t) => t.precision), threshold_recall: m.thresholds.map((t) => t.recall), threshold_f1: m.thresholds.map((t) => t.f1), ...source(r),
+      }];
     },
   }),
   '_fabric.experiments': () => ({

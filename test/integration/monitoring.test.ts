@@ -9,6 +9,13 @@ import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFab
 import { runSimulation } from '../../sim/run.js';
 import { FRAUD_INPUT_NAMES } from '../../serving/models/fraud-inputs.js';
 import { numericProfile } from '../../serving/registry/reference.js';
+import { AvroSerde } from '../../schemas/serde.js';
+import { loadAvroSchema } from '../../schemas/catalog.js';
+import type { Outcome } from '../../schemas/types.generated.js';
+import { BatchingProducer } from '../../topology/runtime/producer.js';
+import { createKafka } from '../../topology/runtime/kafka.js';
+import { createLogger } from '../../topology/runtime/log.js';
+import { prefixed } from '../../topology/config.js';
 
 const execFileP = promisify(execFile);
 
@@ -30,6 +37,7 @@ interface Profile {
 const reference = (JSON.parse(readFileSync(new URL('../../models/fraud/model.json', import.meta.url), 'utf8')) as { reference: Record<string, Profile> }).reference;
 
 let f: TestFabric;
+let producer: BatchingProducer;
 let hook: Server;
 const posts: { headers: IncomingMessage['headers']; body: Record<string, unknown> }[] = [];
 let driftStart = 0;
@@ -65,9 +73,28 @@ beforeAll(async () => {
     driftIdleSec: 3,
     driftMinCount: 50,
     alertWebhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`,
+    performanceWindowSec: WINDOW_SEC,
+    outcomeHorizonSec: 3,
+    // Labels reach ClickHouse through tracking (about a second; more on a loaded machine).
+    performanceGraceSec: 6,
+    performanceIntervalSec: 1,
   });
   f = await startTestFabric(config, { processors: ['features', 'scoring', 'tracking', 'drift', 'drift-merge', 'monitor-alerts', 'alert-webhook'] });
-  const run = (drift: boolean, seed: number) => runSimulation({ stream: 'transactions', gatewayUrl: f.url, apiKey: 'dev-key', ratePerSec: 100, durationSec: 12, seed, drift, runId: `mon-${seed}`, outcomeDelayMs: 500 });
+  const log = createLogger(config);
+  const outcomesTopic = prefixed(config, 'outcomes.transactions');
+  const writer = await new AvroSerde({ url: config.registryUrl }).writer<Outcome>(`${outcomesTopic}-value`, loadAvroSchema('outcome'));
+  producer = new BatchingProducer(createKafka(config, log, 'it-outcomes'), { lingerMs: 5, batchSize: 500, maxQueued: 10_000, ackTimeoutMs: 10_000 }, log);
+  await producer.start();
+  // Labels 0.5 s after each event; a tenth of them 5 s after (beyond the 3 s horizon: late, not joined).
+  const run = (drift: boolean, seed: number) =>
+    runSimulation({
+      stream: 'transactions', gatewayUrl: f.url, apiKey: 'dev-key', ratePerSec: 100, durationSec: 12, seed, drift, runId: `mon-${seed}`, outcomeDelayMs: 500,
+      publishOutcomes: async (outcomes) => {
+        const late = outcomes.filter((o) => o.event_id.endsWith('0'));
+        await producer.send(outcomes.filter((o) => !o.event_id.endsWith('0')).map((o) => ({ topic: outcomesTopic, key: o.entity_id, value: writer.encode(o) })));
+        setTimeout(() => void producer.send(late.map((o) => ({ topic: outcomesTopic, key: o.entity_id, value: writer.encode({ ...o, ts: o.ts + 4500 }) }))).catch(() => undefined), 4500).unref();
+      },
+    });
   const plain = await run(false, 21);
   expect(plain.accepted).toBe(1200);
   driftStart = Date.now();
@@ -77,6 +104,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  await producer?.close();
   await f?.cleanup();
   await new Promise((r) => hook?.close(r));
 });
@@ -240,5 +268,54 @@ describe('model monitoring on the running fabric', () => {
     const none = await execFileP('npx', ['tsx', 'app/cli/main.ts', 'monitor', 'profile', '--model', 'fraud@9.9.9', '--from', '0', '--to', '1'], { env: { ...process.env, FABRIC_CLICKHOUSE_DATABASE: f.config.clickhouseDatabase, FABRIC_LOG_LEVEL: 'warn' }, timeout: 120_000 }).then(() => null, (e: { code: number; stderr: string }) => e);
     expect(none?.code).not.toBe(0);
     expect(none?.stderr).toMatch(/FABRIC_MODEL_UNKNOWN|no predictions of fraud@9.9.9/);
+  });
+
+  it('measures performance per window from the labels that arrived within the horizon: AUC, log loss and precision at the thresholds equal a recomputation from the ledger; later labels are counted late', async () => {
+    const db = f.config.clickhouseDatabase;
+    const windows = await waitFor(
+      () => chRows<{ window_start_ms: string; window_end_ms: string; predictions: string; labelled: string; positives: string; late_labels: string; auc: number | null; log_loss: number | null; threshold_names: string[]; threshold_values: number[]; threshold_precision: (number | null)[] }>(f.clickhouse, `SELECT * FROM ${db}.v_model_performance WHERE model = 'fraud' ORDER BY window_start_ms`),
+      (r) => r.length > 0 && Number(r.at(-1)!.window_end_ms) >= Math.floor(lastEventTs / WINDOW) * WINDOW,
+      { what: 'performance windows up to the end of the traffic', timeoutMs: 90_000 },
+    );
+    // The ledger, read with this test's own join: a label counts when it arrived within 3 s of the event.
+    const preds = await chRows<{ event_id: string; score: number | null; event_ts_ms: string }>(f.clickhouse, `SELECT event_id, score, event_ts_ms FROM ${db}.v_predictions WHERE model = 'fraud'`);
+    const labels = new Map((await chRows<{ event_id: string; value: number; ts_ms: string }>(f.clickhouse, `SELECT event_id, value, ts_ms FROM ${db}.v_outcomes WHERE stream = 'transactions'`)).map((o) => [o.event_id, o]));
+    const thresholds = (JSON.parse(readFileSync(new URL('../../models/fraud/model.json', import.meta.url), 'utf8')) as { thresholds: Record<string, number> }).thresholds;
+    let lateSeen = 0;
+    let withAuc = 0;
+    for (const w of windows) {
+      const inWindow = preds.filter((p) => Number(p.event_ts_ms) >= Number(w.window_start_ms) && Number(p.event_ts_ms) < Number(w.window_end_ms));
+      expect(Number(w.predictions)).toBe(inWindow.length);
+      const joined: { score: number; y: number }[] = [];
+      let late = 0;
+      for (const p of inWindow) {
+        const o = labels.get(p.event_id);
+        if (p.score === null || !o) continue;
+        if (Number(o.ts_ms) - Number(p.event_ts_ms) <= 3000) joined.push({ score: p.score, y: o.value > 0 ? 1 : 0 });
+        else late++;
+      }
+      expect(Number(w.labelled), `window ${w.window_start_ms}`).toBe(joined.length);
+      expect(Number(w.late_labels)).toBe(late);
+      lateSeen += late;
+      const pos = joined.filter((j) => j.y === 1);
+      const neg = joined.filter((j) => j.y === 0);
+      expect(Number(w.positives)).toBe(pos.length);
+      if (pos.length && neg.length) {
+        let wins = 0;
+        for (const a of pos) for (const b of neg) wins += a.score > b.score ? 1 : a.score === b.score ? 0.5 : 0;
+        expect(Math.abs(w.auc! - wins / (pos.length * neg.length))).toBeLessThan(1e-9);
+        withAuc++;
+      } else expect(w.auc).toBeNull();
+      const clip = (p: number) => Math.min(1 - 1e-15, Math.max(1e-15, p));
+      const loss = joined.reduce((s, j) => s - (j.y ? Math.log(clip(j.score)) : Math.log(1 - clip(j.score))), 0) / joined.length;
+      expect(Math.abs(w.log_loss! - loss)).toBeLessThan(1e-9);
+      const block = w.threshold_names.indexOf('block');
+      expect(w.threshold_values[block]).toBe(thresholds.block);
+      const flagged = joined.filter((j) => j.score >= thresholds.block!);
+      if (flagged.length) expect(Math.abs(w.threshold_precision[block]! - flagged.filter((j) => j.y).length / flagged.length)).toBeLessThan(1e-12);
+      else expect(w.threshold_precision[block]).toBeNull();
+    }
+    expect(lateSeen).toBeGreaterThan(50);
+    expect(withAuc).toBeGreaterThan(2);
   });
 });

@@ -4,7 +4,7 @@ import { alertsProcessor } from '../../processors/monitor/alerts.js';
 import { parseAlertRules, ruleMatches } from '../../processors/monitor/rules.js';
 import { alertWebhookProcessor, type Post } from '../../processors/monitor/webhook.js';
 import { loadConfig } from '../../topology/config.js';
-import type { Alert, DriftMetric } from '../../schemas/types.generated.js';
+import type { Alert, DriftMetric, PerformanceMetric } from '../../schemas/types.generated.js';
 
 const W = 60_000;
 function metric(i: number, psi: number, overrides: Partial<DriftMetric> = {}): DriftMetric {
@@ -32,7 +32,7 @@ describe('alert rules', () => {
   it('refuse what they do not understand, naming the rule (FABRIC_CONFIG_INVALID)', () => {
     for (const [text, why] of [
       ['psi>>0.2', /expected/],
-      ['auc>0.2', /unknown metric auc/],
+      ['accuracy>0.2', /unknown metric accuracy/],
       ['psi>0.2 fire=0', /fire must be/],
       ['psi>0.2 after=2', /unknown option after/],
       ['psi>0.2 severity=loud', /severity/],
@@ -86,6 +86,22 @@ describe('alerts processor: hysteresis', () => {
     await d.pipe('drift.metrics', [metric(0, 0.3), metric(0, 0.3, { version: '2' }), metric(1, 0.3, { variable: 'score' }), metric(1, 0.3, { version: '2' }), { nope: true }]);
     expect(d.emitted<Alert>('alerts').map((a) => a.subject)).toEqual(['fraud@2/amount/psi']);
     expect(d.rejected().map((r) => r.error.code)).toEqual(['FABRIC_RECORD_REJECTED']);
+  });
+});
+
+describe('alerts processor: performance windows', () => {
+  const perf = (i: number, auc: number | null, precision: number | null, overrides: Partial<PerformanceMetric> = {}): PerformanceMetric => ({
+    model: 'fraud', version: '1', experiment: '', arm: '', window_start: i * W, window_end: (i + 1) * W, horizon_ms: W, predictions: 500, scored: 500, labelled: 400, positives: 40, late_labels: 0,
+    auc, log_loss: 0.2, ece: 0.01, base_rate: 0.1, thresholds: [{ name: 'block', threshold: 0.5, flagged: 30, precision, recall: 0.5, f1: 0.5 }], ...overrides,
+  });
+
+  it('judges AUC per arm and precision per threshold; windows with too few labels are not judged', async () => {
+    const d = await new TestDriver(alertsProcessor({ rules: parseAlertRules('auc<0.8 fire=2 severity=critical; precision:block<0.5 fire=1'), minLabels: 100 })).open();
+    await d.pipe('performance.metrics', [perf(0, 0.7, 0.9), perf(1, 0.9, 0.3, { labelled: 20 }), perf(2, 0.7, 0.4), perf(3, 0.75, 0.9, { arm: 'treatment', experiment: 'x' })]);
+    expect(d.emitted<Alert>('alerts').map((a) => [a.subject, a.kind, a.details.state, a.ts / W])).toEqual([
+      ['fraud@1/model/auc', 'performance', 'firing', 3],
+      ['fraud@1/block/precision', 'performance', 'firing', 3],
+    ]);
   });
 });
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { chiSquare, gammaQ, jsDistance, ksStatistic, psi, wasserstein } from '../../processors/drift/metrics.js';
+import { performanceOf, type ScoreGroup } from '../../processors/monitor/performance.js';
 import { binOf, categoricalProfile, numericProfile, referenceOf, type ReferenceProfile } from '../../serving/registry/reference.js';
 
 /** Computed once with scipy by scripts/monitoring_fixtures.py and committed. */
@@ -101,5 +102,49 @@ describe('reference profiles: the same bins in training (Python) and online (Typ
     expect(v1.amount!.proportions).toEqual([0.3, 0.3, 0.4]);
     expect(() => referenceOf({ name: 'm', version: '1', reference_json: JSON.stringify({ amount: { edges: [2, 1], proportions: [0.3, 0.3, 0.4] } }) })).toThrow(/FABRIC_MODEL_INVALID|strictly ascending/);
     expect(() => referenceOf({ name: 'm', version: '1', reference_json: JSON.stringify({ t: { kind: 'categorical', categories: ['a'], proportions: [1] } }) })).toThrow(/one entry per category/);
+  });
+});
+
+/** Labelled scores with scikit-learn's measures (scripts/monitoring_fixtures.py). */
+const PERFORMANCE = JSON.parse(readFileSync(new URL('../fixtures/monitoring/performance.json', import.meta.url), 'utf8')) as {
+  cases: { scores: number[]; labels: number[]; thresholds: Record<string, number>; auc: number; log_loss: number; ece: number; at: Record<string, { precision: number | null; recall: number; f1: number; flagged: number }> }[];
+};
+
+describe('performance with labels against scikit-learn (committed fixtures)', () => {
+  const grouped = (scores: number[], labels: number[]): ScoreGroup[] => {
+    const by = new Map<number, { n: number; positives: number }>();
+    scores.forEach((s, i) => {
+      const g = by.get(s) ?? { n: 0, positives: 0 };
+      g.n++;
+      g.positives += labels[i]!;
+      by.set(s, g);
+    });
+    return [...by.entries()].map(([score, g]) => ({ score, ...g }));
+  };
+
+  it(`AUC (ties one half), log loss, ECE and precision/recall/F1 at the thresholds agree on ${PERFORMANCE.cases.length} cases`, () => {
+    for (const c of PERFORMANCE.cases) {
+      const got = performanceOf(grouped(c.scores, c.labels), c.thresholds);
+      expect(got.labelled).toBe(c.scores.length);
+      expect(got.positives).toBe(c.labels.reduce((a, b) => a + b, 0));
+      expect(got.auc).toBeCloseTo(c.auc, 10);
+      expect(got.log_loss).toBeCloseTo(c.log_loss, 9);
+      expect(got.ece).toBeCloseTo(c.ece, 10);
+      for (const t of got.thresholds) {
+        const want = c.at[t.name]!;
+        expect(t.flagged).toBe(want.flagged);
+        if (want.precision === null) expect(t.precision).toBeNull();
+        else expect(t.precision).toBeCloseTo(want.precision, 12);
+        expect(t.recall).toBeCloseTo(want.recall, 12);
+        expect(t.f1).toBeCloseTo(want.f1, 12);
+      }
+    }
+  });
+
+  it('leaves undefined what is undefined: no AUC with one class, no precision when nothing is flagged', () => {
+    const got = performanceOf([{ score: 0.1, n: 10, positives: 0 }], { block: 0.5 });
+    expect(got).toMatchObject({ labelled: 10, positives: 0, auc: null, base_rate: 0 });
+    expect(got.thresholds).toEqual([{ name: 'block', threshold: 0.5, flagged: 0, precision: null, recall: null, f1: null }]);
+    expect(performanceOf([], {})).toMatchObject({ labelled: 0, auc: null, log_loss: null, ece: null, base_rate: null });
   });
 });
