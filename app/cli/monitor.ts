@@ -3,7 +3,11 @@ import type { Command } from 'commander';
 import { FabricError } from '../../topology/errors.js';
 import { createClickHouse, sqlLiteral } from '../../topology/runtime/clickhouse.js';
 import { categoricalProfile, numericProfile, type ReferenceProfile } from '../../serving/registry/reference.js';
-import { config, instant, out, positiveInt } from './common.js';
+import { AvroSerde } from '../../schemas/serde.js';
+import { createKafka } from '../../topology/runtime/kafka.js';
+import { ModelRegistry } from '../../serving/registry/registry.js';
+import { gatherReport, renderReport } from '../monitor-report.js';
+import { cliLog, config, instant, out, positiveInt } from './common.js';
 
 interface AlertRow {
   alert_id: string;
@@ -25,7 +29,7 @@ function modelAtVersion(v: string): { model: string; version: string } {
 }
 
 export function registerMonitorCommands(program: Command): void {
-  const monitor = program.command('monitor').description('model monitoring: alerts, reference profiles');
+  const monitor = program.command('monitor').description('model monitoring: alerts, reference profiles, the HTML report');
 
   monitor
     .command('alerts')
@@ -111,5 +115,32 @@ export function registerMonitorCommands(program: Command): void {
       if (o.json) out(true, { ...summary, profile }, () => '');
       else if (o.out) out(false, summary, () => `profiled ${rows} predictions of ${model}@${version}: ${Object.keys(profile).length} variables -> ${o.out}`);
       else process.stdout.write(text);
+    });
+
+  monitor
+    .command('report')
+    .description('one self-contained HTML file (no network at view time): alerts, PSI over time with thresholds, reference-vs-current histograms per input, performance over time, ROC and calibration')
+    .requiredOption('--model <name>', 'the model (every version with predictions in the period)')
+    .option('--from <iso>', 'start of the period (event time; default 24 h before --to)', instant('from'))
+    .option('--to <iso>', 'end of the period (exclusive; default now)', instant('to'))
+    .requiredOption('--out <file>', 'where to write the HTML')
+    .option('--json', 'print a summary as JSON')
+    .action(async (o: { model: string; from?: number; to?: number; out: string; json?: boolean }) => {
+      const to = o.to ?? Date.now();
+      const from = o.from ?? to - 86_400_000;
+      if (!(to > from)) throw new FabricError('FABRIC_CLI_USAGE', '--to must be after --from');
+      const cfg = config();
+      const log = cliLog(cfg, true);
+      const registry = new ModelRegistry(createKafka(cfg, log, 'cli'), new AvroSerde({ url: cfg.registryUrl }), cfg, log);
+      await registry.readOnce();
+      const ch = createClickHouse(cfg);
+      try {
+        const data = await gatherReport(ch, { database: cfg.clickhouseDatabase, model: o.model, from, to, horizonMs: cfg.outcomeHorizonSec * 1000, entries: registry.list(), stream: o.model === 'recs' ? 'interactions' : 'transactions' });
+        await writeFile(o.out, renderReport(data));
+        const summary = { out: o.out, model: o.model, from, to, versions: data.versions, histograms: data.histograms.length, driftWindows: data.drift.length, performanceWindows: data.performance.length, alerts: data.alerts.length };
+        out(!!o.json, summary, () => `wrote ${o.out}: ${data.versions.map((v) => `${v.version} (${v.predictions} predictions)`).join(', ')}; ${data.histograms.length} histograms, ${data.drift.length} drift rows, ${data.performance.length} performance windows, ${data.alerts.length} alerts`);
+      } finally {
+        await ch.close();
+      }
     });
 }

@@ -180,12 +180,22 @@ async function decodeAll(ns: Namespace, topic: string): Promise<{ records: ReadR
   return { records, values };
 }
 
-/** Committed offsets of every processor group against the ends of its inputs (0 = caught up). */
+/**
+ * Committed offsets of every group the fleet runs (the HEADS and the processors chained after them)
+ * against the ends of its inputs (0 = caught up). Processors the fleet does not run (monitor-alerts,
+ * alert-webhook, the recommendation chain) are not waited for.
+ */
 export async function totalLag(ns: Namespace): Promise<number> {
   const admin = ns.kafka.admin();
   await admin.connect();
   try {
-    return (await consumerLag(admin, ns.config, fabricTopology().processors)).reduce((sum, r) => sum + r.lag, 0);
+    const topology = fabricTopology();
+    const headOf = (name: string): string => {
+      const def = topology.processor(name);
+      return def.after === undefined ? def.name : headOf(def.after);
+    };
+    const run = topology.processors.filter((p) => (HEADS as readonly string[]).includes(headOf(p.name)));
+    return (await consumerLag(admin, ns.config, run)).reduce((sum, r) => sum + r.lag, 0);
   } finally {
     await admin.disconnect();
   }

@@ -2,7 +2,11 @@ import { execFile } from 'node:child_process';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { promisify } from 'node:util';
 import type { AddressInfo } from 'node:net';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import { dumpDom, ensureChromium, screenshot } from '../shared/chromium.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import avro from 'avsc';
 import { isolatedConfig, readAll, startTestFabric, waitFor, chRows, type TestFabric } from './harness.js';
@@ -317,5 +321,38 @@ describe('model monitoring on the running fabric', () => {
     }
     expect(lateSeen).toBeGreaterThan(50);
     expect(withAuc).toBeGreaterThan(2);
+  });
+
+  it('fabric monitor report writes one self-contained HTML file that renders in headless Chromium with every chart drawn', async () => {
+    const chromium = ensureChromium();
+    const dir = mkdtempSync(join(tmpdir(), 'fabric-report-'));
+    const file = join(dir, 'report.html');
+    const from = Math.min(...predictions.map((p) => p.event_ts as number)) - WINDOW;
+    const summary = (await cli('report', '--model', 'fraud', '--from', String(from), '--to', String(Date.now()), '--out', file)) as { histograms: number; driftWindows: number; performanceWindows: number; alerts: number };
+    expect(summary.histograms).toBe(FRAUD_INPUT_NAMES.length + 1);
+    expect(summary.performanceWindows).toBeGreaterThan(2);
+    expect(summary.alerts).toBeGreaterThan(0);
+    const html = readFileSync(file, 'utf8');
+    // Nothing is fetched at view time: no external script, style, image or font.
+    expect(html).not.toMatch(/(src|href)\s*=\s*["']?(https?:)?\/\//i);
+    expect(html).not.toMatch(/@import|url\(\s*["']?https?:/i);
+    const dom = dumpDom(chromium, `file://${file}`);
+    const canvases = [...dom.matchAll(/<canvas[^>]*data-chart="([^"]+)"[^>]*>/g)].map((m) => ({ chart: m[1]!, drawn: /data-drawn="1"/.test(m[0]), ink: Number(/data-ink="(\d+)"/.exec(m[0])?.[1] ?? 0) }));
+    // PSI over time, a histogram per input and the score, AUC, loss and calibration error, one chart per threshold, ROC, calibration.
+    const kinds = new Map<string, number>();
+    for (const c of canvases) kinds.set(c.chart, (kinds.get(c.chart) ?? 0) + 1);
+    expect(Object.fromEntries(kinds)).toEqual({ 'drift-psi': 1, histogram: FRAUD_INPUT_NAMES.length + 1, 'performance-auc': 1, 'performance-loss': 1, 'performance-threshold': 2, roc: 1, calibration: 1 });
+    for (const c of canvases) {
+      expect(c.drawn, c.chart).toBe(true);
+      expect(c.ink, c.chart).toBeGreaterThan(2000);
+    }
+    expect(dom).toContain('fraud@1.0.0/amount/psi');
+    // And a screenshot is not blank: a good share of its pixels are not background.
+    const png = join(dir, 'report.png');
+    screenshot(chromium, `file://${file}`, png);
+    const image = PNG.sync.read(readFileSync(png));
+    let painted = 0;
+    for (let i = 0; i < image.data.length; i += 4) if (image.data[i]! < 240 || image.data[i + 1]! < 240 || image.data[i + 2]! < 240) painted++;
+    expect(painted / (image.width * image.height)).toBeGreaterThan(0.03);
   });
 });
