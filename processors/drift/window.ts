@@ -36,11 +36,6 @@ export function variablesOf(reference: References | null, seen: Iterable<string>
   return [...new Set([...Object.keys(reference ?? {}), 'score', ...seen])].sort();
 }
 
-function valueOf(p: Prediction, variable: string): unknown {
-  if (variable === 'score') return p.score;
-  return p.features[variable];
-}
-
 /** Adds one value of one variable: binned when it fits the profile, else counted as missing or invalid. */
 export function foldValue(agg: VariableAggregate, profile: ReferenceProfile | undefined, x: unknown): void {
   if (x === null || x === undefined) {
@@ -70,7 +65,26 @@ export function foldValue(agg: VariableAggregate, profile: ReferenceProfile | un
   agg.n++;
 }
 
-const profiled = new WeakMap<References, readonly string[]>();
+/** A profiled variable with what folding its values needs, resolved once per profile. */
+interface Slot {
+  readonly name: string;
+  readonly profile: ReferenceProfile;
+  /** Numeric profiles: the edges and bounds (null for categorical). */
+  readonly edges: readonly number[] | null;
+  readonly min: number;
+  readonly max: number;
+}
+
+const slotsOf = new WeakMap<References, readonly Slot[]>();
+
+function slots(reference: References): readonly Slot[] {
+  let s = slotsOf.get(reference);
+  if (!s) {
+    s = Object.entries(reference).map(([name, profile]) => (isCategorical(profile) ? { name, profile, edges: null, min: -Infinity, max: Infinity } : { name, profile, edges: profile.edges, min: profile.min ?? -Infinity, max: profile.max ?? Infinity }));
+    slotsOf.set(reference, s);
+  }
+  return s;
+}
 
 /** Adds one prediction to a pane: its version's count, and per variable (`variablesOf`) its value. */
 export function foldPrediction(pane: PaneAggregate, p: Prediction, reference: References | null): void {
@@ -78,17 +92,31 @@ export function foldPrediction(pane: PaneAggregate, p: Prediction, reference: Re
   const version = (pane.versions[p.version] ??= { count: 0, variables: {} });
   version.count++;
   const vars = version.variables;
-  // The hot path: the profile's variables (listed once per profile), then the score and the inputs it has no profile for.
-  let names = reference ? profiled.get(reference) : undefined;
-  if (reference && !names) profiled.set(reference, (names = Object.keys(reference)));
-  for (const v of names ?? []) {
-    const profile = reference![v];
-    foldValue((vars[v] ??= emptyVariable(profile)), profile, valueOf(p, v));
+  const features = p.features;
+  // The hot path: the profile's variables, with their edges at hand; then the score and any input
+  // without a profile (none when the inputs are the profile's: counted, not looked up one by one).
+  let profiledInputs = 0;
+  let scoreProfiled = false;
+  for (const slot of reference ? slots(reference) : []) {
+    const isScore = slot.name === 'score';
+    if (isScore) scoreProfiled = true;
+    const x = isScore ? p.score : features[slot.name];
+    if (!isScore && x !== undefined) profiledInputs++;
+    const agg = (vars[slot.name] ??= emptyVariable(slot.profile));
+    if (slot.edges !== null && typeof x === 'number' && Number.isFinite(x)) {
+      agg.bins[binOf(slot.edges, x)]!++;
+      if (x < slot.min || x > slot.max) agg.out_of_range++;
+      agg.sum += x;
+      agg.n++;
+    } else foldValue(agg, slot.profile, x);
   }
-  if (!reference?.score) foldValue((vars.score ??= emptyVariable(undefined)), undefined, p.score);
-  for (const v in p.features) {
+  if (!scoreProfiled) foldValue((vars.score ??= emptyVariable(undefined)), undefined, p.score);
+  let inputs = 0;
+  for (const _ in features) inputs++;
+  if (inputs === profiledInputs) return;
+  for (const v in features) {
     if (reference?.[v] || v === 'score') continue;
-    foldValue((vars[v] ??= emptyVariable(undefined)), undefined, p.features[v]);
+    foldValue((vars[v] ??= emptyVariable(undefined)), undefined, features[v]);
   }
 }
 
