@@ -26,7 +26,8 @@
  *  11. experiments (test/bench/experiments.ts): scoring processor events/s under a 20% A/B split, and under
  *      the split plus a shadow version, vs the same batches with no experiment
  *
- *  12. monitoring (test/bench/monitoring.ts): drift's time per event (both stages, every fraud input and
+ *  12. monitoring (test/bench/evidently.ts, monitoring.ts): window metrics over 1M rows vs Evidently's data
+ *      drift preset on the same data (venv via scripts/setup-peer-venv.sh evidently); drift's time per event (both stages, every fraud input and
  *      the score) as a share of the scoring path's time per event, same predictions, alternated
 
  * Prints a Markdown table and writes the same data to bench-results.json at the repository root.
@@ -63,6 +64,7 @@ import { formatNumber, formatRatio, markdownTable, median } from './stats.js';
 import { capCheckPair, ruleEvaluationPair, sinkPair, type LedgerSizes, type Pair } from './ledger.js';
 import { experimentsPairs, type ExperimentSizes } from './experiments.js';
 import { monitoringPair, type MonitoringSizes } from './monitoring.js';
+import { evidentlyComparison, type EvidentlySizes } from './evidently.js';
 
 const quick = process.argv.includes('--quick');
 const SECTIONS = ['throughput', 'processing', 'e2e', 'features', 'serving', 'ledger', 'experiments', 'monitoring'] as const;
@@ -87,6 +89,7 @@ const LEDGER_SIZES: LedgerSizes = quick ? { sinkRows: 50_000, sinkBatch: 5_000, 
 const EXPERIMENT_SIZES: ExperimentSizes = quick ? { events: 10_000, batch: 500, repetitions: 2 } : { events: 50_000, batch: 500, repetitions: 5 };
 /** Sizes of the monitoring section (test/bench/monitoring.ts). */
 const MONITORING_SIZES: MonitoringSizes = quick ? { events: 10_000, batch: 500, repetitions: 2 } : { events: 50_000, batch: 500, repetitions: 5 };
+const EVIDENTLY_SIZES: EvidentlySizes = quick ? { reference: 10_000, current: 100_000, windows: 10 } : { reference: 40_000, current: 1_000_000, windows: 10 };
 const BATCH = 50;
 const HTTP_IN_FLIGHT = 8;
 /** A second gateway measurement with more requests in flight: separates client concurrency from gateway cost. */
@@ -410,6 +413,7 @@ async function main(): Promise<void> {
     row('experiment_shadow', 'scoring under the split plus a shadow version (the shadow scores every event: its cost)', 'events/s', 'the same batches, no experiment', 'higher'),
   ];
   const monitoringRows: Row[] = [
+    row('monitoring_vs_evidently', `drift window metrics (PSI, Jensen-Shannon, KS, Wasserstein per column) over ${formatNumber(EVIDENTLY_SIZES.current)} rows x 17 columns in ${EVIDENTLY_SIZES.windows} windows against a ${formatNumber(EVIDENTLY_SIZES.reference)}-row reference`, 'rows/s', "Evidently's DataDriftPreset (default tests) on the same windows, CSV reading excluded", 'higher'),
     row('monitoring_cost', `drift (per-partition panes of every fraud input and the score, then the merge and metrics) per event, ${formatNumber(MONITORING_SIZES.events)} predictions in batches of ${MONITORING_SIZES.batch}; ratio: its share of scoring (target <= 0.05)`, 'µs/event', 'the scoring path per event (features row, ONNX run per batch, rules)', 'lower'),
   ];
   let batchingSearches: BatchingSearch[] = [];
@@ -503,7 +507,15 @@ async function main(): Promise<void> {
       if (ab.error) shadow.error ??= ab.error;
     }
     if (runs('monitoring')) {
-      const [cost] = monitoringRows as [Row];
+      const [vsEvidently, cost] = monitoringRows as [Row, Row];
+      progress(`monitoring: window metrics vs Evidently's data drift preset: ${formatNumber(EVIDENTLY_SIZES.current)} rows`);
+      await attempt(vsEvidently, async () => {
+        const r = await evidentlyComparison(EVIDENTLY_SIZES);
+        vsEvidently.ours = r.oursRowsPerSec;
+        vsEvidently.reference = r.evidentlyRowsPerSec;
+        vsEvidently.ratio = r.oursRowsPerSec / r.evidentlyRowsPerSec;
+        vsEvidently.notes.push(`Evidently with PSI: ${formatNumber(r.evidentlyPsiRowsPerSec)} rows/s; PSI of the shifted columns in the last window, ours (reference deciles) vs Evidently's: ${Object.entries(r.psi).map(([c, v]) => `${c} ${v.ours.toFixed(3)} vs ${v.evidently.toFixed(3)}`).join(', ')}`);
+      });
       progress(`monitoring: drift vs scoring per event: ${formatNumber(MONITORING_SIZES.events)} events × ${MONITORING_SIZES.repetitions}`);
       await attempt(cost, async () => {
         const pair = await monitoringPair(MONITORING_SIZES);
