@@ -98,7 +98,7 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('features.item', { schema: 'item_features', doc: 'Features of an item as of each interaction with it.' }),
       topic(ITEM_REPARTITION_TOPIC, { schema: 'interaction', doc: 'Interactions keyed by item_id (written by features-user in its transaction): the item group\'s input.' }),
       topic('predictions.fraud', { partitions: predictionsPartitions, schema: 'prediction', doc: 'Fraud scores and decisions, one per transaction (origin stream), plus the answers of POST /v1/predict/fraud (origin online).' }),
-      topic('predictions.recs', { schema: 'recommendation', doc: 'The recs model\'s top candidate items for a user at each interaction, with scores and the vectors served.' }),
+      topic('predictions.recs', { partitions: predictionsPartitions, schema: 'recommendation', doc: 'The recs model\'s top candidate items for a user at each interaction, with scores and the vectors served.' }),
       topic('drift.partials', { partitions: 1, schema: 'drift_partial', doc: 'Per-partition drift window aggregates, merged into drift.metrics once every partition passed a window.' }),
       topic('drift.metrics', { partitions: 1, schema: 'drift_metric', retentionMs: 30 * DAY_MS, doc: 'PSI per variable per tumbling window.' }),
       topic('predictions.fraud.shadow', { partitions: predictionsPartitions, schema: 'prediction', doc: 'The shadow version of a fraud experiment: its score and the decision the rules would take with it, for every event the stream scored; never served.' }),
@@ -177,6 +177,30 @@ export function fabricTopology(): Topology<FabricResources> {
         create: async (r) => {
           const source = await r.references('fraud');
           return driftProcessor({ model: 'fraud', version: () => source.production(), references: source.references, prepare: (v) => source.prepare(v), paneMs: driftHopMs(r.config), latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
+        },
+      }),
+      processor({
+        name: 'drift-recs',
+        group: 'fabric.drift-recs',
+        inputs: ['predictions.recs'],
+        outputs: ['drift.partials'],
+        sinks: ['redis'],
+        doc: 'The recs model\'s drift, per partition: every item shown (its score and the inputs it was served with) in the panes of its version, against the version\'s reference bins.',
+        create: async (r) => {
+          const source = await r.references('recs');
+          return driftProcessor({ model: 'recs', input: 'recommendations', name: 'drift-recs', version: () => source.production(), references: source.references, prepare: (v) => source.prepare(v), paneMs: driftHopMs(r.config), latenessMs: r.config.driftAllowedLatenessSec * 1000, maxClockSkewMs: r.config.maxClockSkewSec * 1000, partitions: predictionsPartitions });
+        },
+      }),
+      processor({
+        name: 'drift-merge-recs',
+        group: 'fabric.drift-merge-recs',
+        inputs: ['drift.partials'],
+        outputs: ['drift.metrics'],
+        sinks: ['redis'],
+        doc: 'The recs model\'s windows from drift.partials (its partials only), measured like drift-merge\'s.',
+        create: async (r) => {
+          const source = await r.references('recs');
+          return driftMergeProcessor({ model: 'recs', name: 'drift-merge-recs', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
         },
       }),
       processor({

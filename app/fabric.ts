@@ -289,7 +289,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
         database: config.clickhouseDatabase,
         redis: await resources.redis(),
         keyPrefix: config.redisKeyPrefix,
-        models: [{ model: 'fraud', stream: 'transactions' }],
+        models: [{ model: 'fraud', stream: 'transactions', kind: 'decision' }, { model: 'recs', stream: 'interactions', kind: 'ranking' }],
         thresholds: (model, version) => registry.get(model, version)?.thresholds ?? {},
         windowMs: config.performanceWindowSec * 1000,
         horizonMs: config.outcomeHorizonSec * 1000,
@@ -302,7 +302,7 @@ export async function startFabric(config: FabricConfig, log: Logger, options: Fa
       performance.start();
       closers.push({ name: 'performance monitor', close: () => performance.close() });
     }
-    if ([...heads].some((h) => topology.chain(h).some((d) => d.name === 'drift-merge'))) {
+    if ([...heads].some((h) => topology.chain(h).some((d) => d.name === 'drift-merge' || d.name === 'drift-merge-recs'))) {
       // Time for the drift merge when no predictions flow: windows of stopped traffic close on its idle timeout.
       const stopClock = await startDriftClock({ producer, serde, config, log: log.child({ component: 'drift-clock' }), intervalMs: Math.min(5_000, Math.max(250, (config.driftIdleSec * 1000) / 4)) });
       closers.push({ name: 'drift clock', close: stopClock });

@@ -230,7 +230,7 @@ export interface DriftWindowPartial {
   window_start: number;
   /** Pane end, exclusive, epoch ms. */
   window_end: number;
-  /** Predictions of this partition folded into the pane. */
+  /** Predictions of this partition folded into the pane (recommendations: items shown). */
   count: number;
   /** Predictions of this partition that arrived while this pane was the partition's oldest open one but belonged to an already closed pane: counted here, not folded. */
   late: number;
@@ -498,7 +498,7 @@ export interface ThresholdPerformance {
   recall: null | number;
   f1: null | number;
 }
-/** How one model version (and experiment arm) did over one event-time window of its predictions, from the outcomes joined to them by event id within the horizon (processors/monitor/performance.ts). Topic performance.metrics, key: model/version/arm. */
+/** How one model version (and experiment arm) did over one event-time window of its outputs, from the outcomes joined to them within the horizon: decision models by event id (AUC, log loss, calibration, precision/recall/F1), ranking models by user and item (CTR, conversion) (processors/monitor/performance.ts). Topic performance.metrics, key: model/version/arm. */
 export interface PerformanceMetric {
   model: string;
   version: string;
@@ -530,6 +530,16 @@ export interface PerformanceMetric {
   ece: null | number;
   /** positives / labelled. */
   base_rate: null | number;
+  /** Ranking models: items shown in the window's recommendations (every measure below is over them). */
+  items: number;
+  /** Ranking models: items shown that the user clicked within the horizon. */
+  clicks: number;
+  /** Ranking models: items shown that the user bought within the horizon. */
+  purchases: number;
+  /** Ranking models: clicks / items. */
+  ctr: null | number;
+  /** Ranking models: purchases / items. */
+  conversion: null | number;
   /** At each of the version's decision thresholds (score >= threshold flags): precision, recall, F1 and the share flagged. */
   thresholds: ThresholdPerformance[];
 }

@@ -196,7 +196,10 @@ export function driftMergeProcessor(options: DriftMergeOptions): ProcessorLogic 
     const state = parseState(await ctx.state.load(), ctx.log);
     const outputs: Output[] = [];
     const versions = new Set<string>();
-    for (const r of records) for (const w of (r.value as DriftPartial | null)?.windows ?? []) for (const v of Object.keys(w.versions ?? {})) versions.add(v);
+    for (const r of records) {
+      const p = r.value as DriftPartial | null;
+      if (p?.model === options.model) for (const w of p.windows ?? []) for (const v of Object.keys(w.versions ?? {})) versions.add(v);
+    }
     await options.prepare?.([...versions]);
     for (const record of records) {
       const p = record.value as DriftPartial | null;

@@ -1,7 +1,7 @@
 import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../topology/runtime/processor.js';
 import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
-import type { DriftPartial, Prediction } from '../../schemas/types.generated.js';
+import type { DriftPartial, Prediction, Recommendation } from '../../schemas/types.generated.js';
 import { emptyPane, foldPrediction, paneStartOf, type PaneAggregate, type ReferenceLookup } from './window.js';
 
 export { driftMergeProcessor, type DriftMergeOptions } from './merge.js';
@@ -26,6 +26,18 @@ export interface DriftProcessorOptions {
   readonly outputTopic?: string;
   /** Processor name (state owner). Default drift. */
   readonly name?: string;
+  /**
+   * What the input records are: predictions (default; one measured unit each) or recommendations
+   * (each item shown is a unit: its score and the inputs it was served with).
+   */
+  readonly input?: 'predictions' | 'recommendations';
+}
+
+/** The units a record adds to the windows: the prediction itself, or one per item of a recommendation. */
+function unitsOf(value: Prediction | Recommendation, input: 'predictions' | 'recommendations'): Prediction[] {
+  if (input === 'predictions') return [value as Prediction];
+  const r = value as Recommendation;
+  return (Array.isArray(r.items) ? r.items : []).map((item) => ({ ...(r as unknown as Prediction), score: item.score, features: item.features ?? {} }));
 }
 
 /** The durable state of one input partition (one task): only what is still open. */
@@ -83,6 +95,7 @@ export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
   const name = options.name ?? 'drift';
   const outputTopic = options.outputTopic ?? 'drift.partials';
   const maxClockSkewMs = options.maxClockSkewMs ?? 5 * 60_000;
+  const input = options.input ?? 'predictions';
   const { paneMs, latenessMs, references } = options;
   if (!(Number.isSafeInteger(paneMs) && paneMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift paneMs must be a positive integer, got ${paneMs}`);
   if (!(Number.isSafeInteger(latenessMs) && latenessMs >= 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift latenessMs must be a non-negative integer, got ${latenessMs}`);
@@ -102,8 +115,8 @@ export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
     await options.prepare?.([...new Set(records.map((r) => (r.value as Prediction | null)?.version).filter((v): v is string => typeof v === 'string'))]);
     for (const record of records) {
       const p = record.value as Prediction | null;
-      if (!p || typeof p !== 'object' || typeof p.event_ts !== 'number' || !Number.isFinite(p.event_ts) || typeof p.version !== 'string' || !p.features || typeof p.features !== 'object') {
-        outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', 'prediction without a valid event_ts, version or features')));
+      if (!p || typeof p !== 'object' || typeof p.event_ts !== 'number' || !Number.isFinite(p.event_ts) || typeof p.version !== 'string' || (input === 'predictions' ? !p.features || typeof p.features !== 'object' : !Array.isArray((p as unknown as Recommendation).items))) {
+        outputs.push(reject(record, new FabricError('FABRIC_RECORD_REJECTED', `${input === 'predictions' ? 'prediction' : 'recommendation'} without a valid event_ts, version or ${input === 'predictions' ? 'features' : 'items'}`)));
         continue;
       }
       if (p.model !== options.model) continue;
@@ -117,7 +130,8 @@ export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
         paneAt(state, paneStartOf(watermark, paneMs), touched).late++;
         continue;
       }
-      foldPrediction(paneAt(state, start, touched), p, references(p.version));
+      const pane = paneAt(state, start, touched);
+      for (const unit of unitsOf(p, input)) foldPrediction(pane, unit, references(p.version));
       if (state.maxTs === null || p.event_ts > state.maxTs) state.maxTs = p.event_ts;
     }
 

@@ -60,7 +60,7 @@ function observations(m: DriftMetric | PerformanceMetric, minLabels: number): Ob
   }
   if (m.labelled < minLabels) return [];
   return [
-    { ...base, variable: m.arm || 'model', values: { auc: m.auc, log_loss: m.log_loss, ece: m.ece } },
+    { ...base, variable: m.arm || 'model', values: m.thresholds.length || m.auc !== null ? { auc: m.auc, log_loss: m.log_loss, ece: m.ece } : { ctr: m.ctr, conversion: m.conversion } },
     ...m.thresholds.map((t) => ({ ...base, variable: m.arm ? `${m.arm}/${t.name}` : t.name, values: { precision: t.precision, recall: t.recall, f1: t.f1 } })),
   ];
 }

@@ -138,7 +138,51 @@ export async function windowPerformance(clickhouse: ClickHouseClient, options: {
     scored: g.scored,
     late_labels: g.late,
     ...performanceOf(g.joined, options.thresholds(g.version)),
+    items: 0,
+    clicks: 0,
+    purchases: 0,
+    ctr: null,
+    conversion: null,
   }));
+}
+
+/**
+ * The query of one window of a ranking model: every item shown in its stream recommendations with
+ * event time in [start, end), joined with the user's outcomes on that item (stream `stream`): clicked
+ * or purchased after the recommendation and within the horizon, or only later (late); grouped by
+ * version, experiment and arm.
+ */
+export function rankingWindowQuery(database: string, model: string, stream: string, start: number, end: number, horizonMs: number): string {
+  const h = Math.floor(horizonMs);
+  return `SELECT version, experiment, arm, uniqExact(event_id) AS requests, count() AS items, sum(clicked) AS clicks, sum(purchased) AS purchases, sum(late) AS late
+FROM (
+  SELECT event_id, version, experiment, arm, item_id,
+    max(o_label = 'click' AND o_ts > event_ts_ms AND o_ts <= event_ts_ms + ${h}) AS clicked,
+    max(o_label = 'purchase' AND o_ts > event_ts_ms AND o_ts <= event_ts_ms + ${h}) AS purchased,
+    max(o_label IN ('click', 'purchase') AND o_ts > event_ts_ms + ${h}) AND NOT max(o_label IN ('click', 'purchase') AND o_ts > event_ts_ms AND o_ts <= event_ts_ms + ${h}) AS late
+  FROM (SELECT event_id, user_id, version, experiment, arm, item_id, event_ts_ms FROM ${database}.recommendations FINAL WHERE model = ${sqlLiteral(model)} AND origin = 'stream' AND event_ts_ms >= ${Math.floor(start)} AND event_ts_ms < ${Math.floor(end)})
+  ALL LEFT JOIN (SELECT entity_id AS user_id, item_id, ts_ms AS o_ts, label AS o_label FROM ${database}.outcomes FINAL WHERE stream = ${sqlLiteral(stream)} AND ts_ms >= ${Math.floor(start)}) USING (user_id, item_id)
+  GROUP BY event_id, version, experiment, arm, item_id
+)
+GROUP BY version, experiment, arm
+ORDER BY version, experiment, arm`;
+}
+
+/** The PerformanceMetric (CTR, conversion) of every (version, experiment, arm) of a ranking model with items shown in the window. */
+export async function rankingWindowPerformance(clickhouse: ClickHouseClient, options: { database: string; model: string; stream: string; start: number; end: number; horizonMs: number }): Promise<PerformanceMetric[]> {
+  const rs = await clickhouse.query({ query: rankingWindowQuery(options.database, options.model, options.stream, options.start, options.end, options.horizonMs), format: 'JSONEachRow' });
+  const rows = await rs.json<{ version: string; experiment: string; arm: string; requests: string; items: string; clicks: string; purchases: string; late: string }>();
+  return rows.map((r) => {
+    const items = Number(r.items);
+    const clicks = Number(r.clicks);
+    const purchases = Number(r.purchases);
+    return {
+      model: options.model, version: r.version, experiment: r.experiment, arm: r.arm, window_start: options.start, window_end: options.end, horizon_ms: options.horizonMs,
+      predictions: Number(r.requests), scored: Number(r.requests), labelled: items, positives: clicks, late_labels: Number(r.late),
+      auc: null, log_loss: null, ece: null, base_rate: items ? clicks / items : null, thresholds: [],
+      items, clicks, purchases, ctr: items ? clicks / items : null, conversion: items ? purchases / items : null,
+    };
+  });
 }
 
 export interface PerformanceMonitorDeps {
@@ -146,8 +190,8 @@ export interface PerformanceMonitorDeps {
   readonly database: string;
   readonly redis: Redis;
   readonly keyPrefix: string;
-  /** Models with labels: the model and the outcome stream its labels come on. */
-  readonly models: readonly { readonly model: string; readonly stream: string }[];
+  /** Models with labels: the model, the outcome stream its labels come on, and whether it decides (predictions) or ranks (recommendations). */
+  readonly models: readonly { readonly model: string; readonly stream: string; readonly kind: 'decision' | 'ranking' }[];
   readonly thresholds: (model: string, version: string) => Readonly<Record<string, number>>;
   readonly windowMs: number;
   readonly horizonMs: number;
@@ -203,21 +247,22 @@ export class PerformanceMonitor {
     const published: PerformanceMetric[] = [];
     const { windowMs } = this.deps;
     const ready = Math.floor((now - this.deps.horizonMs - this.deps.graceMs) / windowMs) * windowMs;
-    for (const { model, stream } of this.deps.models) {
+    for (const { model, stream, kind } of this.deps.models) {
       const doneKey = `${this.deps.keyPrefix}monitor:performance:done:${model}`;
       const done = Number((await this.deps.redis.get(doneKey)) ?? Number.NaN);
       let start = Number.isFinite(done) ? done : Math.floor((now - this.deps.lookbackMs) / windowMs) * windowMs;
       // At most 100 windows with predictions per round (a long outage catches up over several rounds).
       for (let i = 0; start + windowMs <= ready && i < 100; i++) {
         // Windows without predictions are skipped in one query: the next window is the next prediction's.
-        const next = await this.nextPrediction(model, start, ready);
+        const next = await this.nextOutput(model, kind, start, ready);
         if (next === null) {
           start = ready;
           await this.deps.redis.set(doneKey, String(start));
           break;
         }
         start = Math.max(start, Math.floor(next / windowMs) * windowMs);
-        const metrics = await windowPerformance(this.deps.clickhouse, { database: this.deps.database, model, stream, start, end: start + windowMs, horizonMs: this.deps.horizonMs, thresholds: (v) => this.deps.thresholds(model, v) });
+        const window = { database: this.deps.database, model, stream, start, end: start + windowMs, horizonMs: this.deps.horizonMs };
+        const metrics = kind === 'ranking' ? await rankingWindowPerformance(this.deps.clickhouse, window) : await windowPerformance(this.deps.clickhouse, { ...window, thresholds: (v) => this.deps.thresholds(model, v) });
         if (metrics.length) await this.deps.publish(metrics);
         start += windowMs;
         await this.deps.redis.set(doneKey, String(start));
@@ -227,9 +272,11 @@ export class PerformanceMonitor {
     return published;
   }
 
-  /** Event time of the model's first stream prediction in [from, before), or null. */
-  private async nextPrediction(model: string, from: number, before: number): Promise<number | null> {
-    const rs = await this.deps.clickhouse.query({ query: `SELECT count() AS n, min(event_ts_ms) AS ts FROM ${this.deps.database}.predictions WHERE model = ${sqlLiteral(model)} AND event_ts_ms >= ${Math.floor(from)} AND event_ts_ms < ${Math.floor(before)}`, format: 'JSONEachRow' });
+  /** Event time of the model's first stream output in [from, before), or null. */
+  private async nextOutput(model: string, kind: 'decision' | 'ranking', from: number, before: number): Promise<number | null> {
+    // Stream outputs only: predictions holds the stream's (answers of POST /v1/predict are in predictions_online).
+    const source = kind === 'ranking' ? `${this.deps.database}.recommendations WHERE origin = 'stream' AND` : `${this.deps.database}.predictions WHERE`;
+    const rs = await this.deps.clickhouse.query({ query: `SELECT count() AS n, min(event_ts_ms) AS ts FROM ${source} model = ${sqlLiteral(model)} AND event_ts_ms >= ${Math.floor(from)} AND event_ts_ms < ${Math.floor(before)}`, format: 'JSONEachRow' });
     const [row] = await rs.json<{ n: string; ts: string }>();
     return row && Number(row.n) > 0 ? Number(row.ts) : null;
   }

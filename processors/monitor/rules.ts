@@ -1,9 +1,9 @@
 import { FabricError } from '../../topology/errors.js';
 
 /** What a rule can watch on a drift metric (a window of one variable of one model version). */
-export const ALERT_METRICS = ['psi', 'js', 'ks', 'wasserstein', 'chi2_p', 'missing_rate', 'out_of_range_rate', 'unseen_rate', 'invalid', 'auc', 'log_loss', 'ece', 'precision', 'recall', 'f1'] as const;
-/** Metrics of performance.metrics: auc, log_loss and ece per arm (variable: the arm, `model` outside an experiment), the others per threshold (variable: its name, `<arm>/<name>` under an experiment). */
-export const PERFORMANCE_METRICS: ReadonlySet<string> = new Set(['auc', 'log_loss', 'ece', 'precision', 'recall', 'f1']);
+export const ALERT_METRICS = ['psi', 'js', 'ks', 'wasserstein', 'chi2_p', 'missing_rate', 'out_of_range_rate', 'unseen_rate', 'invalid', 'auc', 'log_loss', 'ece', 'ctr', 'conversion', 'precision', 'recall', 'f1'] as const;
+/** Metrics of performance.metrics: auc, log_loss, ece, ctr and conversion per arm (variable: the arm, `model` outside an experiment), the others per threshold (variable: its name, `<arm>/<name>` under an experiment). */
+export const PERFORMANCE_METRICS: ReadonlySet<string> = new Set(['auc', 'log_loss', 'ece', 'ctr', 'conversion', 'precision', 'recall', 'f1']);
 export type AlertMetric = (typeof ALERT_METRICS)[number];
 
 export interface AlertRule {

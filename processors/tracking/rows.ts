@@ -91,7 +91,7 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const m = r.value as PerformanceMetric;
       return [{
         model: m.model, version: m.version, experiment: m.experiment, arm: m.arm, window_start_ms: m.window_start, window_end_ms: m.window_end, horizon_ms: m.horizon_ms,
-        predictions: m.predictions, scored: m.scored, labelled: m.labelled, positives: m.positives, late_labels: m.late_labels, auc: m.auc, log_loss: m.log_loss, ece: m.ece, base_rate: m.base_rate,
+        predictions: m.predictions, scored: m.scored, labelled: m.labelled, positives: m.positives, late_labels: m.late_labels, auc: m.auc, log_loss: m.log_loss, ece: m.ece, base_rate: m.base_rate, items: m.items, clicks: m.clicks, purchases: m.purchases, ctr: m.ctr, conversion: m.conversion,
         threshold_names: m.thresholds.map((t) => t.name), threshold_values: m.thresholds.map((t) => t.threshold), threshold_flagged: m.thresholds.map((t) => t.flagged),
         threshold_precision: m.thresholds.map((t) => t.precision), threshold_recall: m.thresholds.map((t) => t.recall), threshold_f1: m.thresholds.map((t) => t.f1), ...source(r),
       }];

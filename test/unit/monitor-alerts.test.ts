@@ -92,7 +92,7 @@ describe('alerts processor: hysteresis', () => {
 describe('alerts processor: performance windows', () => {
   const perf = (i: number, auc: number | null, precision: number | null, overrides: Partial<PerformanceMetric> = {}): PerformanceMetric => ({
     model: 'fraud', version: '1', experiment: '', arm: '', window_start: i * W, window_end: (i + 1) * W, horizon_ms: W, predictions: 500, scored: 500, labelled: 400, positives: 40, late_labels: 0,
-    auc, log_loss: 0.2, ece: 0.01, base_rate: 0.1, thresholds: [{ name: 'block', threshold: 0.5, flagged: 30, precision, recall: 0.5, f1: 0.5 }], ...overrides,
+    auc, log_loss: 0.2, ece: 0.01, base_rate: 0.1, thresholds: [{ name: 'block', threshold: 0.5, flagged: 30, precision, recall: 0.5, f1: 0.5 }], items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, ...overrides,
   });
 
   it('judges AUC per arm and precision per threshold; windows with too few labels are not judged', async () => {
