@@ -55,7 +55,7 @@ export interface FabricResources {
 }
 
 /** Every topic the tracking processor writes to ClickHouse (its inputs). */
-const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'predictions.recs', 'predictions.fraud.shadow', 'predictions.recs.shadow', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics', 'performance.metrics', 'alerts', '_fabric.experiments'];
+const TRACKED = ['events.transactions', 'events.interactions', 'features.account', 'features.user', 'features.item', 'predictions.fraud', 'predictions.recs', 'predictions.fraud.shadow', 'predictions.recs.shadow', 'outcomes.transactions', 'outcomes.interactions', 'drift.metrics', 'performance.metrics', 'alerts', '_fabric.experiments', 'dlq.events.transactions', 'dlq.events.interactions'];
 
 /** Interactions re-keyed by item, so each item's events are in one partition of the item group's input. */
 export const ITEM_REPARTITION_TOPIC = 'repartition.interactions.item';
@@ -104,6 +104,9 @@ export function fabricTopology(): Topology<FabricResources> {
       topic('predictions.fraud.shadow', { partitions: predictionsPartitions, schema: 'prediction', doc: 'The shadow version of a fraud experiment: its score and the decision the rules would take with it, for every event the stream scored; never served.' }),
       topic('predictions.recs.shadow', { schema: 'recommendation', doc: 'The shadow version of a recs experiment: the items it would have recommended (caps neither consulted nor counted); never served.' }),
       topic('alerts', { partitions: 1, retentionMs: 30 * DAY_MS, schema: 'alert', doc: 'Alerts: experiment decisions, drift, data quality and performance (monitor-alerts), key: the subject.' }),
+      // Declared here (and not only made for every processor input) because tracking reads them into dead_letters.
+      topic('dlq.events.transactions', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Records of events.transactions a processor could not handle, original bytes plus fabric.error.* headers; tracked into dead_letters (data quality).' }),
+      topic('dlq.events.interactions', { partitions: 1, retentionMs: 30 * DAY_MS, doc: 'Records of events.interactions a processor could not handle, original bytes plus fabric.error.* headers; tracked into dead_letters (data quality).' }),
       topic('performance.metrics', { partitions: 1, retentionMs: 30 * DAY_MS, schema: 'performance_metric', doc: 'Model performance per window, version and experiment arm from outcomes joined within the horizon (AUC, log loss, calibration, precision/recall/F1 at the thresholds), key: model/version/arm.' }),
       topic('_fabric.models', { partitions: 1, compacted: true, retentionMs: null, schema: 'model_version', doc: 'The model registry: one record per model version (key name@version, the latest wins; a promotion rewrites the versions it moves in one transaction).' }),
       topic('_fabric.rules', { partitions: 1, compacted: true, retentionMs: null, schema: 'rule_set', doc: 'Serving rules: one record per rule-set version (key model@version); a model\'s highest version is in force.' }),

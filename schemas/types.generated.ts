@@ -540,6 +540,8 @@ export interface PerformanceMetric {
   ctr: null | number;
   /** Ranking models: purchases / items. */
   conversion: null | number;
+  /** Data quality: records of the model's input stream (events.<stream>) dead-lettered with an original time in the window (undecodable, wrongly typed or refused), all versions together. */
+  dead_letters: number;
   /** At each of the version's decision thresholds (score >= threshold flags): precision, recall, F1 and the share flagged. */
   thresholds: ThresholdPerformance[];
 }

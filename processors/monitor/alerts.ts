@@ -34,7 +34,7 @@ interface AlertState {
   readonly tracks: Record<string, Track>;
 }
 
-const DATA_QUALITY = new Set(['missing_rate', 'out_of_range_rate', 'unseen_rate', 'invalid']);
+const DATA_QUALITY = new Set(['missing_rate', 'out_of_range_rate', 'unseen_rate', 'invalid', 'dead_letters']);
 
 /** One judged thing of a window: a variable of a drift metric, or an arm or threshold of a performance metric. */
 interface Observation {
@@ -60,7 +60,7 @@ function observations(m: DriftMetric | PerformanceMetric, minLabels: number): Ob
   }
   if (m.labelled < minLabels) return [];
   return [
-    { ...base, variable: m.arm || 'model', values: m.thresholds.length || m.auc !== null ? { auc: m.auc, log_loss: m.log_loss, ece: m.ece } : { ctr: m.ctr, conversion: m.conversion } },
+    { ...base, variable: m.arm || 'model', values: { ...(m.thresholds.length || m.auc !== null ? { auc: m.auc, log_loss: m.log_loss, ece: m.ece } : { ctr: m.ctr, conversion: m.conversion }), dead_letters: m.dead_letters } },
     ...m.thresholds.map((t) => ({ ...base, variable: m.arm ? `${m.arm}/${t.name}` : t.name, values: { precision: t.precision, recall: t.recall, f1: t.f1 } })),
   ];
 }

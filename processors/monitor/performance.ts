@@ -143,6 +143,7 @@ export async function windowPerformance(clickhouse: ClickHouseClient, options: {
     purchases: 0,
     ctr: null,
     conversion: null,
+    dead_letters: 0,
   }));
 }
 
@@ -180,7 +181,7 @@ export async function rankingWindowPerformance(clickhouse: ClickHouseClient, opt
       model: options.model, version: r.version, experiment: r.experiment, arm: r.arm, window_start: options.start, window_end: options.end, horizon_ms: options.horizonMs,
       predictions: Number(r.requests), scored: Number(r.requests), labelled: items, positives: clicks, late_labels: Number(r.late),
       auc: null, log_loss: null, ece: null, base_rate: items ? clicks / items : null, thresholds: [],
-      items, clicks, purchases, ctr: items ? clicks / items : null, conversion: items ? purchases / items : null,
+      items, clicks, purchases, ctr: items ? clicks / items : null, conversion: items ? purchases / items : null, dead_letters: 0,
     };
   });
 }
@@ -262,7 +263,9 @@ export class PerformanceMonitor {
         }
         start = Math.max(start, Math.floor(next / windowMs) * windowMs);
         const window = { database: this.deps.database, model, stream, start, end: start + windowMs, horizonMs: this.deps.horizonMs };
-        const metrics = kind === 'ranking' ? await rankingWindowPerformance(this.deps.clickhouse, window) : await windowPerformance(this.deps.clickhouse, { ...window, thresholds: (v) => this.deps.thresholds(model, v) });
+        const measured = kind === 'ranking' ? await rankingWindowPerformance(this.deps.clickhouse, window) : await windowPerformance(this.deps.clickhouse, { ...window, thresholds: (v) => this.deps.thresholds(model, v) });
+        const deadLetters = await this.deadLetters(`events.${stream}`, start, start + windowMs);
+        const metrics = measured.map((m) => ({ ...m, dead_letters: deadLetters }));
         if (metrics.length) await this.deps.publish(metrics);
         start += windowMs;
         await this.deps.redis.set(doneKey, String(start));
@@ -270,6 +273,13 @@ export class PerformanceMonitor {
       }
     }
     return published;
+  }
+
+  /** Dead letters of an input topic whose original record time is in [from, to). */
+  private async deadLetters(topic: string, from: number, to: number): Promise<number> {
+    const rs = await this.deps.clickhouse.query({ query: `SELECT count() AS n FROM ${this.deps.database}.dead_letters FINAL WHERE original_topic = ${sqlLiteral(topic)} AND original_ts_ms >= ${Math.floor(from)} AND original_ts_ms < ${Math.floor(to)}`, format: 'JSONEachRow' });
+    const [row] = await rs.json<{ n: string }>();
+    return Number(row?.n ?? 0);
   }
 
   /** Event time of the model's first stream output in [from, before), or null. */

@@ -17,7 +17,26 @@ function source(r: SourceRecord): Row {
   return { source_topic: r.topic, source_partition: r.partition, source_offset: r.offset };
 }
 
+function headerText(v: unknown): string {
+  if (v === undefined || v === null) return '';
+  if (Array.isArray(v)) return headerText(v[0]);
+  return Buffer.isBuffer(v) ? v.toString('utf8') : String(v);
+}
+
 const mappings: Record<string, (topic: string) => TableMapping> = {
+  // Dead letters (original bytes plus fabric.error.* headers): who refused what and why, for data quality.
+  'dlq.': (topic) => ({
+    table: 'dead_letters',
+    rows(r) {
+      const h = (name: string): string => headerText(r.headers[name]);
+      const originalTs = Number(h('fabric.source.timestamp'));
+      return [{
+        dlq_topic: topic, original_topic: topic.slice('dlq.'.length), code: h('fabric.error.code'), processor: h('fabric.error.processor'), message: h('fabric.error.message'),
+        original_partition: Number(h('fabric.source.partition')) || 0, original_offset: h('fabric.source.offset'), original_ts_ms: Number.isFinite(originalTs) && originalTs > 0 ? originalTs : r.timestamp, ts_ms: r.timestamp,
+        bytes: Buffer.isBuffer(r.value) ? r.value.length : 0, ...source(r),
+      }];
+    },
+  }),
   'events.transactions': () => ({
     table: 'events_transactions',
     rows(r) {
@@ -91,7 +110,7 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const m = r.value as PerformanceMetric;
       return [{
         model: m.model, version: m.version, experiment: m.experiment, arm: m.arm, window_start_ms: m.window_start, window_end_ms: m.window_end, horizon_ms: m.horizon_ms,
-        predictions: m.predictions, scored: m.scored, labelled: m.labelled, positives: m.positives, late_labels: m.late_labels, auc: m.auc, log_loss: m.log_loss, ece: m.ece, base_rate: m.base_rate, items: m.items, clicks: m.clicks, purchases: m.purchases, ctr: m.ctr, conversion: m.conversion,
+        predictions: m.predictions, scored: m.scored, labelled: m.labelled, positives: m.positives, late_labels: m.late_labels, auc: m.auc, log_loss: m.log_loss, ece: m.ece, base_rate: m.base_rate, items: m.items, clicks: m.clicks, purchases: m.purchases, ctr: m.ctr, conversion: m.conversion, dead_letters: m.dead_letters,
         threshold_names: m.thresholds.map((t) => t.name), threshold_values: m.thresholds.map((t) => t.threshold), threshold_flagged: m.thresholds.map((t) => t.flagged),
         threshold_precision: m.thresholds.map((t) => t.precision), threshold_recall: m.thresholds.map((t) => t.recall), threshold_f1: m.thresholds.map((t) => t.f1), ...source(r),
       }];

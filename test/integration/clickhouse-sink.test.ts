@@ -39,8 +39,9 @@ const samples: Record<string, (n: number) => unknown> = {
   'outcomes.transactions': (n): Outcome => ({ event_id: 'e-1', entity_id: 'acc-1', label: 'fraud', value: n, ts: TS, item_id: null }),
   'performance.metrics': (n): PerformanceMetric => ({
     model: 'fraud', version: '1', experiment: '', arm: '', window_start: TS, window_end: TS + 60_000, horizon_ms: 3_600_000, predictions: n, scored: n, labelled: n, positives: 1, late_labels: 0, auc: 0.9, log_loss: 0.2, ece: 0.01, base_rate: 0.1,
-    items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, thresholds: [{ name: 'block', threshold: 0.5, flagged: 1, precision: null, recall: 0.5, f1: null }],
+    items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, dead_letters: 0, thresholds: [{ name: 'block', threshold: 0.5, flagged: 1, precision: null, recall: 0.5, f1: null }],
   }),
+  'dlq.events.transactions': (n): Buffer => Buffer.from('x'.repeat(n)),
   'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok', kind: 'numeric', total: n, js: 0.02, ks: 0.03, wasserstein: 1.5, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0 }),
 };
 
@@ -54,6 +55,7 @@ const marker: Record<string, string> = {
   outcomes: 'toString(value)',
   drift_metrics: 'toString(count)',
   model_performance: 'toString(predictions)',
+  dead_letters: 'toString(bytes)',
 };
 
 function record(topic: string, offset: number, n: number): SourceRecord {
@@ -82,7 +84,7 @@ const versionOf = (table: string): string => (table.startsWith('features_') ? 'v
 describe('ClickHouse tables versioned by source offset (feature rows by version)', () => {
   it('every table is a ReplacingMergeTree versioned by source_offset, feature tables by version, experiments by revision', async () => {
     const tables = await rows<{ name: string; engine_full: string }>(`SELECT name, engine_full FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine != 'View' AND name != 'schema_migrations' ORDER BY name`);
-    expect(tables.map((t) => t.name)).toEqual(['alerts', 'drift_metrics', 'events_interactions', 'events_transactions', 'experiments', 'features_account', 'features_item', 'features_user', 'model_performance', 'outcomes', 'predictions', 'predictions_online', 'predictions_shadow', 'recommendations', 'recommendations_shadow']);
+    expect(tables.map((t) => t.name)).toEqual(['alerts', 'dead_letters', 'drift_metrics', 'events_interactions', 'events_transactions', 'experiments', 'features_account', 'features_item', 'features_user', 'model_performance', 'outcomes', 'predictions', 'predictions_online', 'predictions_shadow', 'recommendations', 'recommendations_shadow']);
     for (const t of tables) expect(t.engine_full, t.name).toMatch(new RegExp(`^ReplacingMergeTree\\(${versionOf(t.name)}\\)`));
   });
 
@@ -110,7 +112,7 @@ describe('ClickHouse tables versioned by source offset (feature rows by version)
   it('the analyst views answer, joined on deduplicated rows', async () => {
     const views = await rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${sqlLiteral(db)} AND engine = 'View' ORDER BY name`);
     expect(views.map((v) => v.name)).toEqual([
-      'v_alerts', 'v_decisions_hourly', 'v_drift_metrics', 'v_entity_story', 'v_events_interactions', 'v_events_transactions', 'v_experiments', 'v_features_account', 'v_features_item', 'v_features_user',
+      'v_alerts', 'v_dead_letters', 'v_decisions_hourly', 'v_drift_metrics', 'v_entity_story', 'v_events_interactions', 'v_events_transactions', 'v_experiments', 'v_features_account', 'v_features_item', 'v_features_user',
       'v_fraud_performance', 'v_fraud_precision_recall', 'v_model_performance', 'v_outcomes', 'v_predictions', 'v_predictions_shadow', 'v_recommendation_ctr', 'v_recommendation_outcomes', 'v_recommendations', 'v_recommendations_shadow', 'v_rule_hits', 'v_shadow_comparison',
     ]);
     for (const { name } of views) await expect(rows(`SELECT count() AS c FROM ${db}.${name}`), name).resolves.toHaveLength(1);

@@ -45,6 +45,7 @@ let producer: BatchingProducer;
 let hook: Server;
 const posts: { headers: IncomingMessage['headers']; body: Record<string, unknown> }[] = [];
 let driftStart = 0;
+let garbageAt = 0;
 let lastEventTs = 0;
 
 const decoders = new Map<number, avro.Type>();
@@ -101,6 +102,9 @@ beforeAll(async () => {
     });
   const plain = await run(false, 21);
   expect(plain.accepted).toBe(1200);
+  // Two records no processor can read, written past the gateway: dead letters, counted as data quality.
+  await producer.send([0, 1].map((i) => ({ topic: prefixed(config, 'events.transactions'), key: `C000000${i}`, value: Buffer.from(`not avro ${i}`) })));
+  garbageAt = Date.now();
   driftStart = Date.now();
   const drifted = await run(true, 22);
   expect(drifted.accepted).toBe(1200);
@@ -167,9 +171,10 @@ describe('model monitoring on the running fabric', () => {
 
   it('PSI, KS and Wasserstein of every window equal a recomputation from the predictions on Kafka (within 1e-6)', async () => {
     const events = await readAll(f.kafka, f.config, 'events.transactions');
-    const records = await waitFor(() => readAll(f.kafka, f.config, 'predictions.fraud'), (r) => r.length >= events.length, { what: 'a prediction per event' });
+    // 2,400 simulated events plus the 2 undecodable records (dead letters, never scored).
+    expect(events.length).toBe(2402);
+    const records = await waitFor(() => readAll(f.kafka, f.config, 'predictions.fraud'), (r) => r.length >= 2400, { what: 'a prediction per event' });
     const decoded = await Promise.all(records.map(async (r) => ({ partition: r.partition, offset: BigInt(r.offset), value: await decode(f.config.registryUrl, r.value!) })));
-    expect(events.length).toBe(2400);
     expect(new Set(decoded.map((p) => p.value.event_id)).size).toBe(2400);
     // Late ones are left out (allowed lateness 0): per partition in offset order, a prediction whose
     // window ended at or before the newest event time seen before it.
@@ -321,6 +326,12 @@ describe('model monitoring on the running fabric', () => {
     }
     expect(lateSeen).toBeGreaterThan(50);
     expect(withAuc).toBeGreaterThan(2);
+    // The two undecodable records are dead letters of events.transactions, counted in their window.
+    const dead = await chRows<{ code: string; original_ts_ms: string }>(f.clickhouse, `SELECT code, original_ts_ms FROM ${db}.v_dead_letters WHERE original_topic = 'events.transactions'`);
+    expect(dead.map((d) => d.code)).toEqual(['FABRIC_RECORD_UNDECODABLE', 'FABRIC_RECORD_UNDECODABLE']);
+    const counted = await chRows<{ window_start_ms: string; dead_letters: string }>(f.clickhouse, `SELECT window_start_ms, dead_letters FROM ${db}.v_model_performance WHERE model = 'fraud' AND dead_letters > 0`);
+    expect(counted.reduce((n, w) => n + Number(w.dead_letters), 0)).toBe(2);
+    expect(counted.every((w) => Number(w.window_start_ms) <= garbageAt && garbageAt - Number(w.window_start_ms) < WINDOW + 2000)).toBe(true);
   });
 
   it('fabric monitor report writes one self-contained HTML file that renders in headless Chromium with every chart drawn', async () => {

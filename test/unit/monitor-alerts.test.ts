@@ -92,7 +92,16 @@ describe('alerts processor: hysteresis', () => {
 describe('alerts processor: performance windows', () => {
   const perf = (i: number, auc: number | null, precision: number | null, overrides: Partial<PerformanceMetric> = {}): PerformanceMetric => ({
     model: 'fraud', version: '1', experiment: '', arm: '', window_start: i * W, window_end: (i + 1) * W, horizon_ms: W, predictions: 500, scored: 500, labelled: 400, positives: 40, late_labels: 0,
-    auc, log_loss: 0.2, ece: 0.01, base_rate: 0.1, thresholds: [{ name: 'block', threshold: 0.5, flagged: 30, precision, recall: 0.5, f1: 0.5 }], items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, ...overrides,
+    auc, log_loss: 0.2, ece: 0.01, base_rate: 0.1, thresholds: [{ name: 'block', threshold: 0.5, flagged: 30, precision, recall: 0.5, f1: 0.5 }], items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, dead_letters: 0, ...overrides,
+  });
+
+  it('judges the dead letters of the input stream per window (data quality)', async () => {
+    const d = await new TestDriver(alertsProcessor({ rules: parseAlertRules('dead_letters>0 fire=1 clear=1') })).open();
+    await d.pipe('performance.metrics', [perf(0, 0.9, 0.9), perf(1, 0.9, 0.9, { dead_letters: 3 }), perf(2, 0.9, 0.9)]);
+    expect(d.emitted<Alert>('alerts').map((a) => [a.subject, a.kind, a.details.state, a.details.value])).toEqual([
+      ['fraud@1/model/dead_letters', 'data_quality', 'firing', '3'],
+      ['fraud@1/model/dead_letters', 'data_quality', 'resolved', '0'],
+    ]);
   });
 
   it('judges AUC per arm and precision per threshold; windows with too few labels are not judged', async () => {

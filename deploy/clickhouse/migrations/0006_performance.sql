@@ -1,7 +1,6 @@
 -- Migration 0006: model performance with delayed labels (topic performance.metrics): one row per event-time
--- window, model version and experiment arm, from the outcomes joined to the outputs within the horizon
--- (decision models: AUC, log loss, calibration, thresholds; ranking models: items shown, clicks, purchases,
--- CTR, conversion). Thresholds are parallel arrays (name, threshold, flagged, precision, recall, F1; null where a
+-- window, model version and experiment arm, from the outcomes joined to the predictions by event id within
+-- the horizon. Thresholds are parallel arrays (name, threshold, flagged, precision, recall, F1; null where a
 -- measure is undefined, e.g. the precision of a threshold that flagged nothing). A window measured twice
 -- (the monitor crashed before marking it done) has the same values; the view keeps one row.
 
@@ -22,11 +21,6 @@ CREATE TABLE IF NOT EXISTS {db}.model_performance (
   log_loss Nullable(Float64),
   ece Nullable(Float64),
   base_rate Nullable(Float64),
-  items UInt64,
-  clicks UInt64,
-  purchases UInt64,
-  ctr Nullable(Float64),
-  conversion Nullable(Float64),
   threshold_names Array(String),
   threshold_values Array(Float64),
   threshold_flagged Array(UInt64),
