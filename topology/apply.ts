@@ -240,14 +240,26 @@ export async function applyClickHouse(config: Pick<FabricConfig, 'clickhouseUrl'
   try {
     const db = sqlIdentifier(config.clickhouseDatabase);
     await runIdempotent(client, `CREATE DATABASE IF NOT EXISTS ${db}`);
-    return await withSchemaLock(client, config.clickhouseDatabase, async () => {
-      const { applied, statements } = await migrateClickHouse(client, config.clickhouseDatabase);
-      const generated = FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, db));
-      for (const query of generated) await runIdempotent(client, query);
-      const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
-      const story = topology ? await applyGenerated(client, config.clickhouseDatabase, 'v_entity_story', entityStoryStatements(config.clickhouseDatabase, topology.streams, FEATURE_GROUPS)) : [];
-      return { statements: statements + generated.length + altered + story.length, notices, migrations: applied };
-    });
+    const apply = () =>
+      withSchemaLock(client, config.clickhouseDatabase, async () => {
+        const { applied, statements } = await migrateClickHouse(client, config.clickhouseDatabase);
+        const generated = FEATURE_GROUPS.flatMap((g) => featureTableStatements(g, db));
+        for (const query of generated) await runIdempotent(client, query);
+        const { altered, notices } = await migrateFeatureTables(client, config.clickhouseDatabase);
+        const story = topology ? await applyGenerated(client, config.clickhouseDatabase, 'v_entity_story', entityStoryStatements(config.clickhouseDatabase, topology.streams, FEATURE_GROUPS)) : [];
+        return { statements: statements + generated.length + altered + story.length, notices, migrations: applied };
+      });
+    // The lock is a table name, and ClickHouse 18.16 can let two creates of one name race: should two
+    // appliers overlap, one meets the other's DROP/CREATE pairs ("doesn't exist", "already exists"). Every
+    // migration runs whole again after a failure, so the apply is simply run again, up to 3 times.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await apply();
+      } catch (err) {
+        if (attempt >= 3 || !/doesn't exist|already exists|Code: (57|60|81|82)\b/.test(messageOf(err))) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 200 * attempt + Math.floor(Math.random() * 200)));
+      }
+    }
   } catch (err) {
     if (err instanceof FabricError) throw err;
     throw new FabricError('FABRIC_SINK_FAILED', `applying the ClickHouse schema failed: ${messageOf(err)}`, { cause: err });
