@@ -1,10 +1,9 @@
-import { hostname } from 'node:os';
 import type { ClickHouseClient } from '@clickhouse/client';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { PerformanceMetric, ThresholdPerformance } from '../../schemas/types.generated.js';
-import { messageOf } from '../../topology/errors.js';
 import { sqlLiteral } from '../../topology/runtime/clickhouse.js';
+import { LeasedLoop } from '../../topology/runtime/lease.js';
 
 /** Scored predictions of one score value in one (version, experiment, arm) group: how many, how many positive. */
 export interface ScoreGroup {
@@ -214,33 +213,14 @@ export interface PerformanceMonitorDeps {
  * ClickHouse keeps once and the alert rules judge once (they skip windows already judged).
  */
 export class PerformanceMonitor {
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<unknown> = Promise.resolve();
-  private readonly owner = `${hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
-  private closed = false;
+  private readonly loop: LeasedLoop;
 
-  constructor(private readonly deps: PerformanceMonitorDeps) {}
-
-  start(): void {
-    const tick = (): void => {
-      if (this.closed) return;
-      this.running = this.leaseAndRun()
-        .catch((err: unknown) => this.deps.log.warn({ err: messageOf(err) }, 'performance round failed; the next round retries'))
-        .finally(() => {
-          if (!this.closed) this.timer = setTimeout(tick, this.deps.intervalMs);
-        });
-    };
-    this.timer = setTimeout(tick, Math.min(this.deps.intervalMs, 2000));
+  constructor(private readonly deps: PerformanceMonitorDeps) {
+    this.loop = new LeasedLoop({ redis: deps.redis, key: `${deps.keyPrefix}monitor:performance:lease`, intervalMs: deps.intervalMs, run: () => this.runOnce(), log: deps.log, what: 'performance round' });
   }
 
-  private async leaseAndRun(): Promise<void> {
-    const key = `${this.deps.keyPrefix}monitor:performance:lease`;
-    const ttl = Math.max(3 * this.deps.intervalMs, 10_000);
-    if ((await this.deps.redis.set(key, this.owner, 'PX', ttl, 'NX')) !== 'OK') {
-      if ((await this.deps.redis.get(key)) !== this.owner) return;
-      await this.deps.redis.pexpire(key, ttl);
-    }
-    await this.runOnce();
+  start(): void {
+    this.loop.start();
   }
 
   /** Measures every window that is ready and not done yet; returns what it published. */
@@ -291,9 +271,7 @@ export class PerformanceMonitor {
     return row && Number(row.n) > 0 ? Number(row.ts) : null;
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    await this.running;
+  close(): Promise<void> {
+    return this.loop.close();
   }
 }

@@ -1,8 +1,8 @@
-import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Experiment, ModelVersion } from '../../schemas/types.generated.js';
 import { messageOf } from '../../topology/errors.js';
 import type { ClickHouseClient } from '../../topology/runtime/clickhouse.js';
+import { LeasedLoop } from '../../topology/runtime/lease.js';
 import type { Logger } from '../../topology/runtime/log.js';
 import type { Metrics } from '../../topology/runtime/metrics.js';
 import type { RegistryAdmin } from '../registry/admin.js';
@@ -131,38 +131,24 @@ export interface JudgeDeps {
  * already decided is not decided twice (its record says so).
  */
 export class ExperimentJudge {
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<unknown> = Promise.resolve();
-  private readonly owner = `${hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
-  private closed = false;
+  private readonly loop: LeasedLoop;
   /** Revisions this judge wrote: until its follower reads them back, the older record is not judged again. */
   private readonly written = new Map<string, number>();
 
-  constructor(private readonly deps: JudgeDeps) {}
-
-  start(): void {
-    const tick = (): void => {
-      if (this.closed) return;
-      this.running = this.leaseAndRun()
-        .catch((err: unknown) => this.deps.log.warn({ err: messageOf(err) }, 'experiment judge round failed; next round retries'))
-        .finally(() => {
-          if (!this.closed) this.timer = setTimeout(tick, this.deps.intervalMs);
-        });
-    };
-    this.timer = setTimeout(tick, Math.min(this.deps.intervalMs, 2000));
+  constructor(private readonly deps: JudgeDeps) {
+    this.loop = new LeasedLoop({
+      redis: deps.redis,
+      key: `${deps.keyPrefix}experiments:judge`,
+      intervalMs: deps.intervalMs,
+      due: () => deps.experiments.list().some((e) => e.state === 'running'),
+      run: () => this.runOnce(),
+      log: deps.log,
+      what: 'experiment judge round',
+    });
   }
 
-  private async leaseAndRun(): Promise<void> {
-    if (this.deps.experiments.list().every((e) => e.state !== 'running')) return;
-    const key = `${this.deps.keyPrefix}experiments:judge`;
-    const ttl = Math.max(3 * this.deps.intervalMs, 10_000);
-    const got = await this.deps.redis.set(key, this.owner, 'PX', ttl, 'NX');
-    if (got !== 'OK') {
-      const holder = await this.deps.redis.get(key);
-      if (holder !== this.owner) return;
-      await this.deps.redis.pexpire(key, ttl);
-    }
-    await this.runOnce();
+  start(): void {
+    this.loop.start();
   }
 
   /** Judges every running experiment once; returns what was decided. */
@@ -188,7 +174,7 @@ export class ExperimentJudge {
   }
 
   private async act(e: Experiment, verdict: Verdict, stats: LedgerStats, latency: Readonly<Record<string, ArmLatency>>, now: number): Promise<void> {
-    const by = `fabric experiments judge (${this.owner})`;
+    const by = `fabric experiments judge (${this.loop.owner})`;
     const decision = { outcome: verdict.outcome, action: verdict.action, reason: verdict.reason, by, at: now, stats_json: JSON.stringify({ ...stats, latency }) };
     // Under the model's lock, and only if the record is still the one judged: an operator's stop (or
     // another judge) in between wins, and this decision is dropped (FABRIC_CONTROL_CONFLICT, next round).
@@ -209,9 +195,7 @@ export class ExperimentJudge {
     this.deps.log.info({ experiment: e.id, outcome: verdict.outcome, action: verdict.action, reason: verdict.reason }, 'experiment decided');
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    await this.running.catch(() => undefined);
+  close(): Promise<void> {
+    return this.loop.close();
   }
 }
