@@ -2,7 +2,7 @@ import type { BatchContext, Output, ProcessorLogic, SourceRecord } from '../../t
 import { emit, reject, wholeBatch } from '../../topology/runtime/processor.js';
 import { FabricError } from '../../topology/errors.js';
 import type { DriftPartial, Prediction, Recommendation } from '../../schemas/types.generated.js';
-import { emptyPane, foldPrediction, paneStartOf, type PaneAggregate, type ReferenceLookup } from './window.js';
+import { emptyPane, foldPrediction, paneStartOf, type DriftUnit, type PaneAggregate, type ReferenceLookup } from './window.js';
 
 export { driftMergeProcessor, type DriftMergeOptions } from './merge.js';
 
@@ -34,10 +34,10 @@ export interface DriftProcessorOptions {
 }
 
 /** The units a record adds to the windows: the prediction itself, or one per item of a recommendation. */
-function unitsOf(value: Prediction | Recommendation, input: 'predictions' | 'recommendations'): Prediction[] {
+function unitsOf(value: Prediction | Recommendation, input: 'predictions' | 'recommendations'): DriftUnit[] {
   if (input === 'predictions') return [value as Prediction];
   const r = value as Recommendation;
-  return (Array.isArray(r.items) ? r.items : []).map((item) => ({ ...(r as unknown as Prediction), score: item.score, features: item.features ?? {} }));
+  return (Array.isArray(r.items) ? r.items : []).map((item) => ({ version: r.version, score: item.score, features: item.features ?? {} }));
 }
 
 /** The durable state of one input partition (one task): only what is still open. */

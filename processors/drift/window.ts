@@ -31,11 +31,6 @@ export function emptyVariable(profile: ReferenceProfile | undefined): VariableAg
   return { bins: new Array<number>(profile ? binCount(profile) : 0).fill(0), sum: 0, n: 0, missing: 0, invalid: 0, out_of_range: 0, unseen: 0 };
 }
 
-/** The variables measured for a version: its profile's, plus the score and every input its predictions carry (in one sorted order). */
-export function variablesOf(reference: References | null, seen: Iterable<string> = []): string[] {
-  return [...new Set([...Object.keys(reference ?? {}), 'score', ...seen])].sort();
-}
-
 /** Adds one value of one variable: binned when it fits the profile, else counted as missing or invalid. */
 export function foldValue(agg: VariableAggregate, profile: ReferenceProfile | undefined, x: unknown): void {
   if (x === null || x === undefined) {
@@ -86,8 +81,14 @@ function slots(reference: References): readonly Slot[] {
   return s;
 }
 
-/** Adds one prediction to a pane: its version's count, and per variable (`variablesOf`) its value. */
-export function foldPrediction(pane: PaneAggregate, p: Prediction, reference: References | null): void {
+/** What drift measures of a prediction (or of one item of a recommendation). */
+export type DriftUnit = Pick<Prediction, 'version' | 'score' | 'features'>;
+
+/**
+ * Adds one unit to a pane: its version's count, and its value of every variable measured for the
+ * version: the profile's, the score, and every input it carries (the ones without a profile too).
+ */
+export function foldPrediction(pane: PaneAggregate, p: DriftUnit, reference: References | null): void {
   pane.count++;
   const version = (pane.versions[p.version] ??= { count: 0, variables: {} });
   version.count++;

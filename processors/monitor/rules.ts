@@ -2,9 +2,12 @@ import { FabricError } from '../../topology/errors.js';
 
 /** What a rule can watch on a drift metric (a window of one variable of one model version). */
 export const ALERT_METRICS = ['psi', 'js', 'ks', 'wasserstein', 'chi2_p', 'missing_rate', 'out_of_range_rate', 'unseen_rate', 'invalid', 'dead_letters', 'auc', 'log_loss', 'ece', 'ctr', 'conversion', 'precision', 'recall', 'f1'] as const;
-/** Metrics of performance.metrics: auc, log_loss, ece, ctr and conversion per arm (variable: the arm, `model` outside an experiment), the others per threshold (variable: its name, `<arm>/<name>` under an experiment). */
+/**
+ * Metrics of performance.metrics: auc, log_loss, ece, ctr and conversion per arm (variable: the arm,
+ * `model` outside an experiment), the others per threshold (variable: its name, `<arm>/<name>` under an
+ * experiment). dead_letters comes with them (variable `model`) but is data quality, not performance.
+ */
 export const PERFORMANCE_METRICS: ReadonlySet<string> = new Set(['auc', 'log_loss', 'ece', 'ctr', 'conversion', 'precision', 'recall', 'f1']);
-/** dead_letters (per window of a model's performance, variable `model`): records of its input stream dead-lettered in the window. */
 export type AlertMetric = (typeof ALERT_METRICS)[number];
 
 export interface AlertRule {
