@@ -203,6 +203,8 @@ export interface DriftMetric {
   unseen_rate: number;
   /** Predictions (of every version) that arrived after their window closed: not counted. */
   late: number;
+  /** true: every partition's watermark passed the window (emitted once, never revised). false: an early result, fired on the idle timeout while a partition (or all of them: traffic stopped) sent nothing; a later record of the same window replaces it if more predictions arrive, and the final one follows once the watermarks pass. */
+  final: boolean;
 }
 
 export interface DriftVariablePartial {

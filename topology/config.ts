@@ -85,7 +85,7 @@ export const SETTINGS = {
   driftWindowSec: s('FABRIC_DRIFT_WINDOW_SEC', positive, '60', 'Drift window length in event time.'),
   driftHopSec: s('FABRIC_DRIFT_HOP_SEC', ms, '0', 'A drift window ends every this many seconds (hopping windows; it must divide FABRIC_DRIFT_WINDOW_SEC); 0: tumbling windows.'),
   driftAllowedLatenessSec: s('FABRIC_DRIFT_LATENESS_SEC', ms, '5', 'How long after a window ends (in event time) late events are still counted.'),
-  driftIdleSec: s('FABRIC_DRIFT_IDLE_SEC', positive, '120', 'Wall-clock seconds without predictions from a partition after which it no longer holds drift windows open; when every partition is idle (traffic stopped), the windows that have ended close.'),
+  driftIdleSec: s('FABRIC_DRIFT_IDLE_SEC', positive, '120', 'Wall-clock seconds without predictions from a partition after which it no longer holds drift results back: the windows the other partitions passed fire early (final=false), and when every partition is idle (traffic stopped) every window that has ended does; the final result follows once every watermark passes.'),
   performanceWindowSec: s('FABRIC_PERFORMANCE_WINDOW_SEC', positive, '600', 'Length (event time of the predictions) of the windows model performance is measured over, per version and experiment arm.'),
   outcomeHorizonSec: s('FABRIC_OUTCOME_HORIZON_SEC', positive, '3600', 'An outcome counts for performance when it arrives within this long of its prediction\'s event time; later ones are counted as late labels, not joined.'),
   performanceGraceSec: s('FABRIC_PERFORMANCE_GRACE_SEC', ms, '60', 'Extra wait after a window\'s end plus the horizon before its performance is measured (outcomes on their way into ClickHouse).'),

@@ -326,10 +326,10 @@ drift.command('report').description('latest drift windows from ClickHouse: per v
   const cfg = config();
   const ch = createClickHouse(cfg);
   try {
-    const rs = await ch.query({ query: `SELECT version, variable, window_start_ms, window_end_ms, count, psi, js, ks, wasserstein, chi2_p, missing_rate, out_of_range_rate, status FROM ${cfg.clickhouseDatabase}.v_drift_metrics WHERE model = ${sqlLiteral(o.model)} ORDER BY window_end_ms DESC, version, variable LIMIT ${Math.floor(o.limit)}`, format: 'JSONEachRow' });
-    const rows = await rs.json<{ version: string; variable: string; window_start_ms: string; window_end_ms: string; count: string; psi: number; ks: number | null; wasserstein: number | null; missing_rate: number; status: string }>();
+    const rs = await ch.query({ query: `SELECT version, variable, window_start_ms, window_end_ms, count, psi, js, ks, wasserstein, chi2_p, missing_rate, out_of_range_rate, status, final FROM ${cfg.clickhouseDatabase}.v_drift_metrics WHERE model = ${sqlLiteral(o.model)} ORDER BY window_end_ms DESC, version, variable LIMIT ${Math.floor(o.limit)}`, format: 'JSONEachRow' });
+    const rows = await rs.json<{ version: string; variable: string; window_start_ms: string; window_end_ms: string; count: string; psi: number; ks: number | null; wasserstein: number | null; missing_rate: number; status: string; final: number }>();
     const n = (x: number | null, d = 4): string => (x === null ? '-' : x.toFixed(d));
-    out(!!o.json, rows, () => rows.map((r) => `${new Date(Number(r.window_start_ms)).toISOString()} ${r.version.padEnd(8)} ${r.variable.padEnd(28)} n=${String(r.count).padEnd(6)} psi=${n(r.psi)} ks=${n(r.ks)} w=${n(r.wasserstein, 3)} missing=${n(r.missing_rate, 3)} ${r.status}`).join('\n') || '(no windows yet)');
+    out(!!o.json, rows, () => rows.map((r) => `${new Date(Number(r.window_start_ms)).toISOString()} ${r.version.padEnd(8)} ${r.variable.padEnd(28)} n=${String(r.count).padEnd(6)} psi=${n(r.psi)} ks=${n(r.ks)} w=${n(r.wasserstein, 3)} missing=${n(r.missing_rate, 3)} ${r.status}${r.final ? '' : ' (early: not every partition has passed the window yet)'}`).join('\n') || '(no windows yet)');
   } finally {
     await ch.close();
   }

@@ -22,6 +22,13 @@ export interface DriftMergeOptions {
    * have all ended closes (traffic stopped). Default 2 windows.
    */
   readonly idleMs?: number;
+  /**
+   * How far (event time) a partition that sends nothing may hold final results back behind the
+   * partitions that advance: windows ending before the active partitions' watermark minus this are
+   * final whatever the idle partition did (its later snapshots of them count as late). It bounds the
+   * merge's state when a partition never receives traffic. Default 10 windows.
+   */
+  readonly holdMs?: number;
   /** Below this many values a window's status is low_count. Default 50. */
   readonly minCount?: number;
   /**
@@ -46,8 +53,14 @@ interface MergeState {
   readonly seen: Record<string, number>;
   /** Record timestamp of the first record this task read (partitions not seen yet count as seen then). */
   since: number | null;
-  /** Every window ending at or before this has been emitted (or never will be); null before the first close. */
+  /** Every window ending at or before this has had its final result (or never will); null before the first. */
   closed: number | null;
+  /**
+   * Windows fired early (on the idle timeout) and not final yet: by window end, the fingerprint of
+   * what the early result measured (values and late predictions counted), so a window is fired again
+   * only when more arrived. Absent in states of earlier releases.
+   */
+  fired?: Record<string, number>;
   /** Panes still needed by a window not emitted yet: by pane start, each source partition's latest snapshot. */
   readonly panes: Record<string, Record<string, PaneAggregate>>;
 }
@@ -55,7 +68,7 @@ interface MergeState {
 const STATE_VERSION = 2;
 
 function parseState(saved: string | null, log: BatchContext['log']): MergeState {
-  const fresh = (): MergeState => ({ v: STATE_VERSION, partitions: 0, watermarks: {}, seen: {}, since: null, closed: null, panes: {} });
+  const fresh = (): MergeState => ({ v: STATE_VERSION, partitions: 0, watermarks: {}, seen: {}, since: null, closed: null, panes: {}, fired: {} });
   if (saved === null) return fresh();
   const parsed = JSON.parse(saved) as { v: number; closed?: number | null };
   if (parsed.v === 1) {
@@ -67,7 +80,7 @@ function parseState(saved: string | null, log: BatchContext['log']): MergeState 
 }
 
 /** The DriftMetric of one variable of one version over one window (see metrics.ts for the formulas). */
-export function variableMetric(base: { model: string; version: string; window_start: number; window_end: number; total: number; late: number }, variable: string, agg: VariableAggregate, profile: ReferenceProfile | undefined, minCount: number): DriftMetric {
+export function variableMetric(base: { model: string; version: string; window_start: number; window_end: number; total: number; late: number; final?: boolean }, variable: string, agg: VariableAggregate, profile: ReferenceProfile | undefined, minCount: number): DriftMetric {
   const rate = (x: number, of: number): number => (of > 0 ? x / of : 0);
   const common = {
     model: base.model,
@@ -80,6 +93,7 @@ export function variableMetric(base: { model: string; version: string; window_st
     missing_rate: rate(agg.missing, base.total),
     invalid: agg.invalid,
     late: base.late,
+    final: base.final ?? true,
   };
   if (!profile) {
     return { ...common, kind: 'none', psi: 0, mean: agg.n ? Math.round((agg.sum / agg.n) * 1e6) / 1e6 : null, status: 'no_reference', js: null, ks: null, wasserstein: null, chi2_p: null, out_of_range_rate: 0, unseen_rate: 0 };
@@ -117,13 +131,18 @@ export function variableMetric(base: { model: string; version: string; window_st
  * of instances that produced them. Partitions' panes are added in partition order, then pane order,
  * so even the floating sums come out byte-identical.
  *
- * Idle partitions and stopped traffic: a partition whose latest partial is older than `idleMs`
- * (measured on the record timestamps of drift.partials, where the monitor also writes a tick record
- * every few seconds) stops holding windows open; when every partition is idle, every window whose
- * panes have all ended closes with what the partitions reported (their snapshots include open panes).
- * Both decisions read only this task's input log, so a replay of drift.partials gives the same
- * metrics; what the idle timeout trades is completeness for a partition that stalls longer than
- * `idleMs` (its later snapshots of a closed window are late, logged and not counted).
+ * Idle partitions and stopped traffic (early results): a partition whose latest partial is older
+ * than `idleMs` (measured on the record timestamps of drift.partials, where the monitor also writes a
+ * tick record every few seconds) stops holding windows back, and when every partition is idle, every
+ * window whose panes have all ended fires with what the partitions reported (their snapshots include
+ * open panes), so the last windows of a stream that stops are reported too. Such a result is early
+ * (`final: false`): the window's panes are kept, a snapshot that adds to them fires it again (on the
+ * next record; its record replaces the earlier in ClickHouse), and once every partition's watermark
+ * has passed it the final result follows (`final: true`). So the final results, and the latest result
+ * of every window, are the same whatever the wall clock did (an outage, a stalled instance, a slow
+ * consumer group); only how many early results came before them depends on it. A partition that
+ * stays idle holds final results back by at most `holdMs` of event time behind the others (the
+ * state's bound); what it sends later for windows already final is counted as late, not measured.
  *
  * Idempotent: the latest snapshot of a (pane, partition) replaces the earlier ones (snapshots are
  * cumulative), a snapshot of a pane no window still needs is ignored, and watermarks only move
@@ -136,9 +155,11 @@ export function driftMergeProcessor(options: DriftMergeOptions): ProcessorLogic 
   const { windowMs, references } = options;
   const hopMs = options.hopMs ?? windowMs;
   const idleMs = options.idleMs ?? 2 * windowMs;
+  const holdMs = options.holdMs ?? 10 * windowMs;
   if (!(Number.isSafeInteger(windowMs) && windowMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift windowMs must be a positive integer, got ${windowMs}`);
   if (!(Number.isSafeInteger(hopMs) && hopMs > 0 && windowMs % hopMs === 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift hopMs must be a positive integer dividing the window (${windowMs} ms), got ${hopMs}`);
   if (!(Number.isSafeInteger(idleMs) && idleMs > 0)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift idleMs must be a positive integer, got ${idleMs}`);
+  if (!(Number.isSafeInteger(holdMs) && holdMs >= windowMs)) throw new FabricError('FABRIC_CONFIG_INVALID', `drift holdMs must be an integer of at least one window (${windowMs} ms), got ${holdMs}`);
 
   function invalid(p: DriftPartial): string | null {
     if (!Number.isSafeInteger(p.source_partition) || p.source_partition < 0) return `invalid source_partition ${String(p.source_partition)}`;
@@ -152,44 +173,89 @@ export function driftMergeProcessor(options: DriftMergeOptions): ProcessorLogic 
     return null;
   }
 
-  function emitWindow(state: MergeState, end: number, outputs: Output[]): void {
+  /** The window ending at `end`: its panes added up in partition, then pane order (null when it has none). */
+  function windowAt(state: MergeState, end: number): PaneAggregate | null {
     const total = emptyPane(end - windowMs, end);
+    let any = false;
     for (let start = end - windowMs; start < end; start += hopMs) {
       const parts = state.panes[start];
       if (!parts) continue;
+      any = true;
       for (const source of Object.keys(parts).map(Number).sort((a, b) => a - b)) addPane(total, parts[source]!, references);
     }
+    return any ? total : null;
+  }
+
+  /**
+   * What a window's result measured. Snapshots are cumulative (counts only grow), so the sum of the
+   * predictions and late ones of its panes grows whenever anything is added.
+   */
+  function fingerprint(state: MergeState, end: number): number {
+    let n = 0;
+    for (let start = end - windowMs; start < end; start += hopMs) for (const part of Object.values(state.panes[start] ?? {})) n += part.count + part.late;
+    return n;
+  }
+
+  function emitWindow(total: PaneAggregate, final: boolean, outputs: Output[]): void {
     // A window holding only late predictions (of earlier windows) has nothing to measure.
     if (total.count === 0) return;
     for (const version of Object.keys(total.versions).sort()) {
       const agg = total.versions[version]!;
       const ref = references(version);
-      const base = { model: options.model, version, window_start: total.window_start, window_end: end, total: agg.count, late: total.late };
+      const base = { model: options.model, version, window_start: total.window_start, window_end: total.window_end, total: agg.count, late: total.late, final };
       for (const v of Object.keys(agg.variables).sort()) outputs.push(emit(outputTopic, `${options.model}/${version}/${v}`, variableMetric(base, v, agg.variables[v]!, ref?.[v], minCount)));
     }
   }
 
-  /** Emits every window the watermark (or the idle timeout, at `now`) closes. */
+  /** Ends of the windows holding one of `starts` whose end is in (after, through], ascending. */
+  function endsBetween(starts: readonly number[], after: number | null, through: number): number[] {
+    const ends = new Set<number>();
+    for (const s of starts) for (let e = s + hopMs; e <= s + windowMs; e += hopMs) if (e <= through && (after === null || e > after)) ends.add(e);
+    return [...ends].sort((a, b) => a - b);
+  }
+
+  /**
+   * Emits the final result of every window all watermarks have passed, and an early result of every
+   * window the idle timeout (at `now`) lets fire and that changed since it last fired.
+   */
   function close(state: MergeState, now: number, outputs: Output[], ctx: BatchContext): void {
     const partitions = Math.max(options.partitions ?? 0, state.partitions);
     const starts = Object.keys(state.panes).map(Number);
     if (partitions === 0 || starts.length === 0) return;
-    let limit = Infinity;
-    let active = 0;
+    const fired = (state.fired ??= {});
+    let all = Infinity;
+    let active = Infinity;
+    let actives = 0;
     for (let i = 0; i < partitions; i++) {
-      if ((state.seen[i] ?? state.since ?? now) <= now - idleMs) continue; // idle: does not hold windows open
-      active++;
-      limit = Math.min(limit, state.watermarks[i] ?? -Infinity);
+      const watermark = state.watermarks[i] ?? -Infinity;
+      all = Math.min(all, watermark);
+      if ((state.seen[i] ?? state.since ?? now) <= now - idleMs) continue; // idle: does not hold early results back
+      actives++;
+      active = Math.min(active, watermark);
     }
-    // Every partition idle: traffic stopped; close what has fully ended.
-    if (active === 0) limit = Math.max(...starts) + hopMs;
-    if (limit === -Infinity || (state.closed !== null && limit <= state.closed)) return;
-    const ends = new Set<number>();
-    for (const s of starts) for (let e = s + hopMs; e <= s + windowMs; e += hopMs) if (e <= limit && (state.closed === null || e > state.closed)) ends.add(e);
-    for (const end of [...ends].sort((a, b) => a - b)) emitWindow(state, end, outputs);
-    if (active === 0) ctx.log.info({ model: options.model, closedTo: limit }, 'drift: every partition idle; windows closed on the idle timeout');
-    state.closed = limit;
-    for (const s of starts) if (s + windowMs <= limit) delete state.panes[s];
+    // Every partition idle: traffic stopped; what has fully ended fires.
+    const early = actives === 0 ? Math.max(...starts) + hopMs : active;
+    const final = Math.max(all, early - holdMs);
+    if (final !== -Infinity && (state.closed === null || final > state.closed)) {
+      for (const end of endsBetween(starts, state.closed, final)) {
+        const total = windowAt(state, end);
+        if (total) emitWindow(total, true, outputs);
+        delete fired[end];
+      }
+      state.closed = final;
+      for (const s of starts) if (s + windowMs <= final) delete state.panes[s];
+    }
+    if (early === -Infinity || early <= (state.closed ?? -Infinity)) return;
+    let firedNow = 0;
+    for (const end of endsBetween(starts, state.closed, early)) {
+      const fp = fingerprint(state, end);
+      if (fired[end] === fp) continue;
+      const total = windowAt(state, end);
+      if (total) emitWindow(total, false, outputs);
+      fired[end] = fp;
+      firedNow++;
+    }
+    if (firedNow > 0) ctx.log.info({ model: options.model, through: early, windows: firedNow, idle: partitions - actives }, actives === 0 ? 'drift: every partition idle; early results of the windows that ended' : 'drift: idle partitions; early results of the windows the others closed');
   }
 
   async function handle(records: SourceRecord[], ctx: BatchContext): Promise<Output[]> {
@@ -229,7 +295,7 @@ export function driftMergeProcessor(options: DriftMergeOptions): ProcessorLogic 
           }
           (state.panes[w.window_start] ??= {})[source] = w; // the latest snapshot replaces the earlier
         }
-        if (late > 0) ctx.log.info({ model: options.model, partition: p.source_partition, predictions: late }, 'drift: snapshot of panes whose windows already closed (after an idle timeout): not counted');
+        if (late > 0) ctx.log.info({ model: options.model, partition: p.source_partition, predictions: late }, 'drift: snapshot of panes whose windows are already final (the partition was held idle too long): not counted');
       }
       // Per record, not per batch: what closes when never depends on the merge's own batch boundaries.
       close(state, now, outputs, ctx);

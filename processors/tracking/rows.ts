@@ -135,7 +135,7 @@ const mappings: Record<string, (topic: string) => TableMapping> = {
       const d = r.value as DriftMetric;
       return [{
         model: d.model, version: d.version, variable: d.variable, window_start_ms: d.window_start, window_end_ms: d.window_end, count: d.count, psi: d.psi, mean: d.mean, status: d.status,
-        kind: d.kind, total: d.total, js: d.js, ks: d.ks, wasserstein: d.wasserstein, chi2_p: d.chi2_p, missing_rate: d.missing_rate, invalid: d.invalid, out_of_range_rate: d.out_of_range_rate, unseen_rate: d.unseen_rate, late: d.late, ...source(r),
+        kind: d.kind, total: d.total, js: d.js, ks: d.ks, wasserstein: d.wasserstein, chi2_p: d.chi2_p, missing_rate: d.missing_rate, invalid: d.invalid, out_of_range_rate: d.out_of_range_rate, unseen_rate: d.unseen_rate, late: d.late, final: d.final ? 1 : 0, ...source(r),
       }];
     },
   }),

@@ -42,6 +42,9 @@ export interface Namespace {
   cleanup(): Promise<void>;
 }
 
+/** The drift merge's idle timeout in every chaos process (wall clock). */
+const DRIFT_IDLE_SEC = 4;
+
 /** Settings every chaos process gets: a short session timeout so a killed instance's partitions move within seconds. */
 const PROCESS_SETTINGS = {
   FABRIC_CONSUMER_SESSION_TIMEOUT_MS: '6000',
@@ -49,6 +52,9 @@ const PROCESS_SETTINGS = {
   FABRIC_CLICKHOUSE_LINGER_MS: '200',
   FABRIC_SINK_RETRY_MS: '200',
   FABRIC_DRIFT_WINDOW_SEC: '30',
+  // Short enough that a scenario's end waits little for the last windows' (idle) results, short enough
+  // too that outages and stalled instances fire early results mid-stream, which the final ones replace.
+  FABRIC_DRIFT_IDLE_SEC: String(DRIFT_IDLE_SEC),
   FABRIC_LOG_LEVEL: 'info',
   // Outages in these scenarios last up to 30 s; the restart budget must outlast them.
   FABRIC_PROCESSOR_MAX_RESTARTS: '50',
@@ -215,13 +221,30 @@ export async function waitRunning(ns: Namespace, fleet: Fleet, options: { timeou
   }
 }
 
-/** Waits until every group has consumed everything (no sleeps: polls). */
+/**
+ * Whether the drift merge has seen time pass beyond its idle timeout after the last partial: a clock
+ * tick on drift.partials at least the idle timeout after the newest partial. Once the merge consumed
+ * it (lag 0), every window has its latest result, the last (open) ones included.
+ */
+async function driftIdleAfterLastPartial(ns: Namespace): Promise<boolean> {
+  const records = await readToEnd(ns.kafka, prefixed(ns.config, 'drift.partials'), { groupPrefix: `${ns.config.topicPrefix}reader` });
+  let partial = -Infinity;
+  let tick = -Infinity;
+  for (const r of records) {
+    if (r.key === 'tick') tick = Math.max(tick, r.timestamp);
+    else partial = Math.max(partial, r.timestamp);
+  }
+  return partial === -Infinity || tick >= partial + DRIFT_IDLE_SEC * 1000;
+}
+
+/** Waits until every group has consumed everything, the drift merge's last idle results included (no sleeps: polls). */
 export async function waitSettled(ns: Namespace, options: { timeoutMs?: number; fleet?: Fleet } = {}): Promise<void> {
   const deadline = Date.now() + (options.timeoutMs ?? 240_000);
   let last = -1;
   for (;;) {
     const lag = await totalLag(ns).catch(() => -1);
-    if (lag === 0) return;
+    // Idle checked first, lag after it: the tick it found has then been consumed, and what it fired tracked.
+    if (lag === 0 && (await driftIdleAfterLastPartial(ns)) && (await totalLag(ns).catch(() => -1)) === 0) return;
     const failures = options.fleet?.failures() ?? [];
     if (failures.length) throw new Error(`processes failed while settling: ${failures.join('; ')}`);
     if (Date.now() > deadline) throw new Error(`not settled after ${options.timeoutMs ?? 240_000} ms: lag ${lag} (was ${last}); logs in ${ns.logDir}`);
@@ -239,7 +262,14 @@ export interface Snapshot {
   readonly featureRecords: number;
   /** Distinct (event_id, version) pairs among the feature records: fewer than featureRecords means duplicates. */
   readonly featureVersions: number;
+  /**
+   * drift.metrics as a consumer that keeps the latest record per window sees it (JSON, sorted): the
+   * latest result of every (version, variable, window). How many early results came before depends on
+   * the wall clock; the latest ones do not.
+   */
   readonly drift: string[];
+  /** Windows with more than one final result (none expected). */
+  readonly driftFinalRepeats: number;
   readonly dlq: number;
   readonly late: number;
   /** account -> latest online features hash (JSON, keys sorted). */
@@ -273,6 +303,23 @@ function latestVersions(values: Record<string, unknown>[]): { rows: Map<string, 
   return { rows: new Map([...best].map(([k, v]) => [k, sortedJson(v)])), distinct: seen.size };
 }
 
+/** The latest drift result per (version, variable, window), in offset order (one key's records share a partition). */
+function latestDrift(drift: { records: ReadRecord[]; values: Record<string, unknown>[] }): { drift: string[]; driftFinalRepeats: number } {
+  const order = drift.records.map((r, i) => ({ r, v: drift.values[i]! })).sort((a, b) => a.r.partition - b.r.partition || Number(BigInt(a.r.offset) - BigInt(b.r.offset)));
+  const latest = new Map<string, Record<string, unknown>>();
+  const finals = new Set<string>();
+  let driftFinalRepeats = 0;
+  for (const { v } of order) {
+    const key = `${String(v.model)}/${String(v.version)}/${String(v.variable)}/${String(v.window_start)}/${String(v.window_end)}`;
+    if (v.final === true) {
+      if (finals.has(key)) driftFinalRepeats++;
+      finals.add(key);
+    }
+    latest.set(key, v);
+  }
+  return { drift: [...latest.values()].map(sortedJson).sort(), driftFinalRepeats };
+}
+
 export async function snapshot(ns: Namespace): Promise<Snapshot> {
   const [inputs, predictions, features, drift] = await Promise.all([decodeAll(ns, 'events.transactions'), decodeAll(ns, 'predictions.fraud'), decodeAll(ns, 'features.account'), decodeAll(ns, 'drift.metrics')]);
   const [dlq, late] = await Promise.all([readToEnd(ns.kafka, prefixed(ns.config, 'dlq.events.transactions'), { groupPrefix: `${ns.config.topicPrefix}reader` }), readToEnd(ns.kafka, prefixed(ns.config, 'late.transactions'), { groupPrefix: `${ns.config.topicPrefix}reader` })]);
@@ -288,7 +335,7 @@ export async function snapshot(ns: Namespace): Promise<Snapshot> {
     ['v_predictions', 'event_id, score, decision, version, fallback'],
     ['v_events_transactions', 'event_id, account_id, amount, ts_ms'],
     ['features_account FINAL', 'event_id, entity_id, ts_ms, txn_count_1h, txn_count_24h, amount_sum_1h, amount_sum_24h, amount_avg_24h, amount_max_24h, distinct_counterparties_24h, seconds_since_last_txn, amount_exact, source_offset, version'],
-    ['drift_metrics FINAL', 'model, variable, window_start_ms, count, psi, status'],
+    ['drift_metrics FINAL', 'model, variable, window_start_ms, count, psi, status, final'],
   ] as const) {
     const rs = await ns.clickhouse.query({ query: `SELECT ${columns} FROM ${db}.${table}`, format: 'JSONEachRow' });
     const rows = (await rs.json<Record<string, unknown>>()).map(sortedJson).sort();
@@ -300,7 +347,7 @@ export async function snapshot(ns: Namespace): Promise<Snapshot> {
     features: latestVersions(features.values).rows,
     featureRecords: features.records.length,
     featureVersions: latestVersions(features.values).distinct,
-    drift: drift.values.map(sortedJson).sort(),
+    ...latestDrift(drift),
     dlq: dlq.length,
     late: late.length,
     online,
@@ -326,7 +373,12 @@ export function differences(clean: Snapshot, other: Snapshot): string[] {
   maps('redis online features', clean.online, other.online);
   if (other.predictionRecords !== other.predictions.size) diffs.push(`predictions.fraud: ${other.predictionRecords - other.predictions.size} duplicates visible read_committed`);
   if (other.featureRecords !== other.featureVersions) diffs.push(`features.account: ${other.featureRecords - other.featureVersions} duplicates visible read_committed`);
-  if (sortedJson(clean.drift) !== sortedJson(other.drift)) diffs.push(`drift.metrics differ: ${clean.drift.length} vs ${other.drift.length} records`);
+  if (sortedJson(clean.drift) !== sortedJson(other.drift)) {
+    const mine = new Set(clean.drift);
+    const theirs = new Set(other.drift);
+    diffs.push(`drift.metrics (latest per window) differ: ${clean.drift.filter((d) => !theirs.has(d)).length} of ${clean.drift.length} missing or different, ${other.drift.filter((d) => !mine.has(d)).length} extra or different; e.g. ${other.drift.find((d) => !mine.has(d)) ?? ''}`);
+  }
+  if (other.driftFinalRepeats > 0) diffs.push(`drift.metrics: ${other.driftFinalRepeats} windows with more than one final result`);
   if (clean.dlq !== other.dlq) diffs.push(`dlq: ${clean.dlq} vs ${other.dlq}`);
   if (clean.late !== other.late) diffs.push(`late: ${clean.late} vs ${other.late}`);
   for (const [table, { rows }] of Object.entries(clean.clickhouse)) {

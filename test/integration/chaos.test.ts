@@ -122,6 +122,18 @@ describe('the clean run against an independent recomputation', () => {
     expect(clean.drift.length).toBeGreaterThan(0);
     expect(clean.clickhouse['drift_metrics FINAL']!.visible).toBe(clean.drift.length);
   });
+
+  it('measures every prediction once in drift: a window per 30 s of event time, the last ones (traffic stopped) as early results', () => {
+    const latest = clean.drift.map((d) => JSON.parse(d) as { variable: string; window_start: number; total: number; late: number; final: boolean });
+    const score = latest.filter((d) => d.variable === 'score').sort((a, b) => a.window_start - b.window_start);
+    const panes = [...new Set(events.map((e) => e.ts - (e.ts % 30_000)))].sort((a, b) => a - b);
+    expect(score.map((d) => d.window_start)).toEqual(panes);
+    expect(score.reduce((n, d) => n + d.total + d.late, 0)).toBe(COUNT);
+    expect(clean.driftFinalRepeats).toBe(0);
+    // The watermark passed all but the newest windows (final); the newest fired on the idle timeout.
+    expect(score[0]!.final).toBe(true);
+    expect(score.at(-1)!.final).toBe(false);
+  });
 });
 
 describe('chaos, each compared with the clean run', () => {

@@ -158,8 +158,8 @@ describe('a database the pre-migration schema.sql created (drift_metrics and ale
     expect(keys.map((k) => k.name)).toContain('drift_metrics');
     for (const k of keys) expect(k.partition_key, k.name).toMatch(/^toYYYYMMDD\(/);
     expect(await chRows(client, `SELECT name FROM system.tables WHERE database = ${sqlLiteral(name)} AND (name LIKE '%0003%' OR name LIKE '%0005%')`)).toEqual([]);
-    // Columns added by 0005 (the drift measures beside PSI) take their defaults on the old rows.
-    const monitoring = { kind: 'numeric', total: '0', js: null, ks: null, wasserstein: null, chi2_p: null, missing_rate: 0, invalid: '0', out_of_range_rate: 0, unseen_rate: 0, late: '0' };
+    // Columns added by 0005 (the drift measures beside PSI) and 0008 (final) take their defaults on the old rows.
+    const monitoring = { kind: 'numeric', total: '0', js: null, ks: null, wasserstein: null, chi2_p: null, missing_rate: 0, invalid: '0', out_of_range_rate: 0, unseen_rate: 0, late: '0', final: 1 };
     expect(await chRows(client, `SELECT * FROM ${name}.v_drift_metrics ORDER BY window_start_ms`)).toEqual(drift.map((d) => ({ ...d, ...monitoring })));
     const key = await chRows<{ sorting_key: string }>(client, `SELECT sorting_key FROM system.tables WHERE database = ${sqlLiteral(name)} AND name = 'drift_metrics'`);
     expect(key).toEqual([{ sorting_key: 'model, version, variable, window_end_ms, window_start_ms' }]);

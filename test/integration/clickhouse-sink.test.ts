@@ -42,7 +42,7 @@ const samples: Record<string, (n: number) => unknown> = {
     items: 0, clicks: 0, purchases: 0, ctr: null, conversion: null, dead_letters: 0, thresholds: [{ name: 'block', threshold: 0.5, flagged: 1, precision: null, recall: 0.5, f1: null }],
   }),
   'dlq.events.transactions': (n): Buffer => Buffer.from('x'.repeat(n)),
-  'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok', kind: 'numeric', total: n, js: 0.02, ks: 0.03, wasserstein: 1.5, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0 }),
+  'drift.metrics': (n): DriftMetric => ({ model: 'fraud', version: '1', variable: 'score', window_start: TS, window_end: TS + 60_000, count: n, psi: 0.01, mean: 0.5, status: 'ok', kind: 'numeric', total: n, js: 0.02, ks: 0.03, wasserstein: 1.5, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0, final: true }),
 };
 
 /** The column that carries `n` in each table (as a string), to check which copy the view kept. */

@@ -128,8 +128,8 @@ function instances(make: () => ProcessorLogic, n: number, pick: () => number): P
 }
 
 const references = (version: string) => (version === '1' ? reference : null);
-const sourceLogic = () => driftProcessor({ model: 'fraud', version: () => '1', references, paneMs: WINDOW, latenessMs: LATENESS, maxClockSkewMs: SKEW, partitions: PARTITIONS });
-const mergeLogic = (partitions?: number, extra: { hopMs?: number; windowMs?: number; idleMs?: number } = {}) => driftMergeProcessor({ model: 'fraud', references, windowMs: WINDOW, minCount: MIN_COUNT, ...(partitions ? { partitions } : {}), ...extra });
+const sourceLogic = (partitions = PARTITIONS) => driftProcessor({ model: 'fraud', version: () => '1', references, paneMs: WINDOW, latenessMs: LATENESS, maxClockSkewMs: SKEW, partitions });
+const mergeLogic = (partitions?: number, extra: { hopMs?: number; windowMs?: number; idleMs?: number; holdMs?: number } = {}) => driftMergeProcessor({ model: 'fraud', references, windowMs: WINDOW, minCount: MIN_COUNT, ...(partitions ? { partitions } : {}), ...extra });
 
 interface Run {
   metrics: DriftMetric[];
@@ -351,12 +351,13 @@ describe('drift windows: hopping, idle partitions, versions, data quality', () =
     for (const seed of [3, 8]) expect(JSON.stringify((await run(parts, seed, { windowMs: 3 * WINDOW, hopMs: WINDOW })).metrics)).toBe(JSON.stringify(clean.metrics));
   });
 
-  it('windows close when traffic stops: once every partition is idle, a tick closes every window whose panes ended, open panes included', async () => {
+  it('windows close when traffic stops: once every partition is idle, a tick fires every window whose panes ended (early results, open panes included); a later snapshot fires it again, and the final results follow the watermarks', async () => {
     const parts = generate(71, 200);
     const source = await new TestDriver(sourceLogic(), { startTime: NOW }).open();
     const merge = await new TestDriver(mergeLogic(PARTITIONS, { idleMs: 60_000 }), { startTime: NOW }).open();
     for (let p = 0; p < PARTITIONS; p++) await merge.pipe('drift.partials', (await source.pipe(TOPIC, parts[p]!, { partition: p })).flatMap(partial), { timestamp: NOW + p });
     const before = merge.emitted<DriftMetric>('drift.metrics').length;
+    expect(merge.emitted<DriftMetric>('drift.metrics').every((m) => m.final)).toBe(true);
     const tick: DriftPartial = { model: '', version: '', source_topic: '', source_partition: 0, partitions: 0, watermark: 0, kind: 'tick', windows: [] };
     // Not idle yet: a tick changes nothing.
     await merge.pipe('drift.partials', [tick], { timestamp: NOW + 30_000 });
@@ -364,28 +365,64 @@ describe('drift windows: hopping, idle partitions, versions, data quality', () =
     await merge.pipe('drift.partials', [tick], { timestamp: NOW + 60_003 });
     const all = merge.emitted<DriftMetric>('drift.metrics');
     expect(all.length).toBeGreaterThan(before);
-    // Every accepted prediction is in a window now, the last (partly filled) ones too.
-    expectSameAsIndependent(all, expected(parts, NOW, { flush: true }).metrics);
-    // A partition waking up with a snapshot of a closed window: not counted, nothing emitted twice.
-    const last = Math.max(...all.map((m) => m.window_start));
-    const late = prediction('late', last + 1000, 0.5, { amount: 50, velocity: 1 });
-    await merge.pipe('drift.partials', (await source.pipe(TOPIC, [late], { partition: 0 })).flatMap(partial), { timestamp: NOW + 70_000 });
+    // Every accepted prediction is in a window now, the last (partly filled) ones too, as early results.
+    const flushed = expected(parts, NOW, { flush: true }).metrics;
+    expectSameAsIndependent(all, flushed.map((m, i) => (i < before ? m : { ...m, final: false })));
+    // More ticks while nothing arrives fire nothing again.
+    await merge.pipe('drift.partials', [tick, tick], { timestamp: NOW + 65_000 });
     expect(merge.emitted('drift.metrics')).toHaveLength(all.length);
+
+    // Partition 0 wakes up with a prediction in its newest pane (accepted: that pane is still open in the
+    // partition): the window holding it fired early, so it fires again with it (still early), alone.
+    const newest = Math.max(...parts[0]!.map((p) => p.event_ts));
+    const extra = prediction('extra', newest, 0.5, { amount: 50, velocity: 1 });
+    await merge.pipe('drift.partials', (await source.pipe(TOPIC, [extra], { partition: 0 })).flatMap(partial), { timestamp: NOW + 70_000 });
+    await merge.pipe('drift.partials', [tick], { timestamp: NOW + 130_001 });
+    const again = merge.emitted<DriftMetric>('drift.metrics').slice(all.length);
+    const pane = newest - (newest % WINDOW);
+    expect(again.map((m) => [m.window_start, m.variable, m.final])).toEqual(VARIABLES.map((v) => [pane, v, false]));
+    const score = (ms: readonly DriftMetric[]) => ms.filter((m) => m.variable === 'score' && m.window_start === pane).at(-1)!;
+    expect(score(again).total).toBe(score(all).total + 1);
+
+    // Traffic resumes on every partition, well past those windows: their final results equal the
+    // independent computation over everything that arrived (the extra prediction included).
+    const resumed = parts.map((seq, p) => [...seq, ...(p === 0 ? [extra] : []), prediction(`resume-${p}`, newest + 5 * WINDOW, 0.5, { amount: 50, velocity: 1 })]);
+    for (let p = 0; p < PARTITIONS; p++) await merge.pipe('drift.partials', (await source.pipe(TOPIC, [resumed[p]!.at(-1)!], { partition: p })).flatMap(partial), { timestamp: NOW + 130_002 + p });
+    const finals = merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.final);
+    expectSameAsIndependent(finals, expected(resumed, NOW).metrics);
+    // The latest result of every window is its final one.
+    const latest = new Map<string, DriftMetric>();
+    for (const m of merge.emitted<DriftMetric>('drift.metrics')) latest.set(`${m.window_end}/${m.variable}`, m);
+    expect([...latest.values()].filter((m) => m.window_end <= pane + WINDOW).every((m) => m.final)).toBe(true);
   });
 
-  it('an idle partition stops holding windows open while the others advance', async () => {
+  it('an idle partition stops holding windows back while the others advance (early results); its return brings the final ones', async () => {
     const w = (k: number, ms = 0) => T0 - (T0 % WINDOW) + k * WINDOW + ms;
-    const source = await new TestDriver(sourceLogic(), { startTime: NOW }).open();
+    const source = await new TestDriver(sourceLogic(2), { startTime: NOW }).open();
     const merge = await new TestDriver(mergeLogic(2, { idleMs: 60_000 }), { startTime: NOW }).open();
     const step = async (partition: number, values: Prediction[], at: number) => {
       await merge.pipe('drift.partials', (await source.pipe(TOPIC, values, { partition })).flatMap(partial), { timestamp: at });
-      return merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.variable === 'score').map((m) => [m.window_start - w(0), m.count]);
+      return merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.variable === 'score').map((m) => [m.window_start - w(0), m.count, m.final]);
     };
     expect(await step(0, [prediction('a', w(0, 1000), 0.1, {})], NOW)).toEqual([]);
     expect(await step(1, [prediction('b', w(0, 2000), 0.3, {})], NOW)).toEqual([]);
     expect(await step(0, [prediction('c', w(2), 0.1, {})], NOW + 10_000)).toEqual([]); // partition 1 still holds window 0
-    // A minute later partition 1 has sent nothing: it is idle, partition 0 alone closes windows.
-    expect(await step(0, [prediction('d', w(3, 6000), 0.1, {})], NOW + 70_001)).toEqual([[0, 2], [2 * WINDOW, 1]]);
+    // A minute later partition 1 has sent nothing: it is idle, partition 0 alone fires windows, early.
+    const early = [[0, 2, false], [2 * WINDOW, 1, false]];
+    expect(await step(0, [prediction('d', w(3, 6000), 0.1, {})], NOW + 70_001)).toEqual(early);
+    // Partition 1 comes back past them: the same windows, now final.
+    expect(await step(1, [prediction('e', w(3, 7000), 0.3, {})], NOW + 80_000)).toEqual([...early, [0, 2, true], [2 * WINDOW, 1, true]]);
+  });
+
+  it('a partition that never sends holds final results back by at most holdMs of event time (bounded state)', async () => {
+    const w = (k: number, ms = 0) => T0 - (T0 % WINDOW) + k * WINDOW + ms;
+    const source = await new TestDriver(sourceLogic(2), { startTime: NOW }).open();
+    const merge = await new TestDriver(mergeLogic(2, { idleMs: 60_000, holdMs: 3 * WINDOW }), { startTime: NOW }).open();
+    for (let k = 0; k < 8; k++) await merge.pipe('drift.partials', (await source.pipe(TOPIC, [prediction(`k${k}`, w(k, 6000), 0.1, {})], { partition: 0 })).flatMap(partial), { timestamp: k === 0 ? NOW : NOW + 61_000 + k });
+    const scores = merge.emitted<DriftMetric>('drift.metrics').filter((m) => m.variable === 'score');
+    // Partition 0's watermark is w(7, 1000): windows 0..6 fired early; those ending 3 windows before it are final.
+    expect(scores.filter((m) => !m.final).map((m) => (m.window_start - w(0)) / WINDOW)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    expect(scores.filter((m) => m.final).map((m) => (m.window_start - w(0)) / WINDOW)).toEqual([0, 1, 2, 3]);
   });
 
   it('measures each model version against its own profile; a version without one is reported no_reference, not skipped', async () => {

@@ -10,7 +10,7 @@ const W = 60_000;
 function metric(i: number, psi: number, overrides: Partial<DriftMetric> = {}): DriftMetric {
   return {
     model: 'fraud', version: '1', variable: 'amount', window_start: i * W, window_end: (i + 1) * W, count: 500, psi, mean: 1, status: psi < 0.1 ? 'ok' : psi < 0.25 ? 'warn' : 'drift',
-    kind: 'numeric', total: 500, js: 0, ks: 0, wasserstein: 0, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0, ...overrides,
+    kind: 'numeric', total: 500, js: 0, ks: 0, wasserstein: 0, chi2_p: null, missing_rate: 0, invalid: 0, out_of_range_rate: 0, unseen_rate: 0, late: 0, final: true, ...overrides,
   };
 }
 
