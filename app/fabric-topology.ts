@@ -203,7 +203,7 @@ export function fabricTopology(): Topology<FabricResources> {
         doc: 'The recs model\'s windows from drift.partials (its partials only), measured like drift-merge\'s.',
         create: async (r) => {
           const source = await r.references('recs');
-          return driftMergeProcessor({ model: 'recs', name: 'drift-merge-recs', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
+          return driftMergeProcessor({ model: 'recs', name: 'drift-merge-recs', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, holdMs: r.config.driftHoldSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
         },
       }),
       processor({
@@ -233,7 +233,7 @@ export function fabricTopology(): Topology<FabricResources> {
         doc: 'Merges the partitions\' panes into windows; a window closes once every partition\'s watermark passed it (or every partition is idle), then PSI, Jensen-Shannon, KS, Wasserstein or chi-square and data quality per version and variable go to drift.metrics.',
         create: async (r) => {
           const source = await r.references('fraud');
-          return driftMergeProcessor({ model: 'fraud', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
+          return driftMergeProcessor({ model: 'fraud', references: source.references, prepare: (v) => source.prepare(v), windowMs: r.config.driftWindowSec * 1000, hopMs: driftHopMs(r.config), idleMs: r.config.driftIdleSec * 1000, holdMs: r.config.driftHoldSec * 1000, minCount: r.config.driftMinCount, partitions: predictionsPartitions });
         },
       }),
     ],

@@ -55,6 +55,9 @@ const PROCESS_SETTINGS = {
   // Short enough that a scenario's end waits little for the last windows' (idle) results, short enough
   // too that outages and stalled instances fire early results mid-stream, which the final ones replace.
   FABRIC_DRIFT_IDLE_SEC: String(DRIFT_IDLE_SEC),
+  // The input's event time runs about 40 times faster than the wall clock: a killed instance's few
+  // seconds are minutes of event time, which must not reach the hold (the state's bound) here.
+  FABRIC_DRIFT_HOLD_SEC: '86400',
   FABRIC_LOG_LEVEL: 'info',
   // Outages in these scenarios last up to 30 s; the restart budget must outlast them.
   FABRIC_PROCESSOR_MAX_RESTARTS: '50',
