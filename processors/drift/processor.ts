@@ -33,10 +33,8 @@ export interface DriftProcessorOptions {
   readonly input?: 'predictions' | 'recommendations';
 }
 
-/** The units a record adds to the windows: the prediction itself, or one per item of a recommendation. */
-function unitsOf(value: Prediction | Recommendation, input: 'predictions' | 'recommendations'): DriftUnit[] {
-  if (input === 'predictions') return [value as Prediction];
-  const r = value as Recommendation;
+/** The units a recommendation adds to the windows: one per item shown (a prediction is one unit itself). */
+function itemsOf(r: Recommendation): DriftUnit[] {
   return (Array.isArray(r.items) ? r.items : []).map((item) => ({ version: r.version, score: item.score, features: item.features ?? {} }));
 }
 
@@ -131,7 +129,9 @@ export function driftProcessor(options: DriftProcessorOptions): ProcessorLogic {
         continue;
       }
       const pane = paneAt(state, start, touched);
-      for (const unit of unitsOf(p, input)) foldPrediction(pane, unit, references(p.version));
+      const reference = references(p.version);
+      if (input === 'predictions') foldPrediction(pane, p, reference);
+      else for (const unit of itemsOf(p as unknown as Recommendation)) foldPrediction(pane, unit, reference);
       if (state.maxTs === null || p.event_ts > state.maxTs) state.maxTs = p.event_ts;
     }
 
