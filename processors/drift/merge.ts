@@ -18,8 +18,9 @@ export interface DriftMergeOptions {
   readonly hopMs?: number;
   /**
    * A partition whose last partial is this old (by the record timestamps of drift.partials, ticks
-   * included) no longer holds windows open; when every partition is idle, every window whose panes
-   * have all ended closes (traffic stopped). Default 2 windows.
+   * included) no longer holds results back: the windows the others passed fire early (final=false);
+   * when every partition is idle, every window whose panes have all ended does (traffic stopped).
+   * Final results still wait for every watermark (or `holdMs`). Default 2 windows.
    */
   readonly idleMs?: number;
   /**

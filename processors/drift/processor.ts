@@ -80,7 +80,7 @@ function parseState(saved: string | null, log: BatchContext['log']): PartitionSt
  *   passed it, after which the pane leaves the state). A snapshot, not a delta: the merge keeps the
  *   latest per (pane, partition), so what it holds is exactly the partition's aggregate up to that
  *   offset, whatever the batch boundaries, and the open panes' data reach the merge even when traffic
- *   stops (the merge can then close windows on its idle timeout).
+ *   stops (the merge can then fire their early results on its idle timeout).
  *
  * State (open panes and the newest event time) lives in `ctx.state`, scoped to (group, topic,
  * partition) and versioned by input position: it is loaded at the batch start and saved before the
